@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` (set up, train if the store is empty, serve)
+# and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+STORE ?= store
+BIN := $(VENV)/bin
+
+.PHONY: setup run train test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+train: setup
+	@if [ -z "$$(ls -A $(STORE) 2>/dev/null)" ]; then \
+		echo "model store '$(STORE)' is empty: training the three seed variants"; \
+		$(BIN)/python -m training train-all --store $(STORE); \
+	fi
+
+run: train
+	$(BIN)/python -m app --store $(STORE) --host $${HOST:-0.0.0.0} --port $${PORT:-8000}
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+import sys
+
+sys.exit("the HTTP service is not built yet")

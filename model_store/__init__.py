@@ -1,0 +1,34 @@
+"""What a trained model is: vocabulary, architectures and the checkpoint format."""
+
+from model_store.checkpoint import (
+    BadCheckpoint,
+    Checkpoint,
+    CheckpointRef,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from model_store.models import VARIANTS, HumanNumbersLM, ModelConfig, build_model, count_parameters
+from model_store.vocab import BOS, UnknownWord, Vocab, split_words
+
+__all__ = [
+    "BOS",
+    "VARIANTS",
+    "BadCheckpoint",
+    "Checkpoint",
+    "CheckpointRef",
+    "HumanNumbersLM",
+    "ModelConfig",
+    "UnknownWord",
+    "Vocab",
+    "build_model",
+    "count_parameters",
+    "find_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "read_meta",
+    "save_checkpoint",
+    "split_words",
+]

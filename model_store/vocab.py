@@ -1,0 +1,87 @@
+"""The vocabulary and tokenizer of the Human Numbers language models (fastai v1 style)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# fastai v1's special tokens, in the order Vocab.create puts them first.
+SPECIAL_TOKENS = ("xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxmaj", "xxup", "xxrep", "xxwrep")
+BOS = "xxbos"
+PAD_FILLER = "xxfake"  # fastai pads the vocabulary to a multiple of 8 with this token
+
+# A word is a run of letters (xx tokens included); a comma is a token of its own even when it
+# touches a word ("one, two" and "one ,two" both give one , two).
+_TOKEN_RE = re.compile(r"[^\s,]+|,")
+
+
+class UnknownWord(ValueError):
+    """A text holds a word that is not in the model's vocabulary."""
+
+    def __init__(self, word: str, position: int):
+        self.word = word
+        self.position = position
+        super().__init__(f"unknown word {word!r} at position {position}")
+
+
+def split_words(text: str) -> list[str]:
+    """Split a text into tokens: lower case, `,` its own token, runs of spaces ignored."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Maps tokens to ids and back; `itos[i]` is the token of id i."""
+
+    itos: tuple[str, ...]
+    stoi: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        real = [t for t in self.itos if t != PAD_FILLER]
+        if len(set(real)) != len(real):
+            raise ValueError("vocabulary has duplicate tokens")
+        stoi: dict[str, int] = {}
+        for i, tok in enumerate(self.itos):
+            stoi.setdefault(tok, i)
+        object.__setattr__(self, "stoi", stoi)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    @property
+    def words(self) -> list[str]:
+        """The tokens a user may type: every token but the special and filler ones."""
+        return [t for t in self.itos if t not in SPECIAL_TOKENS and t != PAD_FILLER]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a text; raises UnknownWord naming the first word not in the vocabulary.
+
+        Besides the words, `xxbos` (the start-of-stream token the models were trained with) is
+        accepted; other special tokens are not.
+        """
+        ids = []
+        for pos, tok in enumerate(split_words(text)):
+            idx = self.stoi.get(tok)
+            if idx is None or (tok in SPECIAL_TOKENS and tok != BOS) or tok == PAD_FILLER:
+                raise UnknownWord(tok, pos)
+            ids.append(idx)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[i] for i in ids]
+
+    @classmethod
+    def build(cls, tokens: Sequence[str], min_freq: int = 2, max_vocab: int = 60000) -> Vocab:
+        """fastai v1 `Vocab.create`: by frequency, special tokens first, padded to 8k tokens."""
+        freq = Counter(tokens)
+        itos = [t for t, c in freq.most_common(max_vocab) if c >= min_freq]
+        for tok in reversed(SPECIAL_TOKENS):
+            if tok in itos:
+                itos.remove(tok)
+            itos.insert(0, tok)
+        itos = itos[:max_vocab]
+        while len(itos) % 8 != 0:
+            itos.append(PAD_FILLER)
+        return cls(tuple(itos))

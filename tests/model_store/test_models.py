@@ -1,0 +1,72 @@
+import pytest
+import torch
+from torch import nn
+
+from model_store import ModelConfig, build_model
+from model_store.models import GRUCell
+
+VARIANTS = ["gru", "gru-cell", "gru-custom"]
+
+
+def test_hand_written_cell_equals_grucell():
+    torch.manual_seed(0)
+    ref = nn.GRUCell(56, 56)
+    mine = GRUCell(56, 56)
+    with torch.no_grad():  # nn.GRUCell stacks its gates as (reset, update, new), like i2h/h2h
+        mine.i2h.weight.copy_(ref.weight_ih)
+        mine.i2h.bias.copy_(ref.bias_ih)
+        mine.h2h.weight.copy_(ref.weight_hh)
+        mine.h2h.bias.copy_(ref.bias_hh)
+    x, h = torch.randn(8, 56), torch.randn(8, 56)
+    torch.testing.assert_close(mine(x, h), ref(x, h), atol=1e-5, rtol=0)
+    for _ in range(20):  # and over a sequence, where errors would compound
+        h = mine(x, h)
+        h_ref = ref(x, h)
+    torch.testing.assert_close(mine(x, h), h_ref, atol=1e-5, rtol=0)
+
+
+def test_gru_and_grucell_models_agree_with_the_same_weights():
+    torch.manual_seed(0)
+    m5 = build_model(ModelConfig("gru")).eval()
+    m6 = build_model(ModelConfig("gru-cell")).eval()
+    state = {k.replace("_l0", ""): v for k, v in m5.state_dict().items()}
+    m6.load_state_dict(state)
+    x = torch.randint(0, 40, (3, 25))
+    torch.testing.assert_close(m5(x)[0], m6(x)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_token_by_token_equals_the_whole_window(variant):
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(variant)).eval()
+    with torch.no_grad():  # give the norm layer real statistics, not the identity
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randint(0, 40, (4, 30))
+    h0 = torch.randn(4, 1, 56)
+    with torch.no_grad():
+        logits, h = model(x, h0)
+        step_h, step_logits = h0, []
+        for t in range(x.shape[1]):
+            out, step_h = model(x[:, t : t + 1], step_h)
+            step_logits.append(out)
+    assert logits.shape == (4, 30, 40) and h.shape == (4, 1, 56)
+    torch.testing.assert_close(torch.cat(step_logits, dim=1), logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(step_h, h, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_keeps_no_state(variant):
+    model = build_model(ModelConfig(variant)).eval()
+    x = torch.randint(0, 40, (2, 5))
+    with torch.no_grad():
+        a, _ = model(x)
+        model(torch.randint(0, 40, (2, 7)))
+        b, _ = model(x)
+    assert torch.equal(a, b)
+    assert not any(name.startswith("h") and not name.startswith("h_o") for name in vars(model))
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown variant 'lstm'"):
+        build_model(ModelConfig("lstm"))

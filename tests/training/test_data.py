@@ -1,0 +1,85 @@
+import pytest
+
+from training.data import file_text, load_data, number_words, tokenize_file, write_data
+
+
+@pytest.mark.parametrize(
+    ("n", "words"),
+    [
+        (1, "one"),
+        (13, "thirteen"),
+        (20, "twenty"),
+        (42, "forty two"),
+        (100, "one hundred"),
+        (101, "one hundred one"),
+        (999, "nine hundred ninety nine"),
+        (1000, "one thousand"),
+        (7010, "seven thousand ten"),
+        (8101, "eight thousand one hundred one"),
+        (9999, "nine thousand nine hundred ninety nine"),
+    ],
+)
+def test_number_words(n, words):
+    assert number_words(n) == words
+
+
+def test_files_are_written_as_fastai_ships_them(tmp_path):
+    train, valid = write_data(tmp_path)
+    train_lines = train.read_text().split("\n")
+    valid_lines = valid.read_text().split("\n")
+    assert train_lines[:3] == ["one ", "two ", "three "]
+    assert train_lines[-2:] == ["seven thousand nine hundred ninety nine ", ""]
+    assert len(train_lines) - 1 == 7999
+    assert valid_lines[0] == "eight thousand one "
+    assert valid_lines[-2] == "nine thousand nine hundred ninety nine "
+    assert len(valid_lines) - 1 == 1999
+    assert "eight thousand " not in train_lines + valid_lines
+    assert not any(("-" in line or " and " in line) for line in train_lines + valid_lines)
+
+
+def test_token_counts_and_vocab(data):
+    assert len(data.train_tokens) == 50_079
+    assert len(data.valid_tokens) == 13_017
+    assert data.train_tokens[:4] == ["xxbos", "one", ",", "two"]
+    assert data.valid_tokens[:4] == ["xxbos", "eight", "thousand", "one"]
+    assert len(data.vocab) == 40
+    assert data.vocab.itos[:10] == (
+        "xxunk",
+        "xxpad",
+        "xxbos",
+        "xxeos",
+        "xxfld",
+        "xxmaj",
+        "xxup",
+        "xxrep",
+        "xxwrep",
+        ",",
+    )
+    assert data.vocab.itos[-1] == "xxfake"
+    assert len(data.vocab.words) == 30  # 29 words and the comma
+    assert "xxunk" not in data.ids("train") and data.vocab.stoi["xxunk"] not in data.ids("valid")
+
+
+def test_real_files_are_read_from_a_folder(tmp_path, data):
+    write_data(tmp_path)
+    read = load_data(tmp_path)
+    assert read.train_tokens == data.train_tokens
+    assert read.valid_tokens == data.valid_tokens
+    assert read.fingerprint == data.fingerprint
+    assert read.source == str(tmp_path)
+
+
+def test_a_changed_file_changes_the_fingerprint(tmp_path, data):
+    write_data(tmp_path)
+    (tmp_path / "valid.txt").write_text(file_text(range(8001, 9000)))
+    assert load_data(tmp_path).fingerprint != data.fingerprint
+
+
+def test_missing_files_are_named(tmp_path):
+    (tmp_path / "train.txt").write_text("one \n")
+    with pytest.raises(FileNotFoundError, match=r"valid\.txt"):
+        load_data(tmp_path)
+
+
+def test_tokenize_joins_lines_with_commas():
+    assert tokenize_file("one \ntwo \n\n") == ["xxbos", "one", ",", "two"]

@@ -1,0 +1,69 @@
+import torch
+
+from training.cli import main
+from training.loop import TrainConfig, table_header, train
+
+FEW = TrainConfig(variant="gru", epochs=2, max_steps=4, bs=16, bptt=10)
+
+
+def test_few_steps_learn_something(data):
+    lines = []
+    result = train(FEW, data, progress=False, log=lines.append)
+    assert lines[0] == table_header()
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert len(lines) == 3 and lines[2].startswith("2 ")
+    first, last = result.metrics
+    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    assert set(first) == {"epoch", "train_loss", "valid_loss", "accuracy", "seconds"}
+    assert last["valid_loss"] < first["valid_loss"] < 3.9  # ln(40) = 3.69 is chance
+    assert not result.model.training
+
+
+def test_training_is_seeded(data):
+    a = train(FEW, data, progress=False, log=lambda _: None)
+    b = train(FEW, data, progress=False, log=lambda _: None)
+    for (ka, va), (kb, vb) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va, vb)
+    assert [m["valid_loss"] for m in a.metrics] == [m["valid_loss"] for m in b.metrics]
+
+
+def test_cli_train_and_report(tmp_path, capsys):
+    store = tmp_path / "store"
+    args = ["--store", str(store), "--epochs", "1", "--max-steps", "2", "--no-progress"]
+    assert main(["train", "--variant", "gru-custom", "--name", "tiny", *args]) == 0
+    assert main(["train-all", *args]) == 0
+    out = capsys.readouterr().out
+    assert "epoch       train_loss  valid_loss  accuracy    time" in out
+    assert f"wrote {store / 'tiny' / '1'}" in out
+    names = sorted(p.name for p in store.iterdir())
+    assert names == ["gru", "gru-cell", "gru-custom", "tiny"]
+
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "acc.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == [
+        "name",
+        "variant",
+        "version",
+        "params",
+        "epochs",
+        "accuracy",
+        "s/epoch",
+    ]
+    assert "gru-cell" in out and "tiny" in out and "23,784" in out
+    assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert main(["report", "--store", str(tmp_path)]) == 1
+    assert "no checkpoints" in capsys.readouterr().err
+    assert (
+        main(["train", "--variant", "gru", "--store", str(tmp_path), "--data", str(tmp_path)]) == 2
+    )
+    assert "train.txt" in capsys.readouterr().err
+
+
+def test_cli_data(tmp_path):
+    assert main(["data", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "train.txt").read_text().startswith("one \ntwo \n")

@@ -1,0 +1,1 @@
+"""Offline training of the Human Numbers GRU models into a model store."""

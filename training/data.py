@@ -1,0 +1,108 @@
+"""The Human Numbers data set: generated exactly as fastai ships it, or read from a folder."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store.vocab import BOS, Vocab, split_words
+
+ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+TRAIN_RANGE = range(1, 8000)  # 1 .. 7,999
+VALID_RANGE = range(8001, 10000)  # 8,001 .. 9,999 (8,000 is in neither file)
+
+
+def number_words(n: int) -> str:
+    """1 <= n <= 9,999 in words, as the data set writes it: no "and", no hyphens."""
+    assert 1 <= n <= 9999, f"number out of range: {n}"
+    words = []
+    thousands, rest = divmod(n, 1000)
+    hundreds, rest = divmod(rest, 100)
+    if thousands:
+        words += [ONES[thousands], "thousand"]
+    if hundreds:
+        words += [ONES[hundreds], "hundred"]
+    if rest >= 20:
+        words.append(TENS[rest // 10])
+        if rest % 10:
+            words.append(ONES[rest % 10])
+    elif rest:
+        words.append(ONES[rest])
+    return " ".join(words)
+
+
+def file_text(numbers: range) -> str:
+    """A data file's content: one number a line, each line ending in a space."""
+    return "".join(f"{number_words(n)} \n" for n in numbers)
+
+
+def write_data(out: Path | str) -> tuple[Path, Path]:
+    """Write train.txt and valid.txt into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, valid = out / "train.txt", out / "valid.txt"
+    train.write_text(file_text(TRAIN_RANGE))
+    valid.write_text(file_text(VALID_RANGE))
+    return train, valid
+
+
+def tokenize_file(text: str) -> list[str]:
+    """fastai v1 on this data: lines stripped and joined by ", ", one stream starting with xxbos."""
+    joined = ", ".join(line.strip() for line in text.splitlines() if line.strip())
+    return [BOS, *split_words(joined)]
+
+
+@dataclass
+class HumanNumbers:
+    """Token streams of both splits and the vocabulary built from the training stream."""
+
+    train_tokens: list[str]
+    valid_tokens: list[str]
+    vocab: Vocab
+    fingerprint: str  # sha256 of train.txt + valid.txt as read
+    source: str  # "generated" or the folder the files came from
+
+    def ids(self, split: str) -> list[int]:
+        tokens = self.train_tokens if split == "train" else self.valid_tokens
+        unk = self.vocab.stoi["xxunk"]
+        return [self.vocab.stoi.get(t, unk) for t in tokens]
+
+
+def load_data(folder: Path | str | None = None) -> HumanNumbers:
+    """Read train.txt/valid.txt from `folder`, or generate them when no folder is given."""
+    if folder is None:
+        train_text, valid_text, source = file_text(TRAIN_RANGE), file_text(VALID_RANGE), "generated"
+    else:
+        folder = Path(folder)
+        missing = [n for n in ("train.txt", "valid.txt") if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} has no {' or '.join(missing)}")
+        train_text = (folder / "train.txt").read_text()
+        valid_text = (folder / "valid.txt").read_text()
+        source = str(folder)
+    train_tokens, valid_tokens = tokenize_file(train_text), tokenize_file(valid_text)
+    fingerprint = hashlib.sha256((train_text + "\0" + valid_text).encode()).hexdigest()
+    return HumanNumbers(train_tokens, valid_tokens, Vocab.build(train_tokens), fingerprint, source)
