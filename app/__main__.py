@@ -1,3 +1,54 @@
-import sys
+"""`python -m app --store DIR --host H --port P`: flags override the environment's settings."""
 
-sys.exit("the HTTP service is not built yet")
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.core.config import Settings
+from app.main import create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    p.add_argument("--store", type=Path, help="model store folder (STORE)")
+    p.add_argument("--host", help="address to listen on (HOST)")
+    p.add_argument("--port", type=int, help="port to listen on (PORT)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="(DEVICE)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(LOG_LEVEL)")
+    args = p.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "STORE": args.store,
+            "HOST": args.host,
+            "PORT": args.port,
+            "DEVICE": args.device,
+            "LOG_LEVEL": args.log_level,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        print(f"error: bad setting:\n{e}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.HOST,
+        port=settings.PORT,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # the app logs each request itself, as JSON
+        log_level=settings.LOG_LEVEL,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,6 +75,22 @@ class HumanNumbersLM(nn.Module):
         """(B, T, H) embeddings and (B, L, H) state -> (B, T, H) outputs and the new state."""
         raise NotImplementedError
 
+    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Feed (B, T) ids into (B, L, H) states and return the new states.
+
+        With `lengths` (B,), row b reads only its first lengths[b] >= 1 ids: the rest is padding
+        and leaves its state alone. This is how the service steps many sessions in one batch.
+        """
+        raise NotImplementedError
+
+    def head(self, h: Tensor) -> Tensor:
+        """Next-token logits (B, V) of (B, L, H) states.
+
+        The output of a GRU at a position is its top layer's state, so the state alone gives
+        the next-token distribution: nothing else needs keeping between calls.
+        """
+        return self.h_o(self.bn(h[:, -1]))
+
     def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if h is None:
             h = self.init_hidden(x.shape[0], x.device)
@@ -92,6 +108,16 @@ class Model5(HumanNumbersLM):
     def recur(self, emb: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         out, h_n = self.rnn(emb, h.transpose(0, 1).contiguous())  # nn.GRU wants (L, B, H)
         return out, h_n.transpose(0, 1)
+
+    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+        emb = self.i_h(x)
+        h0 = h.transpose(0, 1).contiguous()
+        if lengths is None or bool((lengths == x.shape[1]).all()):
+            return self.rnn(emb, h0)[1].transpose(0, 1)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            emb, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        return self.rnn(packed, h0)[1].transpose(0, 1)  # h_n comes back in the rows' order
 
 
 class CellLoopLM(HumanNumbersLM):
@@ -111,6 +137,14 @@ class CellLoopLM(HumanNumbersLM):
             h1 = self.rnn(emb[:, t], h1)
             outs.append(h1)
         return torch.stack(outs, dim=1), h1.unsqueeze(1)
+
+    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+        emb = self.i_h(x)
+        h1 = h[:, 0]
+        for t in range(x.shape[1]):
+            new = self.rnn(emb[:, t], h1)
+            h1 = new if lengths is None else torch.where((lengths > t).unsqueeze(1), new, h1)
+        return h1.unsqueeze(1)
 
 
 class Model6(CellLoopLM):

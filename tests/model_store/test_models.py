@@ -70,3 +70,27 @@ def test_forward_keeps_no_state(variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant 'lstm'"):
         build_model(ModelConfig("lstm"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_advance_with_padding_equals_each_row_alone(variant):
+    """The service's batched step: rows of different lengths, padded, give each row's state."""
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(variant)).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    rows = [torch.randint(0, 40, (n,)) for n in (7, 1, 4, 7)]
+    h0 = torch.randn(4, 1, 56)
+    x = torch.zeros(4, 7, dtype=torch.long)
+    for i, r in enumerate(rows):
+        x[i, : len(r)] = r
+    lengths = torch.tensor([len(r) for r in rows])
+    with torch.no_grad():
+        h = model.advance(x, h0, lengths)
+        logits = model.head(h)
+        for i, r in enumerate(rows):
+            out, h_i = model(r.unsqueeze(0), h0[i : i + 1])
+            torch.testing.assert_close(h[i : i + 1], h_i, atol=1e-5, rtol=0)
+            torch.testing.assert_close(logits[i], out[0, -1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.advance(x, h0), model(x, h0)[1], atol=1e-5, rtol=0)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from app.api.deps import MetricsDep
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    status: str = Field(description="ready, or not_ready", examples=["ready"])
+    models: list[str] = Field(description="the loaded models")
+    skipped: list[str] = Field(description="checkpoints refused at start-up, and why")
+
+
+@router.get("/health", response_model=Health)
+async def get_health() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/ready",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "models not loaded (yet)"}},
+)
+async def get_ready(request: Request) -> Ready | JSONResponse:
+    """Readiness: 200 once the models are loaded, 503 before and while shutting down."""
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        body = Ready(status="not_ready", models=[], skipped=[])
+        return JSONResponse(body.model_dump(), status_code=503)
+    return Ready(
+        status="ready", models=sorted(service.registry.models), skipped=service.registry.problems
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+async def get_metrics(metrics: MetricsDep) -> Response:
+    """Prometheus metrics: requests, latency, sessions, tokens and batch sizes by model."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import ServiceDep
+from app.api.streaming import event_stream
+from app.schemas.common import STREAM_RESPONSE, errors
+from app.schemas.predict import (
+    ContinuationRequest,
+    ContinuationResponse,
+    NextWordRequest,
+    NextWordResponse,
+)
+
+router = APIRouter(prefix="/v1", tags=["prediction"])
+
+
+@router.post(
+    "/next-word", response_model=NextWordResponse, responses=errors(404, 413, 422, 429, 503)
+)
+async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWordResponse:
+    """The next-word distribution after a text, from the zero state."""
+    return await service.next_word(req)
+
+
+@router.post(
+    "/continuation",
+    response_model=ContinuationResponse,
+    responses={**STREAM_RESPONSE, **errors(404, 413, 422, 429, 503)},
+)
+async def create_continuation(
+    req: ContinuationRequest, service: ServiceDep
+) -> ContinuationResponse | EventSourceResponse:
+    """Continue a text word by word: greedy at temperature 0, else sampled."""
+    if req.stream:
+        return await event_stream(service.continuation(req))
+    return await service.continuation_response(req)

@@ -1,0 +1,42 @@
+"""The service's settings: one typed object, read once from the environment (and CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is also an environment variable of the same name (README lists them)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    STORE: Path = Field(Path("store"), description="model store folder to load checkpoints from")
+    DEVICE: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
+    DEFAULT_MODEL: str | None = Field(None, description="model used when a request names none")
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(8000, ge=1, le=65535)
+    LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+    ACCESS_LOG: bool = Field(True, description="one JSON line per request on stderr")
+
+    SESSION_TTL_SECONDS: float = Field(1800.0, gt=0, description="idle sessions expire after")
+    MAX_SESSIONS: int = Field(100_000, ge=1, description="live sessions at most")
+    SESSION_CAP_POLICY: Literal["reject", "evict"] = Field(
+        "reject", description="when full: 429, or evict the least recently used session"
+    )
+    MAX_TEXT_CHARS: int = Field(10_000, ge=1, description="longer texts get 413")
+    MAX_WORDS: int = Field(200, ge=1, description="max_words of a continuation at most")
+
+    MAX_BATCH_SIZE: int = Field(256, ge=1, description="requests in one batched forward")
+    BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
+    MAX_QUEUE: int = Field(4096, ge=1, description="queued steps per model before 429")
+
+    @field_validator("STORE")
+    @classmethod
+    def _store_is_a_folder(cls, v: Path) -> Path:
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"STORE {v} is not a folder")
+        return v

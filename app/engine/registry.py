@@ -1,0 +1,98 @@
+"""The loaded models: every usable checkpoint of the store, on the chosen device."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from app.engine.batcher import BatcherConfig, StepBatcher
+from model_store import (
+    BadCheckpoint,
+    Checkpoint,
+    Vocab,
+    count_parameters,
+    list_checkpoints,
+    load_checkpoint,
+)
+
+log = logging.getLogger("app.models")
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    device: torch.device
+    batcher: StepBatcher
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.checkpoint.vocab
+
+    @property
+    def parameters(self) -> int:
+        return count_parameters(self.checkpoint.model)
+
+
+class NoUsableModel(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NoUsableModel("DEVICE=cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class ModelRegistry:
+    models: dict[str, LoadedModel]
+    default: str
+    problems: list[str] = field(default_factory=list)  # checkpoints refused, and why
+
+    @classmethod
+    def load(
+        cls,
+        store: Path,
+        device_name: str,
+        default: str | None,
+        batcher_config: BatcherConfig,
+    ) -> ModelRegistry:
+        """Load the latest version of every checkpoint; skip bad ones, saying which and why."""
+        device = resolve_device(device_name)
+        models, problems = {}, []
+        for ref in list_checkpoints(store):
+            try:
+                ckpt = load_checkpoint(ref, device)
+            except BadCheckpoint as e:
+                problems.append(str(e))
+                log.error("skipping checkpoint %s", e)
+                continue
+            models[ref.name] = LoadedModel(
+                ckpt, device, StepBatcher(ckpt.model, ckpt.vocab, device, batcher_config)
+            )
+            log.info("loaded %s v%d (%s) on %s", ref.name, ref.version, ckpt.config.variant, device)
+        if not models:
+            why = "; ".join(problems) if problems else "it holds no checkpoints"
+            raise NoUsableModel(
+                f"no usable checkpoint in {store}: {why}. "
+                f"Train some with: python -m training train-all --store {store}"
+            )
+        if default is None:
+            default = "gru" if "gru" in models else sorted(models)[0]
+        elif default not in models:
+            raise NoUsableModel(
+                f"DEFAULT_MODEL={default!r} is not among the loaded models: {', '.join(models)}"
+            )
+        return cls(models, default, problems)
+
+    def get(self, name: str | None) -> LoadedModel | None:
+        return self.models.get(name or self.default)

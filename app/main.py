@@ -1,0 +1,93 @@
+"""The FastAPI app: wiring only. `uvicorn app.main:app` serves it with settings from the env."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app.api.routes import health, models, predict, sessions
+from app.core.config import Settings
+from app.core.errors import install_error_handlers
+from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.engine.batcher import BatcherConfig
+from app.engine.registry import ModelRegistry
+from app.serving.service import PredictionService
+from app.serving.sessions import SessionStore
+
+log = logging.getLogger("app")
+
+
+async def sweep_expired(store: SessionStore, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        if n := store.expire():
+            log.info("expired %d idle sessions", n)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.LOG_LEVEL)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry.load(
+            settings.STORE,
+            settings.DEVICE,
+            settings.DEFAULT_MODEL,
+            BatcherConfig(
+                max_batch=settings.MAX_BATCH_SIZE,
+                max_queue=settings.MAX_QUEUE,
+                batch_wait_s=settings.BATCH_WAIT_MS / 1000,
+            ),
+        )
+        store = SessionStore(
+            settings.SESSION_TTL_SECONDS, settings.MAX_SESSIONS, settings.SESSION_CAP_POLICY
+        )
+        for name, lm in registry.models.items():
+            lm.batcher.stats.observers.append(metrics.batch_observer(name))
+            lm.batcher.start()
+        sweeper = asyncio.create_task(sweep_expired(store, min(30.0, settings.SESSION_TTL_SECONDS)))
+        app.state.service = PredictionService(registry, store, settings)
+        log.info("ready: %s (default %s)", ", ".join(registry.models), registry.default)
+        try:
+            yield
+        finally:
+            app.state.service = None  # /ready turns 503 while draining
+            sweeper.cancel()
+            for lm in registry.models.values():
+                await lm.batcher.stop()
+            store.clear()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="Human Numbers next-word service",
+        version="1.0.0",
+        description="Next-word prediction and continuation with the GRU language models of "
+        "fast.ai's Human Numbers lesson, with sessions that keep their hidden state.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = None
+    metrics.add_gauge(
+        "sessions_live",
+        "live sessions by model",
+        lambda: app.state.service.sessions.count_by_model() if app.state.service else {},
+    )
+    install_error_handlers(app)
+    for module in (health, models, predict, sessions):
+        app.include_router(module.router)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn app.main:app` builds the app on first access, reading settings then."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,45 @@
+"""Schema pieces shared by the resources."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Requests refuse unknown fields, so a misspelt option is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WordProb(BaseModel):
+    word: str = Field(description="a word of the vocabulary", examples=["hundred"])
+    prob: float = Field(description="its probability as the next word", examples=[0.93])
+
+
+TEXT_EXAMPLE = "eight thousand one hundred one, eight thousand one hundred two,"
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(examples=["unknown word 'eleventy' at position 2: ..."])
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    what = {
+        404: "unknown model or session",
+        409: "the session's state does not fit its model",
+        413: "text too long",
+        422: "bad input: an unknown word, an empty text, an option out of range",
+        429: "at capacity: too many sessions or queued steps (see Retry-After)",
+        503: "not ready, or shutting down",
+    }
+    return {c: {"model": ErrorDetail, "description": what[c]} for c in codes}
+
+
+STREAM_RESPONSE: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "JSON, or with `stream: true` Server-Sent Events: one "
+        '`data: {"word": ..., "prob": ...}` per word, then `data: {"finish_reason": ...}`',
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}

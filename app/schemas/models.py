@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["gru"])
+    variant: str = Field(description="architecture: gru, gru-cell or gru-custom", examples=["gru"])
+    version: int = Field(description="checkpoint version in the store", examples=[1])
+    parameters: int = Field(examples=[23784])
+    hidden_size: int = Field(examples=[56])
+    vocab_size: int = Field(examples=[40])
+    valid_accuracy: float | None = Field(description="after the last training epoch")
+    device: str = Field(examples=["cpu"])
+    sha256: str = Field(description="of the checkpoint's weights file")
+    default: bool = Field(description="used when a request names no model")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    default: str = Field(examples=["gru"])
+
+
+class ModelDetail(ModelInfo):
+    vocab: list[str] = Field(description="every token of the model, by id")
+    words: list[str] = Field(description="the tokens a text may contain (and xxbos)")

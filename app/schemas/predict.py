@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.schemas.common import TEXT_EXAMPLE, Strict, WordProb
+
+TopK = Field(5, ge=1, description="how many of the most likely next words to return", examples=[5])
+ModelName = Field(
+    None, description="a model of GET /v1/models; the default if absent", examples=["gru"]
+)
+
+
+class NextWordRequest(Strict):
+    text: str = Field(
+        description="words of the vocabulary, commas allowed", examples=[TEXT_EXAMPLE]
+    )
+    model: str | None = ModelName
+    top_k: int = TopK
+
+
+class NextWordResponse(BaseModel):
+    model: str = Field(examples=["gru"])
+    tokens: list[str] = Field(
+        description="the text as the model read it", examples=[["eight", ","]]
+    )
+    next: list[WordProb] = Field(description="most likely first")
+
+
+class GenerationOptions(Strict):
+    max_words: int = Field(20, ge=1, description="words to generate at most", examples=[12])
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="0 is greedy; higher samples more freely",
+        examples=[0.0],
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="sample among the k likeliest words", examples=[10]
+    )
+    top_p: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="sample among the likeliest words holding this mass",
+        examples=[0.9],
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="makes sampling reproducible", examples=[42]
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="words that end the continuation (not returned, not fed)",
+        examples=[[","]],
+    )
+    stream: bool = Field(
+        False, description="send Server-Sent Events, one per word", examples=[False]
+    )
+
+
+class ContinuationRequest(GenerationOptions):
+    text: str = Field(description="the text to continue", examples=[TEXT_EXAMPLE])
+    model: str | None = ModelName
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class ContinuationResponse(BaseModel):
+    model: str = Field(examples=["gru"])
+    words: list[str] = Field(examples=[["eight", "thousand", "one", "hundred", "three"]])
+    probs: list[float] = Field(description="the model's probability of each word")
+    text: str = Field(description="the words joined by spaces")
+    finish_reason: FinishReason = Field(description="stop: a stop word came; length: max_words")

@@ -1,0 +1,129 @@
+"""Live sessions: who owns which state slot, for how long, in what order requests apply."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from app.core.errors import AtCapacity, UnknownSession
+from app.engine.registry import LoadedModel
+
+LAST_WORDS = 10  # words of its text a session remembers for display
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    id: str
+    model: LoadedModel
+    slot: int
+    created: float
+    last_used: float
+    tokens_seen: int = 0
+    last_words: list[str] = field(default_factory=list)
+    alive: bool = True  # False once deleted, expired or evicted
+    # Requests to one session apply one at a time, in arrival order (asyncio.Lock is FIFO).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def saw(self, words: list[str]) -> None:
+        self.tokens_seen += len(words)
+        self.last_words = (self.last_words + words)[-LAST_WORDS:]
+
+
+class SessionStore:
+    """In-process sessions, least recently used first; TTL expiry and a cap on their number."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        max_sessions: int,
+        policy: str = "reject",
+        clock: Callable[[], float] = time.time,
+    ):
+        assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self.policy = policy
+        self.clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def expires_at(self, session: Session) -> float:
+        return session.last_used + self.ttl_s
+
+    def create(self, model: LoadedModel) -> Session:
+        self.expire()
+        if len(self._sessions) >= self.max_sessions:
+            victim = next((s for s in self._sessions.values() if not s.lock.locked()), None)
+            if self.policy == "reject" or victim is None:
+                raise AtCapacity(
+                    f"the server holds its maximum of {self.max_sessions} sessions: "
+                    "delete one you no longer need, or retry later",
+                    retry_after=60,
+                )
+            self._drop(victim)
+        now = self.clock()
+        session = Session(secrets.token_urlsafe(16), model, model.batcher.slots.alloc(), now, now)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """A live session, marked as just used; UnknownSession if none or expired."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise unknown(session_id)
+        now = self.clock()
+        if now >= self.expires_at(session) and not session.lock.locked():
+            self._drop(session)
+            raise UnknownSession(f"session {session_id!r} expired after {self.ttl_s:g} s idle")
+        session.last_used = now
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def touch(self, session: Session) -> None:
+        session.last_used = self.clock()
+
+    async def delete(self, session_id: str) -> None:
+        """Delete after the requests already queued on the session have run."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise unknown(session_id)
+        async with session.lock:
+            self._drop(session)
+
+    def expire(self) -> int:
+        """Drop idle sessions past their TTL; how many."""
+        now = self.clock()
+        dead = [
+            s for s in self._sessions.values() if now >= self.expires_at(s) and not s.lock.locked()
+        ]
+        for s in dead:
+            self._drop(s)
+        return len(dead)
+
+    def clear(self) -> None:
+        for s in list(self._sessions.values()):
+            self._drop(s)
+
+    def count_by_model(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self._sessions.values():
+            counts[s.model.name] = counts.get(s.model.name, 0) + 1
+        return counts
+
+    def _drop(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            session.alive = False
+            session.model.batcher.slots.free(session.slot)
+
+
+def unknown(session_id: str) -> UnknownSession:
+    return UnknownSession(f"no session {session_id!r}: it never existed, was deleted or expired")

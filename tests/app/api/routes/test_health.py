@@ -1,0 +1,69 @@
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.app.conftest import make_settings
+
+
+def test_health_and_ready(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    r = client.get("/ready")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "ready",
+        "models": ["gru", "gru-cell", "gru-custom"],
+        "skipped": [],
+    }
+
+
+def test_not_ready_before_the_models_are_loaded(store):
+    app = create_app(make_settings(store))
+    c = TestClient(app)  # no `with`: the lifespan has not run, nothing is loaded
+    r = c.get("/ready")
+    assert r.status_code == 503 and r.json()["status"] == "not_ready"
+    r = c.post("/v1/next-word", json={"text": "one"})
+    assert r.status_code == 503 and "not ready" in r.json()["detail"]
+    assert c.get("/health").status_code == 200
+
+
+def test_metrics(client):
+    client.post("/v1/next-word", json={"text": "one , two"})
+    client.post("/v1/next-word", json={"text": "eleventy"})
+    client.post("/v1/sessions", json={"text": "one"})
+    text = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/v1/next-word",status="200"} 1.0' in text
+    assert 'http_requests_total{method="POST",route="/v1/next-word",status="422"} 1.0' in text
+    assert (
+        'http_request_duration_seconds_bucket{le="0.5",method="POST",route="/v1/next-word"}' in text
+    )
+    assert 'sessions_live{model="gru"} 1.0' in text
+    assert 'model_tokens_total{model="gru"} 4.0' in text  # 3 + 1 tokens fed
+    assert 'model_batch_size_count{model="gru"} 2.0' in text
+
+
+def test_docs_and_an_example_on_every_request_field(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in (
+        "/v1/next-word",
+        "/v1/continuation",
+        "/v1/sessions",
+        "/v1/sessions/{session_id}",
+        "/v1/sessions/{session_id}/next-word",
+        "/v1/sessions/{session_id}/continuation",
+        "/v1/sessions/{session_id}/reset",
+        "/v1/models",
+        "/v1/models/{name}",
+        "/health",
+        "/ready",
+        "/metrics",
+    ):
+        assert path in paths, path
+    schemas = spec["components"]["schemas"]
+    for name, schema in schemas.items():
+        if not name.endswith("Request"):
+            continue
+        for field, prop in schema["properties"].items():
+            assert prop.get("description"), f"{name}.{field} has no description"
+            has_example = "examples" in prop or "default" in prop
+            assert has_example, f"{name}.{field} has no example"

@@ -1,0 +1,23 @@
+def test_list_models(client):
+    body = client.get("/v1/models").json()
+    assert body["default"] == "gru"
+    assert [m["name"] for m in body["models"]] == ["gru", "gru-cell", "gru-custom"]
+    gru = body["models"][0]
+    assert gru["variant"] == "gru" and gru["default"] is True
+    assert gru["parameters"] == 23784 and gru["hidden_size"] == 56 and gru["vocab_size"] == 40
+    assert gru["device"] == "cpu" and len(gru["sha256"]) == 64
+    assert 0.3 < gru["valid_accuracy"] < 1
+    assert [m["default"] for m in body["models"]] == [True, False, False]
+
+
+def test_one_model_with_its_vocabulary(client):
+    body = client.get("/v1/models/gru-custom").json()
+    assert body["variant"] == "gru-custom"
+    assert len(body["vocab"]) == 40 and body["vocab"][9] == ","
+    assert "hundred" in body["words"] and "xxpad" not in body["words"]
+
+
+def test_unknown_model(client):
+    r = client.get("/v1/models/lstm")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "no model 'lstm'; loaded: gru, gru-cell, gru-custom"
