@@ -1,0 +1,174 @@
+"""The invariant that defines correctness (DESIGN.md): feeding a text to a session in any
+number of pieces gives the same state and next-word distribution as /v1/next-word on the
+whole text, whatever other sessions do at the same time, batched or not."""
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from app.main import create_app
+from tests.app.conftest import VARIANTS, make_settings, run_app
+from training.data import number_words
+
+WORDS = " , ".join(number_words(n) for n in range(1234, 1250)).split()  # 97 tokens
+
+
+def split_randomly(words, rng):
+    cuts = sorted(rng.sample(range(1, len(words)), min(len(words) - 1, rng.randint(1, 12))))
+    return [" ".join(words[a:b]) for a, b in zip([0, *cuts], [*cuts, len(words)], strict=True)]
+
+
+def close(a, b):
+    assert [w["word"] for w in a] == [w["word"] for w in b] or all(
+        abs(x["prob"] - y["prob"]) < 1e-5 for x, y in zip(a, b, strict=True)
+    )
+    pa = {w["word"]: w["prob"] for w in a}
+    pb = {w["word"]: w["prob"] for w in b}
+    assert pa.keys() == pb.keys()
+    for word in pa:
+        assert pa[word] == pytest.approx(pb[word], abs=1e-5), word
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("batch_wait_ms", [0.0, 3.0])
+def test_pieces_equal_the_whole_under_concurrency(store, variant, batch_wait_ms):
+    app = create_app(make_settings(store, BATCH_WAIT_MS=batch_wait_ms, DEFAULT_MODEL=variant))
+    rng = random.Random(f"{variant}{batch_wait_ms}")
+    texts = [WORDS[: rng.randint(5, len(WORDS))] for _ in range(24)]
+
+    async def feed(c, words):
+        sid = (await c.post("/v1/sessions", json={})).json()["session_id"]
+        for piece in split_randomly(words, rng):
+            r = await c.post(f"/v1/sessions/{sid}/next-word", json={"text": piece, "top_k": 40})
+            assert r.status_code == 200
+        return sid, r.json()
+
+    async def noise(c):  # other clients: continuations and resets on sessions of their own
+        sid = (await c.post("/v1/sessions", json={"text": "one , two"})).json()["session_id"]
+        for i in range(6):
+            await c.post(f"/v1/sessions/{sid}/continuation", json={"max_words": 5})
+            if i % 3 == 2:
+                await c.post(f"/v1/sessions/{sid}/reset")
+                await c.post(f"/v1/sessions/{sid}/next-word", json={"text": "seven"})
+        await c.post("/v1/continuation", json={"text": "one", "max_words": 7, "temperature": 1})
+
+    async def scenario(c):
+        results = await asyncio.gather(*(feed(c, t) for t in texts), *(noise(c) for _ in range(6)))
+        fed = results[: len(texts)]
+        wholes = [
+            (await c.post("/v1/next-word", json={"text": " ".join(t), "top_k": 40})).json()
+            for t in texts
+        ]
+        service = app.state.service
+        lm = service.registry.models[variant]
+        for words, (sid, got), whole in zip(texts, fed, wholes, strict=True):
+            assert got["tokens_seen"] == len(words)
+            close(got["next"], whole["next"])
+            # the state itself equals the model run over the whole text at once
+            state = lm.batcher.slots.read(service.sessions.get(sid).slot)
+            ids = torch.tensor([lm.vocab.encode(" ".join(words))])
+            with torch.no_grad():
+                _, h = lm.checkpoint.model(ids)
+            torch.testing.assert_close(state, h[0], atol=1e-5, rtol=0)
+        return lm.batcher.stats
+
+    stats = run_app(app, scenario)
+    assert stats.batches < stats.steps  # requests really were batched together
+
+
+def test_large_batches_equal_one_at_a_time(store):
+    """200 stateless requests at once, gathered into a few large batches."""
+    app = create_app(make_settings(store, BATCH_WAIT_MS=20.0))
+    rng = random.Random(3)
+    texts = [" ".join(WORDS[: rng.randint(1, len(WORDS))]) for _ in range(200)]
+
+    async def scenario(c):
+        together = await asyncio.gather(
+            *(c.post("/v1/next-word", json={"text": t, "top_k": 40}) for t in texts)
+        )
+        lm = app.state.service.registry.models["gru"]
+        stats = (lm.batcher.stats.batches, lm.batcher.stats.steps)
+        alone = [(await c.post("/v1/next-word", json={"text": t, "top_k": 40})) for t in texts]
+        return together, alone, stats
+
+    together, alone, (batches, steps) = run_app(app, scenario)
+    for a, b in zip(together, alone, strict=True):
+        close(a.json()["next"], b.json()["next"])
+    # long texts are fed 64 tokens per batch, so a step can take part in two batches
+    assert steps >= 200 and batches <= 20, (batches, steps)
+
+
+def test_one_session_many_concurrent_requests(store):
+    """50 HTTP requests on one session at once: applied one at a time, none lost, and the
+    state is the words in the order they were applied."""
+    app = create_app(make_settings(store))
+    words = WORDS[:50]
+
+    async def scenario(c):
+        sid = (await c.post("/v1/sessions", json={})).json()["session_id"]
+        rs = await asyncio.gather(
+            *(c.post(f"/v1/sessions/{sid}/next-word", json={"text": w, "top_k": 40}) for w in words)
+        )
+        bodies = [r.json() for r in rs]
+        applied = [b["tokens"][0] for b in sorted(bodies, key=lambda b: b["tokens_seen"])]
+        whole = await c.post("/v1/next-word", json={"text": " ".join(applied), "top_k": 40})
+        final = (await c.post(f"/v1/sessions/{sid}/next-word", json={"top_k": 40})).json()
+        return bodies, whole.json(), final
+
+    bodies, whole, final = run_app(app, scenario)
+    assert sorted(b["tokens_seen"] for b in bodies) == list(range(1, 51))  # no lost update
+    assert final["tokens_seen"] == 50
+    close(final["next"], whole["next"])
+
+
+def test_one_session_applies_requests_in_arrival_order(store):
+    """At the serving layer, where arrival order is well defined: strictly first come first
+    served, even while other sessions' steps share the batches."""
+    from app.schemas.sessions import SessionCreateRequest, SessionNextWordRequest
+
+    app = create_app(make_settings(store))
+    words = WORDS[:40]
+
+    async def scenario(c):
+        service = app.state.service
+        s = await service.create_session(SessionCreateRequest())
+        other = await service.create_session(SessionCreateRequest(text="one"))
+        tasks = []
+        for w in words:
+            req = SessionNextWordRequest(text=w)
+            tasks.append(asyncio.create_task(service.session_next_word(s.session_id, req)))
+            tasks.append(asyncio.create_task(service.session_next_word(other.session_id, req)))
+        results = await asyncio.gather(*tasks)
+        return [r.tokens_seen for r in results[::2]], results[-2].last_words
+
+    seen, last_words = run_app(app, scenario)
+    assert seen == list(range(1, 41))
+    assert last_words == words[-10:]
+
+
+def test_concurrent_continuations_on_one_session_do_not_interleave(store):
+    app = create_app(make_settings(store))
+
+    async def scenario(c):
+        sid = (await c.post("/v1/sessions", json={"text": "one , two ,"})).json()["session_id"]
+        rs = await asyncio.gather(
+            *(c.post(f"/v1/sessions/{sid}/continuation", json={"max_words": 5}) for _ in range(8))
+        )
+        return sid, [r.json() for r in rs]
+
+    _, bodies = run_app(app, scenario)
+    seen = sorted(b["tokens_seen"] for b in bodies)
+    assert seen == [4 + 5 * (i + 1) for i in range(8)]  # each one saw the previous ones whole
+    # and one after the other, each continuation is what greedy gives after the previous ones
+    text = "one , two ,"
+    for body in sorted(bodies, key=lambda b: b["tokens_seen"]):
+        text += " " + " ".join(body["words"])
+    app2 = create_app(make_settings(store))
+
+    async def replay(c):
+        r = await c.post("/v1/continuation", json={"text": "one , two ,", "max_words": 40})
+        return r.json()["words"]
+
+    assert " ".join(run_app(app2, replay)) == text[len("one , two , ") :]

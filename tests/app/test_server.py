@@ -1,0 +1,98 @@
+"""The README's command, for real: `python -m app` on a free port, called over HTTP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(store):
+    port = free_port()
+    env = {**os.environ, "MAX_SESSIONS": "3", "LOG_LEVEL": "info"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--store",
+            str(store),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("server did not get ready")
+    yield base, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_real_server(server):
+    base, proc = server
+    with httpx.Client(base_url=base, timeout=10) as c:
+        r = c.post("/v1/next-word", json={"text": "one , two ,"})
+        assert r.status_code == 200 and len(r.json()["next"]) == 5
+        top = r.json()["next"][0]["word"]
+        s = c.post("/v1/sessions", json={"text": "one , two ,"}).json()
+        assert s["next"][0]["word"] == top
+        r = c.post(f"/v1/sessions/{s['session_id']}/continuation", json={"max_words": 3})
+        assert r.status_code == 200 and r.json()["words"][0] == top
+        with c.stream(
+            "POST", "/v1/continuation", json={"text": "one", "stream": True, "max_words": 2}
+        ) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert sum(1 for ln in r.iter_lines() if ln.startswith("data:")) == 3
+        for _ in range(2):  # settings from the environment: MAX_SESSIONS=3
+            c.post("/v1/sessions", json={})
+        assert c.post("/v1/sessions", json={}).status_code == 429
+        assert "http_requests_total" in c.get("/metrics").text
+    proc.send_signal(signal.SIGTERM)  # graceful shutdown
+    # uvicorn shuts down cleanly, then re-raises the signal so the exit status tells it
+    assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+    out = proc.stdout.read()
+    assert "Finished server process" in out
+    assert '"route": "/v1/next-word", "status": 200' in out  # structured access log
+    assert '"message": "stopped"' in out
+
+
+def test_refuses_to_start_without_a_usable_model(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "app", "--store", str(tmp_path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    assert f"no usable checkpoint in {tmp_path}: it holds no checkpoints" in r.stderr

@@ -1,0 +1,70 @@
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from app.core.config import Settings
+from app.engine.registry import NoUsableModel
+from app.main import create_app
+from model_store import ModelConfig, build_model, save_checkpoint
+from tests.app.conftest import make_settings
+from training.data import load_data
+
+
+@pytest.fixture
+def mixed_store(tmp_path):
+    vocab = load_data().vocab
+    save_checkpoint(tmp_path, "good", build_model(ModelConfig("gru")), vocab)
+    bad = save_checkpoint(tmp_path, "bad", build_model(ModelConfig("gru-cell")), vocab)
+    weights = bad.path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    return tmp_path, weights
+
+
+def test_a_bad_checkpoint_is_skipped_and_named(mixed_store):
+    store, weights = mixed_store
+    with TestClient(create_app(make_settings(store))) as c:
+        ready = c.get("/ready").json()
+        assert ready["models"] == ["good"]
+        assert len(ready["skipped"]) == 1 and str(weights) in ready["skipped"][0]
+        assert "sha256" in ready["skipped"][0]
+        assert c.get("/v1/models").json()["default"] == "good"
+        assert c.get("/v1/models/bad").status_code == 404
+
+
+def test_refuses_to_start_when_nothing_is_usable(mixed_store, tmp_path_factory):
+    empty = tmp_path_factory.mktemp("empty")
+    with (
+        pytest.raises(NoUsableModel, match="holds no checkpoints"),
+        TestClient(create_app(make_settings(empty))),
+    ):
+        pass
+    store, _ = mixed_store
+    with (
+        pytest.raises(NoUsableModel, match="DEFAULT_MODEL='bad' is not among"),
+        TestClient(create_app(make_settings(store, DEFAULT_MODEL="bad"))),
+    ):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"DEVICE": "tpu"}, "DEVICE"),
+        ({"MAX_SESSIONS": "0"}, "MAX_SESSIONS"),
+        ({"SESSION_CAP_POLICY": "drop"}, "SESSION_CAP_POLICY"),
+        ({"SESSION_TTL_SECONDS": "-1"}, "SESSION_TTL_SECONDS"),
+        ({"PORT": "70000"}, "PORT"),
+    ],
+)
+def test_bad_settings_are_refused_at_start(monkeypatch, env, field):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=field):
+        Settings()
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("STORE", str(tmp_path))
+    monkeypatch.setenv("MAX_WORDS", "7")
+    s = Settings()
+    assert s.STORE == tmp_path and s.MAX_WORDS == 7
