@@ -22,7 +22,7 @@ train: setup
 	fi
 
 run: train
-	$(BIN)/python -m app --store $(STORE) --host $${HOST:-0.0.0.0} --port $${PORT:-8000}
+	$(BIN)/python -m app --store $(STORE)  # HOST, PORT and the rest from the environment
 
 test: setup
 	$(BIN)/python -m pytest

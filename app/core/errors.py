@@ -5,8 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from model_store import UnknownWord
-
 
 class ServiceError(Exception):
     """An error a client can act on; `status_code` and `detail` become the HTTP response."""
@@ -51,21 +49,9 @@ class NotReady(ServiceError):
     status_code = 503
 
 
-def unknown_word_detail(e: UnknownWord) -> str:
-    return (
-        f"unknown word {e.word!r} at position {e.position}: "
-        "the model's vocabulary is listed at GET /v1/models/{name}"
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
-    async def unknown_word(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, UnknownWord)
-        return JSONResponse({"detail": unknown_word_detail(exc)}, 422)
-
     app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(UnknownWord, unknown_word)

@@ -36,7 +36,7 @@ from app.schemas.sessions import (
     SessionNextWordResponse,
 )
 from app.serving.sessions import Session, SessionStore, unknown
-from model_store import split_words
+from model_store import UnknownWord, split_words
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +124,13 @@ class PredictionService:
                 f"text is {len(text):,} characters; this server takes at most {limit:,} "
                 "(MAX_TEXT_CHARS): send it in pieces to a session"
             )
-        ids = lm.vocab.encode(text)  # raises UnknownWord
+        try:
+            ids = lm.vocab.encode(text)
+        except UnknownWord as e:
+            raise BadText(
+                f"unknown word {e.word!r} at position {e.position}: the vocabulary of model "
+                f"{lm.name!r} is listed at GET /v1/models/{lm.name}"
+            ) from None
         if need_words and not ids:
             raise BadText("text has no words: give at least one word of the model's vocabulary")
         return ids

@@ -66,7 +66,7 @@ def test_next_word_errors(client, body, status, detail):
 
 def test_unknown_word_says_where_the_vocabulary_is(client):
     detail = client.post("/v1/next-word", json={"text": "eleventy"}).json()["detail"]
-    assert detail.endswith("the model's vocabulary is listed at GET /v1/models/{name}")
+    assert detail.endswith("the vocabulary of model 'gru' is listed at GET /v1/models/gru")
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'"text"'])
