@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
+import torch
 from fastapi import FastAPI
 
+from app.api.fastpath import FastPath
 from app.api.routes import health, models, predict, sessions
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
@@ -19,6 +22,7 @@ from app.serving.service import PredictionService
 from app.serving.sessions import SessionStore
 
 log = logging.getLogger("app")
+GC_THRESHOLDS = (50_000, 20, 100)  # CPython's defaults are (700, 10, 10)
 
 
 async def sweep_expired(store: SessionStore, every_s: float) -> None:
@@ -35,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.TORCH_THREADS)
         registry = ModelRegistry.load(
             settings.STORE,
             settings.DEVICE,
@@ -53,6 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lm.batcher.start()
         sweeper = asyncio.create_task(sweep_expired(store, min(30.0, settings.SESSION_TTL_SECONDS)))
         app.state.service = PredictionService(registry, store, settings)
+        # Everything built so far lives as long as the process: move it out of the cyclic
+        # GC's sight, and collect less often. Full collections over the frameworks' and
+        # torch's objects were a third of the CPU time under load, and the p99 latency.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info("ready: %s (default %s)", ", ".join(registry.models), registry.default)
         try:
             yield
@@ -82,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, models, predict, sessions):
         app.include_router(module.router)
+    if settings.FAST_PATH:
+        app.add_middleware(FastPath, fastapi_app=app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
     return app
 

@@ -11,14 +11,14 @@ from app.core.observability import Metrics
 from app.serving.service import PredictionService
 
 
-def get_service(request: Request) -> PredictionService:
+async def get_service(request: Request) -> PredictionService:
     service: PredictionService | None = getattr(request.app.state, "service", None)
     if service is None:
         raise NotReady("the service is not ready: models are loading or it is shutting down")
     return service
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

@@ -4,54 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from sse_starlette import EventSourceResponse
 
 from app.core.errors import ServiceError
-from app.serving.service import Event, FinishEvent, WordEvent
+from app.schemas.predict import ContinuationResponse
+from app.serving.service import OnWord
 
-_END = object()
 
-
-async def event_stream(events: AsyncIterator[Event]) -> EventSourceResponse:
-    """Start generating in a task of its own and wait for the first event, so a request
-    that fails validation gets its HTTP error status instead of a stream. The task owns the
-    generation: if the client goes away, closing the stream cancels it (which releases the
-    session); if the stream is never read, the task still finishes on its own (max_words is
-    bounded)."""
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for event in events:
-                await queue.put(event)
-        except Exception as e:
-            await queue.put(e)
-        finally:
-            await queue.put(_END)
-
-    task = asyncio.create_task(pump())
+async def event_stream(
+    run: Callable[[OnWord], Coroutine[Any, Any, ContinuationResponse]],
+) -> EventSourceResponse:
+    """Run a continuation in a task of its own, its words queued as they come, and wait for
+    the first word, so a request that fails validation gets its HTTP error status instead of
+    a stream. If the client goes away, closing the stream cancels the task (which releases
+    the session); a stream never read still ends, as max_words is bounded."""
+    queue: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
+    task = asyncio.create_task(run(lambda word, prob: queue.put_nowait((word, prob))))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         first = await queue.get()
     except asyncio.CancelledError:
         task.cancel()
         raise
-    if isinstance(first, Exception):
-        raise first
+    if first is None and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
 
     async def sse() -> AsyncIterator[dict[str, str]]:
         item = first
         try:
-            while item is not _END:
-                if isinstance(item, WordEvent):
-                    yield {"data": json.dumps({"word": item.word, "prob": item.prob})}
-                elif isinstance(item, FinishEvent):
-                    yield {"data": json.dumps({"finish_reason": item.reason})}
-                else:  # failed mid-stream: the status is sent already, so say it in an event
-                    detail = item.detail if isinstance(item, ServiceError) else "internal error"
-                    yield {"data": json.dumps({"error": detail})}
+            while item is not None:
+                yield {"data": json.dumps({"word": item[0], "prob": item[1]})}
                 item = await queue.get()
+            if (error := task.exception()) is not None:  # the status is sent: say it here
+                detail = error.detail if isinstance(error, ServiceError) else "internal error"
+                yield {"data": json.dumps({"error": detail})}
+            else:
+                yield {"data": json.dumps({"finish_reason": task.result().finish_reason})}
         finally:
             task.cancel()
 

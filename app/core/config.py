@@ -32,7 +32,13 @@ class Settings(BaseSettings):
 
     MAX_BATCH_SIZE: int = Field(256, ge=1, description="requests in one batched forward")
     BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
-    MAX_QUEUE: int = Field(4096, ge=1, description="queued steps per model before 429")
+    MAX_QUEUE: int = Field(4096, ge=1, description="queued jobs per model before 429")
+    FAST_PATH: bool = Field(
+        True, description="serve the next-word routes without FastAPI's per-request overhead"
+    )
+    TORCH_THREADS: int = Field(
+        1, ge=1, description="CPU threads of torch: one suits these tiny models best"
+    )
 
     @field_validator("STORE")
     @classmethod

@@ -1,16 +1,19 @@
-"""The step batcher: continuous batching of state updates for one model.
+"""The step batcher: continuous batching of every sequence of one model.
 
-Every request is a step: feed some token ids into a slot's state and return the next-word
-distribution of the new state. One loop per model takes every step that is ready, runs ONE
-batched forward (gather the slots' states, advance them, scatter them back) and resolves each
-step's future. Steps that arrive while a batch runs join the next one. Long inputs are fed
-`prefill_chunk` tokens per batch, so one long text does not pad everybody's batch.
+A job feeds token ids into a slot's state and then either returns the next-word
+distribution (a step) or goes on generating words, each fed back in (a generation). One loop
+per model takes every job that is ready, runs ONE batched forward (gather the slots' states,
+advance them, scatter them back), picks the next word of every generating job in the same
+pass, and resolves the jobs that are done. Jobs that arrive meanwhile join the next pass;
+generations advance together, one word per pass, and leave the batch when they finish. Long
+inputs are fed `prefill_chunk` ids per pass, so one long text does not pad everyone's batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,40 +22,66 @@ import torch
 from torch import Tensor
 
 from app.core.errors import AtCapacity, NotReady
+from app.engine.sampling import sample, top_words
 from app.engine.slots import SlotPool
 from model_store import HumanNumbersLM, Vocab
 
+Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
 
-@dataclass(eq=False)
-class Step:
+
+@dataclass(slots=True)
+class Generation:
+    """Options and progress of a generating job."""
+
+    max_words: int
+    temperature: float = 0.0  # 0: greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    stop: frozenset[int] = frozenset()  # ids that end it; never returned nor fed
+    feed_last: bool = False  # feed the last word too (sessions: the words advance the state)
+    on_word: Callable[[int, float], None] | None = None  # each word as it comes (streams)
+    words: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    finish: str | None = None  # "stop" or "length" once decided
+
+    def choose(self, row: list[float]) -> int:
+        if self.temperature == 0:
+            return max(range(len(row)), key=row.__getitem__)
+        return sample(row, self.temperature, self.top_k, self.top_p, self.rng)
+
+
+@dataclass(eq=False, slots=True)
+class Job:
     slot: int
-    ids: list[int]
-    future: asyncio.Future[Tensor]
-    on_applied: Callable[[], None] | None = None  # runs when the state holds all the ids
-    done: int = 0  # ids already fed
+    feed: list[int]  # ids still to feed
+    future: asyncio.Future[object]
+    top_k: int = 0  # a step answers its top_k words
+    gen: Generation | None = None
+    on_applied: Applied | None = None
 
 
 @dataclass
 class BatcherConfig:
-    max_batch: int = 256  # steps in one forward
-    max_queue: int = 4096  # queued steps before AtCapacity
+    max_batch: int = 256  # jobs in one forward
+    max_queue: int = 4096  # jobs waiting or running before AtCapacity
     batch_wait_s: float = 0.0  # wait this long for a fuller batch when not full (0: never)
-    prefill_chunk: int = 64  # ids of one step fed per batch at most
+    prefill_chunk: int = 64  # ids of one job fed per pass at most
 
 
 @dataclass
 class BatchStats:
     batches: int = 0
-    steps: int = 0
+    rows: int = 0
     tokens: int = 0
     observers: list[Callable[[int, int], None]] = field(default_factory=list)
 
-    def record(self, steps: int, tokens: int) -> None:
+    def record(self, rows: int, tokens: int) -> None:
         self.batches += 1
-        self.steps += steps
+        self.rows += rows
         self.tokens += tokens
         for observe in self.observers:
-            observe(steps, tokens)
+            observe(rows, tokens)
 
 
 class StepBatcher:
@@ -74,7 +103,7 @@ class StepBatcher:
         self._banned = torch.tensor(
             [i for i, t in enumerate(vocab.itos) if t not in allowed], dtype=torch.long
         ).to(device)
-        self._pending: deque[Step] = deque()
+        self._queue: deque[Job] = deque()
         self._has_work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -90,74 +119,119 @@ class StepBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._pending:
-            step = self._pending.popleft()
-            if not step.future.done():
-                step.future.set_exception(NotReady("the server is shutting down"))
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(NotReady("the server is shutting down"))
 
     # -- requests --------------------------------------------------------------------------
-    async def step(
-        self, slot: int, ids: list[int], on_applied: Callable[[], None] | None = None
-    ) -> Tensor:
-        """Feed `ids` into `slot`'s state; the next-word probabilities (V,) on the CPU.
-
-        `on_applied` runs as soon as the state holds the ids, even if the caller is cancelled
-        meanwhile, so bookkeeping about the state never drifts from the state itself.
-        """
+    def submit(
+        self,
+        slot: int,
+        feed: list[int],
+        top_k: int = 0,
+        gen: Generation | None = None,
+        on_applied: Applied | None = None,
+    ) -> Job:
         if self._closed:
             raise NotReady("the server is shutting down")
-        if len(self._pending) >= self.config.max_queue:
+        if len(self._queue) >= self.config.max_queue:
             raise AtCapacity(
-                f"the server is at capacity ({len(self._pending)} steps queued): retry shortly"
+                f"the server is at capacity ({len(self._queue)} jobs queued): retry shortly"
             )
-        future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
-        self._pending.append(Step(slot, ids, future, on_applied))
+        future = asyncio.get_running_loop().create_future()
+        job = Job(slot, feed, future, top_k, gen, on_applied)
+        self._queue.append(job)
         self._has_work.set()
-        return await future
+        return job
+
+    async def step(
+        self, slot: int, ids: list[int], top_k: int, on_applied: Applied | None = None
+    ) -> list[tuple[int, float]]:
+        """Feed `ids` into `slot`'s state; the `top_k` likeliest next words (id, prob).
+
+        `on_applied` hears of every piece of ids as soon as the state holds it, even if the
+        caller is cancelled meanwhile, so bookkeeping never drifts from the state itself.
+        """
+        job = self.submit(slot, ids, top_k=top_k, on_applied=on_applied)
+        result: list[tuple[int, float]] = await job.future  # type: ignore[assignment]
+        return result
+
+    async def generate(
+        self, slot: int, ids: list[int], gen: Generation, on_applied: Applied | None = None
+    ) -> Generation:
+        """Feed `ids`, then generate words (fed back in) until a stop word or max_words."""
+        job = self.submit(slot, ids, gen=gen, on_applied=on_applied)
+        await job.future
+        return gen
 
     # -- the loop --------------------------------------------------------------------------
     async def _loop(self) -> None:
         cfg = self.config
         while True:
             await self._has_work.wait()
-            if cfg.batch_wait_s and len(self._pending) < cfg.max_batch:
+            if cfg.batch_wait_s and len(self._queue) < cfg.max_batch:
                 await asyncio.sleep(cfg.batch_wait_s)
-            batch: list[Step] = []
-            while self._pending and len(batch) < cfg.max_batch:
-                step = self._pending.popleft()
-                if not step.future.cancelled():  # its caller is gone: never apply it
-                    batch.append(step)
+            batch: list[Job] = []
+            while self._queue and len(batch) < cfg.max_batch:
+                job = self._queue.popleft()
+                if not job.future.done():  # a cancelled caller's job is dropped, never applied
+                    batch.append(job)
             if batch:
                 self._run(batch)
-            if not self._pending:
+            if not self._queue:
                 self._has_work.clear()
-            await asyncio.sleep(0)  # let the resolved callers run and new steps arrive
+            await asyncio.sleep(0)  # let the resolved callers run and new jobs arrive
 
-    def _run(self, batch: list[Step]) -> None:
+    def _run(self, batch: list[Job]) -> None:
         try:
             with torch.inference_mode():
-                probs = self.forward(batch)
-        except Exception as e:  # a broken batch fails its steps, never the loop
-            for step in batch:
-                step.future.set_exception(e)
+                rows = self._forward(batch)
+        except Exception as e:  # a broken batch fails its jobs, never the loop
+            for job in batch:
+                job.future.set_exception(e)
             return
-        unfinished = []
-        for i, step in enumerate(batch):
-            if step.done < len(step.ids):
-                unfinished.append(step)
-                continue
-            if step.on_applied is not None:
-                step.on_applied()
-            if not step.future.done():
-                step.future.set_result(probs[i])
-        self._pending.extendleft(reversed(unfinished))  # ahead of newer steps, in order
+        for job, row in zip(batch, rows, strict=True):
+            if row is not None:
+                self._advance(job, row)
+            if not job.future.done():
+                self._queue.append(job)  # more to feed or generate: the next pass
 
-    def forward(self, batch: list[Step]) -> Tensor:
-        """One batched forward: gather, advance, scatter; next-word probabilities (B, V)."""
-        assert len({s.slot for s in batch}) == len(batch), "a slot appears twice in a batch"
+    def _advance(self, job: Job, row: list[float]) -> None:
+        """A job whose ids are all fed, with its next-word distribution: answer or go on."""
+        gen = job.gen
+        if gen is None:
+            job.future.set_result(top_words(row, job.top_k))
+            return
+        if gen.finish is not None:  # that was the last word being fed
+            job.future.set_result(None)
+            return
+        word = gen.choose(row)
+        if word in gen.stop:
+            gen.finish = "stop"
+            job.future.set_result(None)
+            return
+        gen.words.append(word)
+        gen.probs.append(row[word])
+        if gen.on_word is not None:
+            gen.on_word(word, row[word])
+        if len(gen.words) == gen.max_words:
+            gen.finish = "length"
+            if not gen.feed_last:
+                job.future.set_result(None)
+                return
+        job.feed = [word]
+
+    def _forward(self, batch: list[Job]) -> list[list[float] | None]:
+        """One batched forward: gather, advance, scatter. For each job whose ids are all fed
+        now, its next-word probabilities; None for a job with more to feed."""
+        assert len({j.slot for j in batch}) == len(batch), "a slot appears twice in a batch"
         chunk = self.config.prefill_chunk
-        pieces = [s.ids[s.done : s.done + chunk] for s in batch]
-        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        pieces = []
+        for job in batch:
+            pieces.append(job.feed[:chunk])
+            job.feed = job.feed[chunk:]
+        slots = torch.tensor([j.slot for j in batch], device=self.device)
         h = self.slots.states.index_select(0, slots)  # (B, L, H)
         width = max(len(p) for p in pieces)
         if width:
@@ -171,9 +245,16 @@ class StepBatcher:
                 rows = torch.tensor(fed, device=self.device)
                 h = h.index_copy(0, rows, self.model.advance(x, h[rows], lengths))
             self.slots.states.index_copy_(0, slots, h)
-            for step, piece in zip(batch, pieces, strict=True):
-                step.done += len(piece)
-        logits = self.model.head(h)
-        logits[:, self._banned] = float("-inf")
+            for job, piece in zip(batch, pieces, strict=True):
+                if piece and job.on_applied is not None:
+                    job.on_applied(piece)
         self.stats.record(len(batch), sum(len(p) for p in pieces))
-        return torch.softmax(logits, dim=-1).float().cpu()
+        done = [i for i, job in enumerate(batch) if not job.feed]
+        out: list[list[float] | None] = [None] * len(batch)
+        if done:
+            logits = self.model.head(h[done] if len(done) < len(batch) else h)
+            logits[:, self._banned] = float("-inf")
+            probs = torch.softmax(logits.float(), dim=-1).tolist()
+            for i, row in zip(done, probs, strict=True):
+                out[i] = row
+        return out

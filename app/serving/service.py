@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import functools
+import random
 import secrets
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-
-import torch
-from torch import Tensor
 
 from app.core.config import Settings
 from app.core.errors import BadText, TextTooLong, UnknownModel
+from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
-from app.engine.sampling import choose, top_words
 from app.schemas.common import WordProb
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
 from app.schemas.predict import (
@@ -38,35 +34,7 @@ from app.schemas.sessions import (
 from app.serving.sessions import Session, SessionStore, unknown
 from model_store import UnknownWord, split_words
 
-
-@dataclass(frozen=True, slots=True)
-class WordEvent:
-    word: str
-    prob: float
-
-
-@dataclass(frozen=True, slots=True)
-class FinishEvent:
-    reason: FinishReason
-
-
-Event = WordEvent | FinishEvent
-
-
-async def collect(
-    events: AsyncIterator[Event],
-) -> tuple[list[str], list[float], FinishReason]:
-    """A whole continuation: its words, their probabilities and the finish reason."""
-    words: list[str] = []
-    probs: list[float] = []
-    reason: FinishReason = "length"
-    async for event in events:
-        if isinstance(event, WordEvent):
-            words.append(event.word)
-            probs.append(event.prob)
-        else:
-            reason = event.reason
-    return words, probs, reason
+OnWord = Callable[[str, float], None]  # hears each generated word as it comes (streams)
 
 
 def timestamp(t: float) -> datetime:
@@ -135,12 +103,14 @@ class PredictionService:
             raise BadText("text has no words: give at least one word of the model's vocabulary")
         return ids
 
-    def check_top_k(self, lm: LoadedModel, top_k: int | None, field: str = "top_k") -> None:
+    def check_top_k(self, lm: LoadedModel, top_k: int | None) -> None:
         if top_k is not None and top_k > len(lm.vocab):
-            raise BadText(f"{field} is {top_k}; it must be between 1 and {len(lm.vocab)}")
+            raise BadText(f"top_k is {top_k}; it must be between 1 and {len(lm.vocab)}")
 
-    def check_generation(self, lm: LoadedModel, opts: GenerationOptions) -> set[int]:
-        """Validate the options against the model and settings; the ids of the stop words."""
+    def generation(
+        self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool, on_word: OnWord | None
+    ) -> Generation:
+        """The engine's generation for these options, once checked against model and settings."""
         if opts.max_words > self.settings.MAX_WORDS:
             raise BadText(
                 f"max_words is {opts.max_words}; this server generates at most "
@@ -156,10 +126,20 @@ class PredictionService:
                     f"(GET /v1/models/{lm.name} lists them)"
                 )
             stop.add(lm.vocab.stoi[tokens[0]])
-        return stop
+        itos = lm.vocab.itos
+        return Generation(
+            max_words=opts.max_words,
+            temperature=opts.temperature,
+            top_k=opts.top_k,
+            top_p=opts.top_p,
+            rng=random.Random(opts.seed if opts.seed is not None else secrets.randbits(63)),
+            stop=frozenset(stop),
+            feed_last=feed_last,
+            on_word=(lambda i, p: on_word(itos[i], p)) if on_word else None,
+        )
 
-    def next_list(self, lm: LoadedModel, probs: Tensor, top_k: int) -> list[WordProb]:
-        return [WordProb(word=lm.vocab.itos[i], prob=p) for i, p in top_words(probs, top_k)]
+    def next_list(self, lm: LoadedModel, top: list[tuple[int, float]]) -> list[WordProb]:
+        return [WordProb(word=lm.vocab.itos[i], prob=p) for i, p in top]
 
     # -- stateless ---------------------------------------------------------------------------
     async def next_word(self, req: NextWordRequest) -> NextWordResponse:
@@ -168,56 +148,32 @@ class PredictionService:
         ids = self.encode(lm, req.text, need_words=True)
         slot = lm.batcher.slots.alloc()
         try:
-            probs = await lm.batcher.step(slot, ids)
+            top = await lm.batcher.step(slot, ids, req.top_k)
         finally:
             lm.batcher.slots.free(slot)
         return NextWordResponse(
-            model=lm.name, tokens=lm.vocab.decode(ids), next=self.next_list(lm, probs, req.top_k)
+            model=lm.name, tokens=lm.vocab.decode(ids), next=self.next_list(lm, top)
         )
 
-    async def continuation(self, req: ContinuationRequest) -> AsyncIterator[Event]:
+    async def continuation(
+        self, req: ContinuationRequest, on_word: OnWord | None = None
+    ) -> ContinuationResponse:
         lm = self.model(req.model)
-        stop = self.check_generation(lm, req)
+        gen = self.generation(lm, req, feed_last=False, on_word=on_word)
         ids = self.encode(lm, req.text, need_words=True)
         slot = lm.batcher.slots.alloc()
         try:
-            probs = await lm.batcher.step(slot, ids)
-            async for event in self.generate(lm, slot, probs, req, stop, feed_last=False):
-                yield event
+            await lm.batcher.generate(slot, ids, gen)
         finally:
             lm.batcher.slots.free(slot)
-
-    async def continuation_response(self, req: ContinuationRequest) -> ContinuationResponse:
-        model = self.model(req.model).name
-        words, probs, reason = await collect(self.continuation(req))
+        words = lm.vocab.decode(gen.words)
         return ContinuationResponse(
-            model=model, words=words, probs=probs, text=" ".join(words), finish_reason=reason
+            model=lm.name,
+            words=words,
+            probs=gen.probs,
+            text=" ".join(words),
+            finish_reason=finish_reason(gen),
         )
-
-    async def generate(
-        self,
-        lm: LoadedModel,
-        slot: int,
-        probs: Tensor,
-        opts: GenerationOptions,
-        stop: set[int],
-        feed_last: bool,
-        on_fed: Callable[[list[str]], None] | None = None,
-    ) -> AsyncIterator[Event]:
-        """Words from `probs` on, each fed back into `slot` (the last only if feed_last)."""
-        seed = opts.seed if opts.seed is not None else secrets.randbits(63)
-        generator = torch.Generator().manual_seed(seed)
-        for i in range(opts.max_words):
-            idx = choose(probs, opts.temperature, opts.top_k, opts.top_p, generator)
-            if idx in stop:
-                yield FinishEvent("stop")
-                return
-            word = lm.vocab.itos[idx]
-            yield WordEvent(word, float(probs[idx]))
-            if feed_last or i < opts.max_words - 1:
-                applied = functools.partial(on_fed, [word]) if on_fed else None
-                probs = await lm.batcher.step(slot, [idx], applied)
-        yield FinishEvent("length")
 
     # -- sessions ----------------------------------------------------------------------------
     def session_info(self, s: Session) -> SessionInfo:
@@ -230,14 +186,17 @@ class PredictionService:
             expires_at=timestamp(self.sessions.expires_at(s)),
         )
 
-    async def _session_probs(self, session: Session, ids: list[int]) -> Tensor | None:
-        """Feed ids (maybe none) into the session; its distribution, None if it saw no word."""
-        if ids:
-            words = session.model.vocab.decode(ids)
-            return await session.model.batcher.step(session.slot, ids, lambda: session.saw(words))
-        if session.tokens_seen:
-            return await session.model.batcher.step(session.slot, [])
-        return None
+    @staticmethod
+    def applied(session: Session) -> Applied:
+        decode = session.model.vocab.decode
+        return lambda ids: session.saw(decode(ids))
+
+    async def _session_step(self, session: Session, ids: list[int], top_k: int) -> list[WordProb]:
+        """Feed ids (maybe none) into the session; its top words, [] if it saw no word yet."""
+        if not ids and not session.tokens_seen:
+            return []
+        top = await session.model.batcher.step(session.slot, ids, top_k, self.applied(session))
+        return self.next_list(session.model, top)
 
     async def create_session(self, req: SessionCreateRequest) -> SessionCreated:
         lm = self.model(req.model)
@@ -245,8 +204,7 @@ class PredictionService:
         ids = self.encode(lm, req.text)
         session = self.sessions.create(lm)
         async with session.lock:
-            probs = await self._session_probs(session, ids)
-        nxt = self.next_list(lm, probs, req.top_k) if probs is not None else []
+            nxt = await self._session_step(session, ids, req.top_k)
         return SessionCreated(**self.session_info(session).model_dump(), next=nxt)
 
     def list_sessions(self) -> SessionList:
@@ -262,14 +220,10 @@ class PredictionService:
     async def reset_session(self, session_id: str) -> SessionInfo:
         session = self.sessions.get(session_id)
         async with session.lock:
-            self._check_alive(session)
+            check_alive(session)
             session.model.batcher.slots.zero(session.slot)
             session.tokens_seen, session.last_words = 0, []
         return self.session_info(session)
-
-    def _check_alive(self, session: Session) -> None:
-        if not session.alive:  # deleted while this request waited its turn
-            raise unknown(session.id)
 
     async def session_next_word(
         self, session_id: str, req: SessionNextWordRequest
@@ -279,43 +233,43 @@ class PredictionService:
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text)
         async with session.lock:
-            self._check_alive(session)
-            probs = await self._session_probs(session, ids)
+            check_alive(session)
+            nxt = await self._session_step(session, ids, req.top_k)
         self.sessions.touch(session)
-        nxt = self.next_list(lm, probs, req.top_k) if probs is not None else []
         return SessionNextWordResponse(
             **self.session_info(session).model_dump(), tokens=lm.vocab.decode(ids), next=nxt
         )
 
     async def session_continuation(
-        self, session_id: str, req: SessionContinuationRequest
-    ) -> AsyncIterator[Event]:
+        self, session_id: str, req: SessionContinuationRequest, on_word: OnWord | None = None
+    ) -> SessionContinuationResponse:
         session = self.sessions.get(session_id)
         lm = session.model
-        stop = self.check_generation(lm, req)
+        gen = self.generation(lm, req, feed_last=True, on_word=on_word)
         ids = self.encode(lm, req.text)
         async with session.lock:
-            self._check_alive(session)
-            probs = await self._session_probs(session, ids)
-            if probs is None:
+            check_alive(session)
+            if not ids and not session.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
-            async for event in self.generate(
-                lm, session.slot, probs, req, stop, feed_last=True, on_fed=session.saw
-            ):
-                yield event
+            await lm.batcher.generate(session.slot, ids, gen, self.applied(session))
         self.sessions.touch(session)
-
-    async def session_continuation_response(
-        self, session_id: str, req: SessionContinuationRequest
-    ) -> SessionContinuationResponse:
-        words, probs, reason = await collect(self.session_continuation(session_id, req))
-        session = self.sessions.get(session_id)
+        words = lm.vocab.decode(gen.words)
         return SessionContinuationResponse(
-            model=session.model.name,
+            model=lm.name,
             words=words,
-            probs=probs,
+            probs=gen.probs,
             text=" ".join(words),
-            finish_reason=reason,
+            finish_reason=finish_reason(gen),
             session_id=session.id,
             tokens_seen=session.tokens_seen,
         )
+
+
+def finish_reason(gen: Generation) -> FinishReason:
+    assert gen.finish in ("stop", "length"), f"generation not finished: {gen.finish}"
+    return gen.finish  # type: ignore[return-value]
+
+
+def check_alive(session: Session) -> None:
+    if not session.alive:  # deleted while this request waited its turn
+        raise unknown(session.id)

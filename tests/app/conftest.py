@@ -38,9 +38,10 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
     return Settings(STORE=store, DEVICE="cpu", ACCESS_LOG=False, **overrides)
 
 
-@pytest.fixture
-def settings(store: Path) -> Settings:
-    return make_settings(store)
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi"])
+def settings(store: Path, request: pytest.FixtureRequest) -> Settings:
+    """Every route test runs with the hot routes served by the fast path, and by FastAPI."""
+    return make_settings(store, FAST_PATH=request.param)
 
 
 @pytest.fixture

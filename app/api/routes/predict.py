@@ -34,5 +34,5 @@ async def create_continuation(
 ) -> ContinuationResponse | EventSourceResponse:
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
-        return await event_stream(service.continuation(req))
-    return await service.continuation_response(req)
+        return await event_stream(lambda on_word: service.continuation(req, on_word))
+    return await service.continuation(req)

@@ -72,8 +72,10 @@ async def session_continuation(
 ) -> SessionContinuationResponse | EventSourceResponse:
     """Continue from the session's state; the generated words advance it."""
     if req.stream:
-        return await event_stream(service.session_continuation(session_id, req))
-    return await service.session_continuation_response(session_id, req)
+        return await event_stream(
+            lambda on_word: service.session_continuation(session_id, req, on_word)
+        )
+    return await service.session_continuation(session_id, req)
 
 
 @router.post("/{session_id}/reset", response_model=SessionInfo, responses=errors(404))

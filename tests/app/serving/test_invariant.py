@@ -75,7 +75,7 @@ def test_pieces_equal_the_whole_under_concurrency(store, variant, batch_wait_ms)
         return lm.batcher.stats
 
     stats = run_app(app, scenario)
-    assert stats.batches < stats.steps  # requests really were batched together
+    assert stats.batches < stats.rows  # requests really were batched together
 
 
 def test_large_batches_equal_one_at_a_time(store):
@@ -89,7 +89,7 @@ def test_large_batches_equal_one_at_a_time(store):
             *(c.post("/v1/next-word", json={"text": t, "top_k": 40}) for t in texts)
         )
         lm = app.state.service.registry.models["gru"]
-        stats = (lm.batcher.stats.batches, lm.batcher.stats.steps)
+        stats = (lm.batcher.stats.batches, lm.batcher.stats.rows)
         alone = [(await c.post("/v1/next-word", json={"text": t, "top_k": 40})) for t in texts]
         return together, alone, stats
 

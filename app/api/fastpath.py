@@ -1,0 +1,125 @@
+"""The hot routes without FastAPI's per-request machinery.
+
+`POST /v1/next-word` and `POST /v1/sessions/{id}/next-word` are most of a busy server's
+traffic. This ASGI middleware answers them itself: the same pydantic request models
+(validated from the raw bytes in Rust), the same service calls, the same responses and
+errors, serialized straight to JSON bytes. Anything it does not fully understand (another
+route, another content type, a body that fails validation) goes on to FastAPI untouched,
+with the body replayed, so FastAPI's own answers (422 details included) stay the reference.
+The FastAPI routes still exist and document these paths in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import ServiceError
+from app.schemas.predict import NextWordRequest
+from app.schemas.sessions import SessionNextWordRequest
+from app.serving.service import PredictionService
+
+SESSIONS = "/v1/sessions/"
+NEXT_WORD = "/next-word"
+MAX_BODY = 1 << 20  # bytes read before deferring to FastAPI (MAX_TEXT_CHARS is far below)
+
+
+@dataclass(frozen=True)
+class RouteLabel:
+    """Stands for the matched route in the scope, as the metrics read its `path`."""
+
+    path: str
+
+
+NEXT_WORD_ROUTE = RouteLabel("/v1/next-word")
+SESSION_NEXT_WORD_ROUTE = RouteLabel("/v1/sessions/{session_id}/next-word")
+
+Handler = Callable[[PredictionService, BaseModel, str], Awaitable[BaseModel]]
+
+
+async def _next_word(service: PredictionService, req: Any, _: str) -> BaseModel:
+    return await service.next_word(req)
+
+
+async def _session_next_word(service: PredictionService, req: Any, sid: str) -> BaseModel:
+    return await service.session_next_word(sid, req)
+
+
+def _json_headers(length: int, extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
+    return headers
+
+
+class FastPath:
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI):
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    def _match(self, scope: Scope) -> tuple[Handler, type[BaseModel], str, RouteLabel] | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path: str = scope["path"]
+        if path == "/v1/next-word":
+            return _next_word, NextWordRequest, "", NEXT_WORD_ROUTE
+        if path.startswith(SESSIONS) and path.endswith(NEXT_WORD):
+            sid = path[len(SESSIONS) : -len(NEXT_WORD)]
+            if sid and "/" not in sid:
+                return _session_next_word, SessionNextWordRequest, sid, SESSION_NEXT_WORD_ROUTE
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = self._match(scope)
+        service: PredictionService | None = getattr(self.fastapi_app.state, "service", None)
+        if (
+            match is None
+            or service is None
+            or not dict(scope["headers"]).get(b"content-type", b"").startswith(b"application/json")
+        ):
+            await self.app(scope, receive, send)
+            return
+        handler, model, sid, route = match
+        body, more = b"", True
+        while more and len(body) <= MAX_BODY:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if more:
+            await self.app(scope, _replay(body, True, receive), send)
+            return
+        try:
+            req = model.model_validate_json(body)
+        except ValidationError:  # FastAPI words the 422
+            await self.app(scope, _replay(body, False, receive), send)
+            return
+        scope["route"] = route  # for the metrics' route label
+        try:
+            response = await handler(service, req, sid)
+        except ServiceError as e:
+            payload = orjson.dumps({"detail": e.detail})
+            status, headers = e.status_code, _json_headers(len(payload), e.headers)
+        else:
+            payload = response.__pydantic_serializer__.to_json(response)
+            status, headers = 200, _json_headers(len(payload))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(body: bytes, more_body: bool, rest: Receive) -> Receive:
+    """A receive that gives the `body` already read first, then what `rest` has."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more_body}
+        return await rest()
+
+    return receive

@@ -1,0 +1,307 @@
+"""Serving benchmark: the real server, driven from other processes (wrk, an async client).
+
+    python -m benchmarks.serving                 # full run (about 6 minutes on 2 cores)
+    python -m benchmarks.serving --duration 3 --idle-sessions 20000   # quicker
+
+Prints, measured side by side in one run:
+- requests/s and p50/p99 latency of session next-word over 1,000 live sessions at 1, 16, 64
+  and 256 connections, next to GET /health on the same server, batching on and off;
+- continuation words/s with 256 concurrent streams of 100 words, batched vs not;
+- server RSS with 0 and 100,000 idle sessions.
+Needs `wrk` (Debian package). Trains a `gru` checkpoint into a temp store unless --store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CONNECTIONS = (1, 16, 64, 256)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, store: Path, **env: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "STORE": str(store),
+            "DEVICE": os.environ.get("DEVICE", "auto"),
+            "PORT": str(self.port),
+            "LOG_LEVEL": "warning",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited at start-up")
+            time.sleep(0.1)
+        raise RuntimeError("server did not get ready")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def rss_mib(self) -> float:
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kib = int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1))  # type: ignore[union-attr]
+        return kib / 1024
+
+
+def parse_latency(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(url: str, conns: int, duration: float, script: Path | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "10s"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    pct = dict(re.findall(r"^\s*(50|99)%\s+(\S+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": parse_latency(pct["50"]),
+        "p99": parse_latency(pct["99"]),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
+
+
+def lua_sessions(ids: list[str], folder: Path) -> Path:
+    path = folder / "sessions.lua"
+    quoted = ",".join(f'"{i}"' for i in ids)
+    path.write_text(
+        f"local ids = {{{quoted}}}\n"
+        "local i = 0\n"
+        'local headers = {["Content-Type"] = "application/json"}\n'
+        "request = function()\n"
+        "  i = i + 1\n"
+        "  local id = ids[(i % #ids) + 1]\n"
+        '  return wrk.format("POST", "/v1/sessions/" .. id .. "/next-word", headers,\n'
+        '                    \'{"text": "one", "top_k": 5}\')\n'
+        "end\n"
+    )
+    return path
+
+
+def lua_create(n: int, folder: Path) -> Path:
+    path = folder / "create.lua"
+    path.write_text(
+        "local made = 0\n"
+        'wrk.method = "POST"\n'
+        'wrk.body = "{}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        "response = function(status)\n"
+        "  made = made + 1\n"
+        f"  if made >= {n} then wrk.thread:stop() end\n"
+        "end\n"
+    )
+    return path
+
+
+async def create_sessions(base: str, n: int) -> list[str]:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        ids: list[str] = []
+        for start in range(0, n, 100):
+            rs = await asyncio.gather(
+                *(
+                    c.post("/v1/sessions", json={"text": "one ,"})
+                    for _ in range(min(100, n - start))
+                )
+            )
+            ids += [r.json()["session_id"] for r in rs]
+        return ids
+
+
+def lua_continuation(words: int, stream: bool, folder: Path) -> Path:
+    path = folder / f"continuation-{stream}.lua"
+    body = (
+        f'{{"text": "one thousand one ,", "max_words": {words}, "stream": {str(stream).lower()}}}'
+    )
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{body}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return path
+
+
+def continuation_load(
+    base: str, streams: int, words: int, duration: float, stream: bool, tmp: Path
+) -> dict[str, float]:
+    """`streams` connections, each asking for continuations of `words` words back to back."""
+    script = lua_continuation(words, stream, tmp)
+    r = wrk(f"{base}/v1/continuation", streams, duration, script)
+    return {**r, "words_per_s": r["rps"] * words}
+
+
+def live_sessions(base: str) -> int:
+    text = httpx.get(f"{base}/metrics").text
+    return int(sum(float(v) for v in re.findall(r"^sessions_live\{[^}]*\} (\S+)$", text, re.M)))
+
+
+def serving_table(store: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for mode, env in (("batched", {}), ("unbatched", {"MAX_BATCH_SIZE": "1"})):
+        with Server(store, **env) as srv:
+            ids = asyncio.run(create_sessions(srv.base, args.sessions))
+            script = lua_sessions(ids, tmp)
+            wrk(f"{srv.base}/health", 16, 1)  # warm-up
+            wrk(srv.base, 16, 1, script)
+            for conns in CONNECTIONS:
+                results[(mode, "health", conns)] = wrk(f"{srv.base}/health", conns, args.duration)
+                results[(mode, "next-word", conns)] = wrk(srv.base, conns, args.duration, script)
+                print(
+                    f"  {mode:<9} {conns:>3} conns: next-word "
+                    f"{results[(mode, 'next-word', conns)]['rps']:>8.0f} req/s",
+                    flush=True,
+                )
+            for stream in (False, True):
+                # unbatched, one round of 256 x 100 words takes seconds: give it several
+                r = continuation_load(
+                    srv.base, args.streams, args.words, max(args.duration, 12), stream, tmp
+                )
+                results[(mode, "continuation", stream)] = r
+                print(
+                    f"  {mode:<9} continuation (stream={stream}) {r['words_per_s']:>8.0f} words/s",
+                    flush=True,
+                )
+    return results
+
+
+def memory(store: Path, args: argparse.Namespace, tmp: Path) -> tuple[float, float, int]:
+    with Server(store, MAX_SESSIONS=str(args.idle_sessions * 2), ACCESS_LOG="false") as srv:
+        wrk(f"{srv.base}/health", 4, 1)
+        before = srv.rss_mib()
+        script = lua_create(args.idle_sessions, tmp)
+        while live_sessions(srv.base) < args.idle_sessions:
+            wrk(f"{srv.base}/v1/sessions", 32, 120, script)
+        n = live_sessions(srv.base)
+        return before, srv.rss_mib(), n
+
+
+def train_store(folder: Path) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train",
+            "--variant",
+            "gru",
+            "--store",
+            str(folder),
+            "--no-progress",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return folder
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--store", type=Path, help="model store (default: train gru into a temp one)")
+    p.add_argument("--duration", type=float, default=6, help="seconds per wrk run")
+    p.add_argument("--sessions", type=int, default=1000, help="live sessions for next-word")
+    p.add_argument("--streams", type=int, default=256)
+    p.add_argument("--words", type=int, default=100)
+    p.add_argument("--idle-sessions", type=int, default=100_000)
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk: apt-get install -y wrk")
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        store = args.store or train_store(tmp / "store")
+        import torch
+
+        device = os.environ.get("DEVICE", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, device {device}, "
+            f"torch {torch.__version__}"
+        )
+        print(
+            f"session next-word over {args.sessions:,} live sessions, wrk -t1 -d{args.duration:g}s"
+        )
+        r = serving_table(store, args, tmp)
+        print()
+        print(
+            f"{'conns':>5} | {'health req/s':>12} | {'batched req/s':>13} {'p50 ms':>7} "
+            f"{'p99 ms':>7} | {'unbatched req/s':>15} {'p50 ms':>7} {'p99 ms':>7} | ratio"
+        )
+        for conns in CONNECTIONS:
+            h, b, u = (
+                r[("batched", "health", conns)],
+                r[("batched", "next-word", conns)],
+                r[("unbatched", "next-word", conns)],
+            )
+            errors = b["errors"] + u["errors"]
+            print(
+                f"{conns:>5} | {h['rps']:>12.0f} | {b['rps']:>13.0f} {b['p50']:>7.2f} "
+                f"{b['p99']:>7.2f} | {u['rps']:>15.0f} {u['p50']:>7.2f} {u['p99']:>7.2f} | "
+                f"{b['rps'] / u['rps']:.2f}x" + (f"  ({errors} non-2xx)" if errors else "")
+            )
+        print(
+            f"\ncontinuation, {args.streams} concurrent clients asking {args.words} words "
+            "each, back to back:"
+        )
+        for stream in (False, True):
+            cb = r[("batched", "continuation", stream)]
+            cu = r[("unbatched", "continuation", stream)]
+            print(
+                f"  {'SSE stream' if stream else 'JSON'}: batched {cb['words_per_s']:,.0f} "
+                f"words/s (p50 {cb['p50']:.0f} ms), unbatched {cu['words_per_s']:,.0f} words/s"
+                f" (p50 {cu['p50']:.0f} ms): {cb['words_per_s'] / cu['words_per_s']:.1f}x"
+            )
+        before, after, n = memory(store, args, tmp)
+        print(
+            f"RSS: {before:.1f} MiB with 0 sessions, {after:.1f} MiB with {n:,} idle sessions: "
+            f"+{after - before:.1f} MiB ({(after - before) * 2**20 / n:.0f} bytes/session)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The fast path answers exactly as FastAPI does, and leaves it what it does not handle."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.app.conftest import make_settings
+
+CASES = [
+    {"text": "one , two ,", "top_k": 7},
+    {"text": "ONE,two", "model": "gru-custom"},
+    {"text": "one eleventy"},
+    {"text": ""},
+    {"text": "one", "top_k": 0},
+    {"text": "one", "top_k": 41},
+    {"text": "one", "model": "nope"},
+    {"text": "one " * 3000},
+    {"text": 5},
+    {"txt": "one"},
+]
+
+
+@pytest.fixture
+def both(store):
+    with (
+        TestClient(create_app(make_settings(store, FAST_PATH=True))) as fast,
+        TestClient(create_app(make_settings(store, FAST_PATH=False))) as slow,
+    ):
+        yield fast, slow
+
+
+def same(a, b):
+    assert (a.status_code, a.content) == (b.status_code, b.content)
+    assert a.headers["content-type"] == b.headers["content-type"]
+    assert a.headers.get("retry-after") == b.headers.get("retry-after")
+
+
+@pytest.mark.parametrize("body", CASES)
+def test_next_word_byte_for_byte(both, body):
+    fast, slow = both
+    same(fast.post("/v1/next-word", json=body), slow.post("/v1/next-word", json=body))
+
+
+@pytest.mark.parametrize("body", [c for c in CASES if "model" not in c])
+def test_session_next_word_same_answers(both, body):
+    fast, slow = both
+    a = fast.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]
+    b = slow.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]
+    ra = fast.post(f"/v1/sessions/{a}/next-word", json=body)
+    rb = slow.post(f"/v1/sessions/{b}/next-word", json=body)
+    assert ra.status_code == rb.status_code
+    ja, jb = ra.json(), rb.json()
+    for j, sid in ((ja, a), (jb, b)):
+        if "session_id" in j:
+            assert j.pop("session_id") == sid
+            j.pop("created_at"), j.pop("expires_at")
+    assert ja == jb
+
+
+def test_unknown_session_and_odd_paths(both):
+    fast, slow = both
+    for path in (
+        "/v1/sessions/nope/next-word",
+        "/v1/sessions//next-word",
+        "/v1/sessions/a/b/next-word",
+    ):
+        same(fast.post(path, json={"text": "one"}), slow.post(path, json={"text": "one"}))
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"", b"[1]", b'{"text": "one", "top_k": 3, "top_k": 4}']
+)
+def test_raw_bodies(both, raw):
+    fast, slow = both
+    h = {"content-type": "application/json"}
+    same(
+        fast.post("/v1/next-word", content=raw, headers=h),
+        slow.post("/v1/next-word", content=raw, headers=h),
+    )
+
+
+def test_other_content_types_go_to_fastapi(both):
+    fast, slow = both
+    h = {"content-type": "text/plain"}
+    raw = b'{"text": "one"}'
+    same(
+        fast.post("/v1/next-word", content=raw, headers=h),
+        slow.post("/v1/next-word", content=raw, headers=h),
+    )
+
+
+def test_a_huge_body_is_handed_on(both):
+    fast, slow = both
+    body = {"text": "one " * 300_000}  # 1.2 MB: past what the fast path reads itself
+    a, b = fast.post("/v1/next-word", json=body), slow.post("/v1/next-word", json=body)
+    same(a, b)
+    assert a.status_code == 413
+
+
+def test_fast_path_requests_are_counted_by_route(both):
+    fast, _ = both
+    fast.post("/v1/next-word", json={"text": "one"})
+    sid = fast.post("/v1/sessions", json={}).json()["session_id"]
+    fast.post(f"/v1/sessions/{sid}/next-word", json={"text": "eleventy"})
+    text = fast.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/v1/next-word",status="200"} 1.0' in text
+    assert (
+        'http_requests_total{method="POST",route="/v1/sessions/{session_id}/next-word",'
+        'status="422"} 1.0'
+    ) in text
