@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from app.core.errors import AtCapacity, NotReady
 from app.engine.sampling import sample, top_words
