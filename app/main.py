@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_queue=settings.MAX_QUEUE,
                 batch_wait_s=settings.BATCH_WAIT_MS / 1000,
             ),
+            settings.CELL_MODE,
         )
         store = SessionStore(
             settings.SESSION_TTL_SECONDS, settings.MAX_SESSIONS, settings.SESSION_CAP_POLICY

@@ -238,6 +238,38 @@ def train_store(folder: Path) -> Path:
     return folder
 
 
+def serving_report(r: dict[Any, Any], args: argparse.Namespace) -> None:
+    print(f"\nsession next-word over {args.sessions:,} live sessions, wrk -t1 -d{args.duration:g}s")
+    print(
+        f"{'conns':>5} | {'health req/s':>12} | {'batched req/s':>13} {'p50 ms':>7} "
+        f"{'p99 ms':>7} | {'unbatched req/s':>15} {'p50 ms':>7} {'p99 ms':>7} | ratio"
+    )
+    for conns in CONNECTIONS:
+        h, b, u = (
+            r[("batched", "health", conns)],
+            r[("batched", "next-word", conns)],
+            r[("unbatched", "next-word", conns)],
+        )
+        errors = b["errors"] + u["errors"]
+        print(
+            f"{conns:>5} | {h['rps']:>12.0f} | {b['rps']:>13.0f} {b['p50']:>7.2f} "
+            f"{b['p99']:>7.2f} | {u['rps']:>15.0f} {u['p50']:>7.2f} {u['p99']:>7.2f} | "
+            f"{b['rps'] / u['rps']:.2f}x" + (f"  ({errors} non-2xx)" if errors else "")
+        )
+    print(
+        f"\ncontinuation, {args.streams} concurrent clients asking {args.words} words "
+        "each, back to back:"
+    )
+    for stream in (False, True):
+        cb = r[("batched", "continuation", stream)]
+        cu = r[("unbatched", "continuation", stream)]
+        print(
+            f"  {'SSE stream' if stream else 'JSON'}: batched {cb['words_per_s']:,.0f} "
+            f"words/s (p50 {cb['p50']:.0f} ms), unbatched {cu['words_per_s']:,.0f} words/s"
+            f" (p50 {cu['p50']:.0f} ms): {cb['words_per_s'] / cu['words_per_s']:.1f}x"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--store", type=Path, help="model store (default: train gru into a temp one)")
@@ -246,6 +278,7 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--words", type=int, default=100)
     p.add_argument("--idle-sessions", type=int, default=100_000)
+    p.add_argument("--parts", default="serving,memory", help="comma-separated: serving, memory")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install -y wrk")
@@ -262,44 +295,15 @@ def main() -> None:
             f"machine: {platform.machine()}, {os.cpu_count()} cores, device {device}, "
             f"torch {torch.__version__}"
         )
-        print(
-            f"session next-word over {args.sessions:,} live sessions, wrk -t1 -d{args.duration:g}s"
-        )
-        r = serving_table(store, args, tmp)
-        print()
-        print(
-            f"{'conns':>5} | {'health req/s':>12} | {'batched req/s':>13} {'p50 ms':>7} "
-            f"{'p99 ms':>7} | {'unbatched req/s':>15} {'p50 ms':>7} {'p99 ms':>7} | ratio"
-        )
-        for conns in CONNECTIONS:
-            h, b, u = (
-                r[("batched", "health", conns)],
-                r[("batched", "next-word", conns)],
-                r[("unbatched", "next-word", conns)],
-            )
-            errors = b["errors"] + u["errors"]
+        if "serving" in args.parts:
+            serving_report(serving_table(store, args, tmp), args)
+        if "memory" in args.parts:
+            before, after, n = memory(store, args, tmp)
             print(
-                f"{conns:>5} | {h['rps']:>12.0f} | {b['rps']:>13.0f} {b['p50']:>7.2f} "
-                f"{b['p99']:>7.2f} | {u['rps']:>15.0f} {u['p50']:>7.2f} {u['p99']:>7.2f} | "
-                f"{b['rps'] / u['rps']:.2f}x" + (f"  ({errors} non-2xx)" if errors else "")
+                f"\nRSS: {before:.1f} MiB with 0 sessions, {after:.1f} MiB with {n:,} idle "
+                f"sessions: +{after - before:.1f} MiB ({(after - before) * 2**20 / n:.0f} "
+                "bytes/session)"
             )
-        print(
-            f"\ncontinuation, {args.streams} concurrent clients asking {args.words} words "
-            "each, back to back:"
-        )
-        for stream in (False, True):
-            cb = r[("batched", "continuation", stream)]
-            cu = r[("unbatched", "continuation", stream)]
-            print(
-                f"  {'SSE stream' if stream else 'JSON'}: batched {cb['words_per_s']:,.0f} "
-                f"words/s (p50 {cb['p50']:.0f} ms), unbatched {cu['words_per_s']:,.0f} words/s"
-                f" (p50 {cu['p50']:.0f} ms): {cb['words_per_s'] / cu['words_per_s']:.1f}x"
-            )
-        before, after, n = memory(store, args, tmp)
-        print(
-            f"RSS: {before:.1f} MiB with 0 sessions, {after:.1f} MiB with {n:,} idle sessions: "
-            f"+{after - before:.1f} MiB ({(after - before) * 2**20 / n:.0f} bytes/session)"
-        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,14 @@ from model_store.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from model_store.models import VARIANTS, HumanNumbersLM, ModelConfig, build_model, count_parameters
+from model_store.models import (
+    VARIANTS,
+    HumanNumbersLM,
+    ModelConfig,
+    build_model,
+    compile_cell,
+    count_parameters,
+)
 from model_store.vocab import BOS, UnknownWord, Vocab, split_words
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "UnknownWord",
     "Vocab",
     "build_model",
+    "compile_cell",
     "count_parameters",
     "find_checkpoint",
     "list_checkpoints",

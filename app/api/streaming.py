@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from sse_starlette import EventSourceResponse
+import orjson
+from starlette.responses import StreamingResponse
 
 from app.core.errors import ServiceError
 from app.schemas.predict import ContinuationResponse
@@ -16,7 +16,7 @@ from app.serving.service import OnWord
 
 async def event_stream(
     run: Callable[[OnWord], Coroutine[Any, Any, ContinuationResponse]],
-) -> EventSourceResponse:
+) -> StreamingResponse:
     """Run a continuation in a task of its own, its words queued as they come, and wait for
     the first word, so a request that fails validation gets its HTTP error status instead of
     a stream. If the client goes away, closing the stream cancels the task (which releases
@@ -32,18 +32,27 @@ async def event_stream(
     if first is None and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
 
-    async def sse() -> AsyncIterator[dict[str, str]]:
+    async def sse() -> AsyncIterator[bytes]:
         item = first
         try:
             while item is not None:
-                yield {"data": json.dumps({"word": item[0], "prob": item[1]})}
+                yield event({"word": item[0], "prob": item[1]})
                 item = await queue.get()
             if (error := task.exception()) is not None:  # the status is sent: say it here
                 detail = error.detail if isinstance(error, ServiceError) else "internal error"
-                yield {"data": json.dumps({"error": detail})}
+                yield event({"error": detail})
             else:
-                yield {"data": json.dumps({"finish_reason": task.result().finish_reason})}
+                yield event({"finish_reason": task.result().finish_reason})
         finally:
             task.cancel()
 
-    return EventSourceResponse(sse(), ping=15)
+    return StreamingResponse(sse(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+# Proxies must not buffer the stream (nginx honours X-Accel-Buffering).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event(data: dict[str, object]) -> bytes:
+    """One Server-Sent Event carrying `data` as JSON."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     FAST_PATH: bool = Field(
         True, description="serve the next-word routes without FastAPI's per-request overhead"
     )
+    CELL_MODE: Literal["eager", "script", "compile"] = Field(
+        "script", description="how the hand-written GRU cell (gru-custom) runs"
+    )
     TORCH_THREADS: int = Field(
         1, ge=1, description="CPU threads of torch: one suits these tiny models best"
     )

@@ -13,6 +13,7 @@ from model_store import (
     BadCheckpoint,
     Checkpoint,
     Vocab,
+    compile_cell,
     count_parameters,
     list_checkpoints,
     load_checkpoint,
@@ -65,6 +66,7 @@ class ModelRegistry:
         device_name: str,
         default: str | None,
         batcher_config: BatcherConfig,
+        cell_mode: str = "eager",
     ) -> ModelRegistry:
         """Load the latest version of every checkpoint; skip bad ones, saying which and why."""
         device = resolve_device(device_name)
@@ -72,6 +74,7 @@ class ModelRegistry:
         for ref in list_checkpoints(store):
             try:
                 ckpt = load_checkpoint(ref, device)
+                compile_cell(ckpt.model, cell_mode)
             except BadCheckpoint as e:
                 problems.append(str(e))
                 log.error("skipping checkpoint %s", e)

@@ -203,6 +203,8 @@ class PredictionService:
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text)
         session = self.sessions.create(lm)
+        if not ids:  # nothing to feed: no step, no lock (an idle session stays small)
+            return SessionCreated(**self.session_info(session).model_dump(), next=[])
         async with session.lock:
             nxt = await self._session_step(session, ids, req.top_k)
         return SessionCreated(**self.session_info(session).model_dump(), next=nxt)

@@ -25,8 +25,18 @@ class Session:
     tokens_seen: int = 0
     last_words: list[str] = field(default_factory=list)
     alive: bool = True  # False once deleted, expired or evicted
-    # Requests to one session apply one at a time, in arrival order (asyncio.Lock is FIFO).
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _lock: asyncio.Lock | None = None  # made on first use: an idle session costs less
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Requests to one session apply one at a time, in arrival order (the lock is FIFO)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    @property
+    def busy(self) -> bool:
+        return self._lock is not None and self._lock.locked()
 
     def saw(self, words: list[str]) -> None:
         self.tokens_seen += len(words)
@@ -34,7 +44,11 @@ class Session:
 
 
 class SessionStore:
-    """In-process sessions, least recently used first; TTL expiry and a cap on their number."""
+    """In-process sessions, least recently used first; TTL expiry and a cap on their number.
+
+    The dict is kept in order of last use, so the expired sessions and the eviction victim
+    are found at its front without scanning the rest.
+    """
 
     def __init__(
         self,
@@ -62,7 +76,7 @@ class SessionStore:
     def create(self, model: LoadedModel) -> Session:
         self.expire()
         if len(self._sessions) >= self.max_sessions:
-            victim = next((s for s in self._sessions.values() if not s.lock.locked()), None)
+            victim = next((s for s in self._sessions.values() if not s.busy), None)
             if self.policy == "reject" or victim is None:
                 raise AtCapacity(
                     f"the server holds its maximum of {self.max_sessions} sessions: "
@@ -81,7 +95,7 @@ class SessionStore:
         if session is None:
             raise unknown(session_id)
         now = self.clock()
-        if now >= self.expires_at(session) and not session.lock.locked():
+        if now >= self.expires_at(session) and not session.busy:
             self._drop(session)
             raise UnknownSession(f"session {session_id!r} expired after {self.ttl_s:g} s idle")
         session.last_used = now
@@ -90,6 +104,8 @@ class SessionStore:
 
     def touch(self, session: Session) -> None:
         session.last_used = self.clock()
+        if session.alive:
+            self._sessions.move_to_end(session.id)
 
     async def delete(self, session_id: str) -> None:
         """Delete after the requests already queued on the session have run."""
@@ -102,9 +118,12 @@ class SessionStore:
     def expire(self) -> int:
         """Drop idle sessions past their TTL; how many."""
         now = self.clock()
-        dead = [
-            s for s in self._sessions.values() if now >= self.expires_at(s) and not s.lock.locked()
-        ]
+        dead = []
+        for s in self._sessions.values():  # oldest use first
+            if now < self.expires_at(s):
+                break
+            if not s.busy:  # a long request holds it: it goes once done, if still idle
+                dead.append(s)
         for s in dead:
             self._drop(s)
         return len(dead)

@@ -68,3 +68,10 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MAX_WORDS", "7")
     s = Settings()
     assert s.STORE == tmp_path and s.MAX_WORDS == 7
+
+
+def test_the_hand_written_cell_is_scripted_by_default(client):
+    import torch
+
+    model = client.app.state.service.registry.models["gru-custom"].checkpoint.model
+    assert isinstance(model.rnn, torch.jit.ScriptModule)

@@ -94,3 +94,24 @@ def test_advance_with_padding_equals_each_row_alone(variant):
             torch.testing.assert_close(h[i : i + 1], h_i, atol=1e-5, rtol=0)
             torch.testing.assert_close(logits[i], out[0, -1], atol=1e-5, rtol=0)
         torch.testing.assert_close(model.advance(x, h0), model(x, h0)[1], atol=1e-5, rtol=0)
+
+
+def test_scripted_cell_is_exact():
+    from model_store import compile_cell
+
+    torch.manual_seed(3)
+    eager = build_model(ModelConfig("gru-custom")).eval()
+    scripted = build_model(ModelConfig("gru-custom")).eval()
+    scripted.load_state_dict(eager.state_dict())
+    compile_cell(scripted, "script")
+    assert isinstance(scripted.rnn, torch.jit.ScriptModule)
+    x, h = torch.randint(0, 40, (5, 12)), torch.randn(5, 1, 56)
+    lengths = torch.tensor([12, 3, 7, 1, 12])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            scripted.advance(x, h, lengths), eager.advance(x, h, lengths), atol=1e-5, rtol=0
+        )
+    other = build_model(ModelConfig("gru-cell"))
+    assert compile_cell(other, "script").rnn.__class__ is torch.nn.GRUCell  # only Model7's cell
+    with pytest.raises(ValueError, match="unknown way"):
+        compile_cell(build_model(ModelConfig("gru-custom")), "fast")

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sse_starlette import EventSourceResponse
+from starlette.responses import StreamingResponse
 
 from app.api.deps import ServiceDep
 from app.api.streaming import event_stream
@@ -69,7 +69,7 @@ async def session_next_word(
 )
 async def session_continuation(
     session_id: str, req: SessionContinuationRequest, service: ServiceDep
-) -> SessionContinuationResponse | EventSourceResponse:
+) -> SessionContinuationResponse | StreamingResponse:
     """Continue from the session's state; the generated words advance it."""
     if req.stream:
         return await event_stream(

@@ -172,3 +172,25 @@ def test_concurrent_continuations_on_one_session_do_not_interleave(store):
         return r.json()["words"]
 
     assert " ".join(run_app(app2, replay)) == text[len("one , two , ") :]
+
+
+def test_backpressure_is_a_429_with_retry_after(store):
+    """Past MAX_QUEUE queued jobs the server refuses at once rather than queue without bound;
+    what it accepted is answered, and it serves normally afterwards."""
+    app = create_app(make_settings(store, MAX_QUEUE=4, BATCH_WAIT_MS=50.0))
+
+    async def scenario(c):
+        sid = (await c.post("/v1/sessions", json={"text": "one"})).json()["session_id"]
+        rs = await asyncio.gather(
+            *(c.post("/v1/next-word", json={"text": "one"}) for _ in range(20))
+        )
+        after = await c.post(f"/v1/sessions/{sid}/next-word", json={"text": ""})
+        return rs, after
+
+    rs, after = run_app(app, scenario)
+    codes = [r.status_code for r in rs]
+    assert codes.count(200) >= 4 and codes.count(429) >= 1 and set(codes) == {200, 429}
+    refused = next(r for r in rs if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["detail"].startswith("the server is at capacity")
+    assert after.status_code == 200 and after.json()["tokens_seen"] == 1
