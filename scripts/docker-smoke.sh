@@ -39,11 +39,11 @@ cleanup() {
   log "tearing down"
   (cd "$ROOT" && docker compose -p $PROJECT -f docker-compose.yml -f docker-compose.cpu.yml \
      -f "$WORK/smoke.override.yml" down -v --rmi all --remove-orphans >/dev/null 2>&1)
-  docker rmi -f python:3.11-slim local/bookworm >/dev/null 2>&1
+  docker rmi -f python:3.11-slim >/dev/null 2>&1
   docker builder prune -af >/dev/null 2>&1
   if [ -f "$D/dockerd.pid" ]; then kill "$(cat "$D/dockerd.pid")" 2>/dev/null; sleep 3; fi
   umount "$D/exec/netns/default" 2>/dev/null
-  rm -rf "$D" "$WORK/rootfs" "$WORK/base" "$ROOT"/docker/wheels/*.whl
+  rm -rf "$D" "$WORK/rootfs" "$ROOT"/docker/wheels/*.whl
   log "done"
 }
 trap cleanup EXIT
@@ -56,16 +56,14 @@ docker info >/dev/null
 
 # -- base image: a local stand-in for python:3.11-slim ------------------------------------
 if ! docker image inspect python:3.11-slim >/dev/null 2>&1; then
-  log "debootstrap bookworm"
-  debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >/dev/null
-  tar -C "$WORK/rootfs" -c . | docker import - local/bookworm >/dev/null
-  mkdir -p "$WORK/base"
-  cat >"$WORK/base/Dockerfile" <<'DOCKERFILE'
-FROM local/bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates && rm -rf /var/lib/apt/lists/* /usr/lib/python3*/EXTERNALLY-MANAGED && ln -s /usr/bin/python3 /usr/local/bin/python
-DOCKERFILE
-  log "building the base image"
-  docker build -q -t python:3.11-slim "$WORK/base" >/dev/null
+  # Debian's Python is 3.11; packages come in on the host, as builds have no network here
+  log "debootstrap bookworm with python3"
+  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    bookworm "$WORK/rootfs" http://deb.debian.org/debian >/dev/null
+  rm -f "$WORK"/rootfs/usr/lib/python3*/EXTERNALLY-MANAGED
+  ln -sf /usr/bin/python3 "$WORK/rootfs/usr/local/bin/python"
+  rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb "$WORK"/rootfs/var/lib/apt/lists/*
+  tar -C "$WORK/rootfs" -c . | docker import - python:3.11-slim >/dev/null
 fi
 
 # -- wheelhouse: pip inside a build cannot verify this machine's certificates -------------
@@ -88,6 +86,7 @@ services:
   trainer:
     network_mode: host
     build:
+      network: host
       args: {WHEELHOUSE: /wheels, TORCH_INDEX_URL: ""}
   app:
     network_mode: host
@@ -97,6 +96,7 @@ services:
     healthcheck:
       test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/ready', timeout=2)"]
     build:
+      network: host
       args: {WHEELHOUSE: /wheels, TORCH_INDEX_URL: ""}
 YAML
 compose() {
@@ -104,12 +104,14 @@ compose() {
     -f "$WORK/smoke.override.yml" "$@"
 }
 log "docker compose build"
-compose build
+compose build || { log "BUILD FAILED"; exit 1; }
+docker image inspect human-numbers-lm:latest >/dev/null
 log "image: $(docker image inspect human-numbers-lm:latest --format '{{.Size}}' | \
   awk '{printf "%.0f MB", $1/1e6}')"
 up_start=$(date +%s)
 log "docker compose up --wait"
-compose up -d --wait --wait-timeout 600
+compose up -d --wait --wait-timeout 600 || { compose logs; log "UP FAILED"; exit 1; }
+curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null
 log "ready $(( $(date +%s) - up_start )) s after up (training included)"
 
 # -- calls ---------------------------------------------------------------------------------
