@@ -19,7 +19,7 @@ from app.core.observability import Metrics, ObservabilityMiddleware, configure_l
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
 from app.serving.service import PredictionService
-from app.serving.sessions import SessionStore
+from app.serving.sessions import MemorySessionStore, SessionStore
 
 log = logging.getLogger("app")
 GC_THRESHOLDS = (50_000, 20, 100)  # CPython's defaults are (700, 10, 10)
@@ -28,7 +28,7 @@ GC_THRESHOLDS = (50_000, 20, 100)  # CPython's defaults are (700, 10, 10)
 async def sweep_expired(store: SessionStore, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
-        if n := store.expire():
+        if n := await store.expire():
             log.info("expired %d idle sessions", n)
 
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             settings.CELL_MODE,
         )
-        store = SessionStore(
+        store = MemorySessionStore(
             settings.SESSION_TTL_SECONDS, settings.MAX_SESSIONS, settings.SESSION_CAP_POLICY
         )
         for name, lm in registry.models.items():
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper.cancel()
             for lm in registry.models.values():
                 await lm.batcher.stop()
-            store.clear()
+            await store.close()
             log.info("stopped")
 
     app = FastAPI(
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.add_gauge(
         "sessions_live",
         "live sessions by model",
-        lambda: app.state.service.sessions.count_by_model() if app.state.service else {},
+        lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
     install_error_handlers(app)
     for module in (health, models, predict, sessions):

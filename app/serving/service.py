@@ -31,7 +31,7 @@ from app.schemas.sessions import (
     SessionNextWordRequest,
     SessionNextWordResponse,
 )
-from app.serving.sessions import Session, SessionStore, unknown
+from app.serving.sessions import Lease, SessionRecord, SessionStore
 from model_store import UnknownWord, split_words
 
 OnWord = Callable[[str, float], None]  # hears each generated word as it comes (streams)
@@ -176,85 +176,78 @@ class PredictionService:
         )
 
     # -- sessions ----------------------------------------------------------------------------
-    def session_info(self, s: Session) -> SessionInfo:
+    def session_info(self, r: SessionRecord) -> SessionInfo:
         return SessionInfo(
-            session_id=s.id,
-            model=s.model.name,
-            tokens_seen=s.tokens_seen,
-            last_words=list(s.last_words),
-            created_at=timestamp(s.created),
-            expires_at=timestamp(self.sessions.expires_at(s)),
+            session_id=r.id,
+            model=r.model,
+            tokens_seen=r.tokens_seen,
+            last_words=list(r.last_words),
+            created_at=timestamp(r.created),
+            expires_at=timestamp(r.expires_at),
         )
 
     @staticmethod
-    def applied(session: Session) -> Applied:
-        decode = session.model.vocab.decode
-        return lambda ids: session.saw(decode(ids))
+    def applied(lease: Lease) -> Applied:
+        decode = lease.model.vocab.decode
+        return lambda ids: lease.saw(decode(ids))
 
-    async def _session_step(self, session: Session, ids: list[int], top_k: int) -> list[WordProb]:
+    async def _session_step(self, lease: Lease, ids: list[int], top_k: int) -> list[WordProb]:
         """Feed ids (maybe none) into the session; its top words, [] if it saw no word yet."""
-        if not ids and not session.tokens_seen:
+        if not ids and not lease.tokens_seen:
             return []
-        top = await session.model.batcher.step(session.slot, ids, top_k, self.applied(session))
-        return self.next_list(session.model, top)
+        top = await lease.model.batcher.step(lease.slot, ids, top_k, self.applied(lease))
+        return self.next_list(lease.model, top)
 
     async def create_session(self, req: SessionCreateRequest) -> SessionCreated:
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text)
-        session = self.sessions.create(lm)
-        if not ids:  # nothing to feed: no step, no lock (an idle session stays small)
-            return SessionCreated(**self.session_info(session).model_dump(), next=[])
-        async with session.lock:
-            nxt = await self._session_step(session, ids, req.top_k)
-        return SessionCreated(**self.session_info(session).model_dump(), next=nxt)
+        record = await self.sessions.create(lm)
+        if not ids:  # nothing to feed: no step, no lease (an idle session stays small)
+            return SessionCreated(**self.session_info(record).model_dump(), next=[])
+        async with self.sessions.lease(record.id) as lease:
+            nxt = await self._session_step(lease, ids, req.top_k)
+        info = self.session_info(self.sessions.record(lease))
+        return SessionCreated(**info.model_dump(), next=nxt)
 
-    def list_sessions(self) -> SessionList:
-        self.sessions.expire()
-        return SessionList(sessions=[self.session_info(s) for s in self.sessions])
+    async def list_sessions(self) -> SessionList:
+        return SessionList(sessions=[self.session_info(r) for r in await self.sessions.all()])
 
-    def get_session(self, session_id: str) -> SessionInfo:
-        return self.session_info(self.sessions.get(session_id))
+    async def get_session(self, session_id: str) -> SessionInfo:
+        return self.session_info(await self.sessions.describe(session_id))
 
     async def delete_session(self, session_id: str) -> None:
         await self.sessions.delete(session_id)
 
     async def reset_session(self, session_id: str) -> SessionInfo:
-        session = self.sessions.get(session_id)
-        async with session.lock:
-            check_alive(session)
-            session.model.batcher.slots.zero(session.slot)
-            session.tokens_seen, session.last_words = 0, []
-        return self.session_info(session)
+        async with self.sessions.lease(session_id) as lease:
+            lease.reset()
+        return self.session_info(self.sessions.record(lease))
 
     async def session_next_word(
         self, session_id: str, req: SessionNextWordRequest
     ) -> SessionNextWordResponse:
-        session = self.sessions.get(session_id)
-        lm = session.model
-        self.check_top_k(lm, req.top_k)
-        ids = self.encode(lm, req.text)
-        async with session.lock:
-            check_alive(session)
-            nxt = await self._session_step(session, ids, req.top_k)
-        self.sessions.touch(session)
+        async with self.sessions.lease(session_id) as lease:
+            lm = lease.model  # checks come first: a bad request changes nothing
+            self.check_top_k(lm, req.top_k)
+            ids = self.encode(lm, req.text)
+            nxt = await self._session_step(lease, ids, req.top_k)
         return SessionNextWordResponse(
-            **self.session_info(session).model_dump(), tokens=lm.vocab.decode(ids), next=nxt
+            **self.session_info(self.sessions.record(lease)).model_dump(),
+            tokens=lm.vocab.decode(ids),
+            next=nxt,
         )
 
     async def session_continuation(
         self, session_id: str, req: SessionContinuationRequest, on_word: OnWord | None = None
     ) -> SessionContinuationResponse:
-        session = self.sessions.get(session_id)
-        lm = session.model
-        gen = self.generation(lm, req, feed_last=True, on_word=on_word)
-        ids = self.encode(lm, req.text)
-        async with session.lock:
-            check_alive(session)
-            if not ids and not session.tokens_seen:
+        async with self.sessions.lease(session_id) as lease:
+            lm = lease.model  # checks come first: a bad request changes nothing
+            gen = self.generation(lm, req, feed_last=True, on_word=on_word)
+            ids = self.encode(lm, req.text)
+            if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
-            await lm.batcher.generate(session.slot, ids, gen, self.applied(session))
-        self.sessions.touch(session)
+            await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
         words = lm.vocab.decode(gen.words)
         return SessionContinuationResponse(
             model=lm.name,
@@ -262,16 +255,11 @@ class PredictionService:
             probs=gen.probs,
             text=" ".join(words),
             finish_reason=finish_reason(gen),
-            session_id=session.id,
-            tokens_seen=session.tokens_seen,
+            session_id=lease.id,
+            tokens_seen=lease.tokens_seen,
         )
 
 
 def finish_reason(gen: Generation) -> FinishReason:
     assert gen.finish in ("stop", "length"), f"generation not finished: {gen.finish}"
     return gen.finish  # type: ignore[return-value]
-
-
-def check_alive(session: Session) -> None:
-    if not session.alive:  # deleted while this request waited its turn
-        raise unknown(session.id)

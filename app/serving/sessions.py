@@ -1,18 +1,92 @@
-"""Live sessions: who owns which state slot, for how long, in what order requests apply."""
+"""Live sessions: who owns which state, for how long, in what order requests apply.
+
+`SessionStore` is the interface the service uses; `MemorySessionStore` keeps sessions in
+this process (the default), `app.serving.redis_sessions.RedisSessionStore` in Redis, shared
+by replicas. A request works on a session through a *lease*: while it is held, the
+session's state sits in a slot of its model's batcher and no other request touches it.
+"""
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.core.errors import AtCapacity, UnknownSession
 from app.engine.registry import LoadedModel
 
 LAST_WORDS = 10  # words of its text a session remembers for display
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What a session is, for display."""
+
+    id: str
+    model: str
+    tokens_seen: int
+    last_words: list[str]
+    created: float
+    expires_at: float
+
+
+class Lease(Protocol):
+    """A session held by one request: its state is in `slot` of `model`'s batcher."""
+
+    id: str
+    model: LoadedModel
+    slot: int
+    tokens_seen: int
+    last_words: list[str]
+
+    def saw(self, words: list[str]) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class SessionStore(abc.ABC):
+    ttl_s: float
+
+    @abc.abstractmethod
+    async def create(self, model: LoadedModel) -> SessionRecord:
+        """A new session at the zero state; AtCapacity when full and not evicting."""
+
+    @abc.abstractmethod
+    def lease(self, session_id: str) -> contextlib.AbstractAsyncContextManager[Lease]:
+        """Hold a session for one request (waiting for the requests before it)."""
+
+    @abc.abstractmethod
+    def record(self, lease: Lease) -> SessionRecord:
+        """The record of a session just used through `lease`."""
+
+    @abc.abstractmethod
+    async def describe(self, session_id: str) -> SessionRecord: ...
+
+    @abc.abstractmethod
+    async def all(self) -> list[SessionRecord]: ...
+
+    @abc.abstractmethod
+    async def delete(self, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def expire(self) -> int:
+        """Drop idle sessions past their TTL (where the backend does not itself); how many."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Live sessions by model, for the metrics (may lag a few seconds)."""
+
+    async def check(self) -> None:
+        """Raise NotReady if the store cannot serve (the readiness probe)."""
+
+    async def close(self) -> None:
+        """Release what the store holds."""
 
 
 @dataclass(eq=False, slots=True)
@@ -42,8 +116,12 @@ class Session:
         self.tokens_seen += len(words)
         self.last_words = (self.last_words + words)[-LAST_WORDS:]
 
+    def reset(self) -> None:
+        self.model.batcher.slots.zero(self.slot)
+        self.tokens_seen, self.last_words = 0, []
 
-class SessionStore:
+
+class MemorySessionStore(SessionStore):
     """In-process sessions, least recently used first; TTL expiry and a cap on their number.
 
     The dict is kept in order of last use, so the expired sessions and the eviction victim
@@ -73,8 +151,11 @@ class SessionStore:
     def expires_at(self, session: Session) -> float:
         return session.last_used + self.ttl_s
 
-    def create(self, model: LoadedModel) -> Session:
-        self.expire()
+    async def create(self, model: LoadedModel) -> SessionRecord:
+        return self.record(self.new(model))
+
+    def new(self, model: LoadedModel) -> Session:
+        self.drop_expired()
         if len(self._sessions) >= self.max_sessions:
             victim = next((s for s in self._sessions.values() if not s.busy), None)
             if self.policy == "reject" or victim is None:
@@ -107,6 +188,42 @@ class SessionStore:
         if session.alive:
             self._sessions.move_to_end(session.id)
 
+    @contextlib.asynccontextmanager
+    async def lease(self, session_id: str) -> AsyncIterator[Lease]:
+        session = self.get(session_id)
+        async with session.lock:
+            if not session.alive:  # deleted while this request waited its turn
+                raise unknown(session_id)
+            yield session
+        self.touch(session)
+
+    def record(self, lease: Lease) -> SessionRecord:
+        assert isinstance(lease, Session)
+        return SessionRecord(
+            lease.id,
+            lease.model.name,
+            lease.tokens_seen,
+            list(lease.last_words),
+            lease.created,
+            self.expires_at(lease),
+        )
+
+    async def describe(self, session_id: str) -> SessionRecord:
+        return self.record(self.get(session_id))
+
+    async def all(self) -> list[SessionRecord]:
+        self.drop_expired()
+        return [self.record(s) for s in self]
+
+    def counts(self) -> dict[str, int]:
+        return self.count_by_model()
+
+    async def expire(self) -> int:
+        return self.drop_expired()
+
+    async def close(self) -> None:
+        self.clear()
+
     async def delete(self, session_id: str) -> None:
         """Delete after the requests already queued on the session have run."""
         session = self._sessions.get(session_id)
@@ -115,7 +232,7 @@ class SessionStore:
         async with session.lock:
             self._drop(session)
 
-    def expire(self) -> int:
+    def drop_expired(self) -> int:
         """Drop idle sessions past their TTL; how many."""
         now = self.clock()
         dead = []

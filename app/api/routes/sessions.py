@@ -34,13 +34,13 @@ async def create_session(req: SessionCreateRequest, service: ServiceDep) -> Sess
 @router.get("", response_model=SessionList)
 async def list_sessions(service: ServiceDep) -> SessionList:
     """The live sessions."""
-    return service.list_sessions()
+    return await service.list_sessions()
 
 
 @router.get("/{session_id}", response_model=SessionInfo, responses=errors(404))
 async def get_session(session_id: str, service: ServiceDep) -> SessionInfo:
     """One session: its model, tokens seen, last words and expiry."""
-    return service.get_session(session_id)
+    return await service.get_session(session_id)
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=errors(404))
