@@ -82,9 +82,11 @@ class SessionStore(abc.ABC):
     def counts(self) -> dict[str, int]:
         """Live sessions by model, for the metrics (may lag a few seconds)."""
 
+    @abc.abstractmethod
     async def check(self) -> None:
         """Raise NotReady if the store cannot serve (the readiness probe)."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release what the store holds."""
 
@@ -220,6 +222,9 @@ class MemorySessionStore(SessionStore):
 
     async def expire(self) -> int:
         return self.drop_expired()
+
+    async def check(self) -> None:
+        return None  # in-process: always able to serve
 
     async def close(self) -> None:
         self.clear()
