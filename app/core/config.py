@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     SESSION_CAP_POLICY: Literal["reject", "evict"] = Field(
         "reject", description="when full: 429, or evict the least recently used session"
     )
+    SESSION_BACKEND: Literal["memory", "redis"] = Field(
+        "memory", description="where sessions live: this process, or Redis (shared, durable)"
+    )
+    REDIS_URL: str = Field("redis://localhost:6379/0", description="with SESSION_BACKEND=redis")
+    REDIS_PREFIX: str = Field("hn", description="prefix of this service's Redis keys")
+    SESSION_LEASE_SECONDS: float = Field(
+        30.0, gt=0, description="Redis: a request's hold on a session expires after this"
+    )
     MAX_TEXT_CHARS: int = Field(10_000, ge=1, description="longer texts get 413")
     MAX_WORDS: int = Field(200, ge=1, description="max_words of a continuation at most")
 

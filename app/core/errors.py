@@ -25,6 +25,12 @@ class UnknownSession(ServiceError):
     status_code = 404
 
 
+class StateMismatch(ServiceError):
+    """A stored session state that does not fit its model (the model was replaced)."""
+
+    status_code = 409
+
+
 class BadText(ServiceError):
     """A text that cannot be used: empty where a word is needed."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,10 +39,24 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
     return Settings(STORE=store, DEVICE="cpu", ACCESS_LOG=False, **overrides)
 
 
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings of a session store: in-process, or a real Redis (keys of this test alone)."""
+    if request.param == "memory":
+        return {"SESSION_BACKEND": "memory"}
+    server = request.getfixturevalue("redis_server")
+    return {
+        "SESSION_BACKEND": "redis",
+        "REDIS_URL": server.url,
+        "REDIS_PREFIX": f"t{uuid.uuid4().hex[:12]}",
+    }
+
+
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi"])
-def settings(store: Path, request: pytest.FixtureRequest) -> Settings:
-    """Every route test runs with the hot routes served by the fast path, and by FastAPI."""
-    return make_settings(store, FAST_PATH=request.param)
+def settings(store: Path, backend: dict[str, Any], request: pytest.FixtureRequest) -> Settings:
+    """Every route test runs with the hot routes served by the fast path and by FastAPI, and
+    with each session store."""
+    return make_settings(store, FAST_PATH=request.param, **backend)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from app.api.deps import MetricsDep
+from app.core.errors import NotReady
 
 router = APIRouter(tags=["operations"])
 
@@ -18,6 +21,7 @@ class Ready(BaseModel):
     status: str = Field(description="ready, or not_ready", examples=["ready"])
     models: list[str] = Field(description="the loaded models")
     skipped: list[str] = Field(description="checkpoints refused at start-up, and why")
+    problem: str | None = Field(None, description="why it is not ready")
 
 
 @router.get("/health", response_model=Health)
@@ -35,11 +39,15 @@ async def get_ready(request: Request) -> Ready | JSONResponse:
     """Readiness: 200 once the models are loaded, 503 before and while shutting down."""
     service = getattr(request.app.state, "service", None)
     if service is None:
-        body = Ready(status="not_ready", models=[], skipped=[])
+        body = Ready(status="not_ready", models=[], skipped=[], problem="models not loaded")
         return JSONResponse(body.model_dump(), status_code=503)
-    return Ready(
-        status="ready", models=sorted(service.registry.models), skipped=service.registry.problems
-    )
+    models, skipped = sorted(service.registry.models), service.registry.problems
+    try:
+        await service.sessions.check()
+    except NotReady as e:
+        body = Ready(status="not_ready", models=models, skipped=skipped, problem=e.detail)
+        return JSONResponse(body.model_dump(), status_code=503)
+    return Ready(status="ready", models=models, skipped=skipped)
 
 
 @router.get(
@@ -47,6 +55,10 @@ async def get_ready(request: Request) -> Ready | JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
-async def get_metrics(metrics: MetricsDep) -> Response:
+async def get_metrics(request: Request, metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests, latency, sessions, tokens and batch sizes by model."""
+    service = getattr(request.app.state, "service", None)
+    if service is not None:  # drop expired sessions, so the gauge counts live ones only
+        with contextlib.suppress(NotReady):
+            await service.sessions.expire()
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ def test_health_and_ready(client):
         "status": "ready",
         "models": ["gru", "gru-cell", "gru-custom"],
         "skipped": [],
+        "problem": None,
     }
 
 

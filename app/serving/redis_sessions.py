@@ -1,0 +1,424 @@
+"""Sessions in Redis: every replica serves every session, and sessions outlive a restart.
+
+Keys (under PREFIX, "hn" by default):
+  PREFIX:s:{id}          hash: model, state (raw bytes), dtype, shape, tokens, last (JSON),
+                         created, used; Redis's own expiry is the TTL (PEXPIRE on each use)
+  PREFIX:idx:{model}     sorted set: id -> last use (ms); the cap, the LRU victim, the list
+  PREFIX:lock:{id}       the lease of the request working on the session: a random token
+
+Concurrency across replicas. A request leases a session with SET NX PX (a short lock) and
+reads its state in the same Lua call; it writes the state back with a Lua call that first
+checks that the lock still holds its own token. The token is a fencing token: a request that
+stalled past the lock's expiry, while another took the session over, cannot overwrite the
+newer state (its write is refused and the client gets a 503). Why a lock and not optimistic
+compare-and-set on a version: a streamed continuation sends its words before it writes the
+state back, and a word sent cannot be taken back to retry. With the lock nothing is retried,
+and requests to one session apply one at a time, in the order they get it. Within a replica
+they first queue on an asyncio lock (FIFO), so Redis sees contention only across replicas.
+While leased, the state sits in a slot of the model's batcher like any other session's, so
+a step still batches every session that is ready, whichever store it lives in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.asyncio as aioredis
+import torch
+from redis.exceptions import RedisError
+
+from app.core.errors import AtCapacity, NotReady, StateMismatch
+from app.engine.registry import LoadedModel, ModelRegistry
+from app.serving.sessions import LAST_WORDS, Lease, SessionRecord, SessionStore, unknown
+
+log = logging.getLogger("app.sessions")
+T = TypeVar("T")
+DTYPE = "float32"  # states are stored as float32 bytes, whatever the device
+
+ACQUIRE = """
+-- KEYS: session, lock; ARGV: token, lock_ms.  nil: no such session; 0: leased by another
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+COMMIT = """
+-- KEYS: session, lock, index; ARGV: token, state, tokens, last, used_ms, ttl_ms, id
+-- 1: written; 0: the lease was lost (fencing); -1: the session was deleted meanwhile
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'tokens', ARGV[3], 'last', ARGV[4], 'used', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
+return 1
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+CREATE = """
+-- KEYS: session, then the index of every model (the new session's first)
+-- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix
+local now, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local live = 0
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
+  live = live + redis.call('ZCARD', KEYS[i])
+end
+if live >= tonumber(ARGV[8]) then
+  if ARGV[9] == '0' then return 0 end
+  local victim, victim_key, oldest = nil, nil, nil
+  for i = 2, #KEYS do
+    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if first[1] and (oldest == nil or tonumber(first[2]) < oldest) then
+      victim, victim_key, oldest = first[1], KEYS[i], tonumber(first[2])
+    end
+  end
+  if victim == nil then return 0 end
+  redis.call('DEL', ARGV[10] .. ':s:' .. victim)
+  redis.call('ZREM', victim_key, victim)
+end
+redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
+           'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+return 1
+"""
+
+DELETE = """
+-- KEYS: session; ARGV: id, prefix.  The session's model; 0: no such session
+local model = redis.call('HGET', KEYS[1], 'model')
+if not model then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', ARGV[2] .. ':idx:' .. model, ARGV[1])
+return model
+"""
+
+
+@dataclass(eq=False)
+class RedisLease:
+    """A session leased from Redis: its state copied into a slot for the request."""
+
+    id: str
+    model: LoadedModel
+    slot: int
+    tokens_seen: int
+    last_words: list[str]
+    created: float
+    used: float = 0.0
+    dirty: bool = False  # the state or counters changed: write back
+
+    def saw(self, words: list[str]) -> None:
+        self.tokens_seen += len(words)
+        self.last_words = (self.last_words + words)[-LAST_WORDS:]
+        self.dirty = True
+
+    def reset(self) -> None:
+        self.model.batcher.slots.zero(self.slot)
+        self.tokens_seen, self.last_words, self.dirty = 0, [], True
+
+
+@dataclass
+class _LocalQueue:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class RedisSessionStore(SessionStore):
+    def __init__(
+        self,
+        url: str,
+        registry: ModelRegistry,
+        ttl_s: float,
+        max_sessions: int,
+        policy: str = "reject",
+        prefix: str = "hn",
+        lock_s: float = 30.0,
+        wait_s: float = 30.0,
+    ):
+        assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
+        self.url = url
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self.policy = policy
+        self.prefix = prefix
+        self.lock_ms = int(lock_s * 1000)
+        self.wait_s = wait_s
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=False
+        )
+        self._acquire = self.redis.register_script(ACQUIRE)
+        self._commit = self.redis.register_script(COMMIT)
+        self._release = self.redis.register_script(RELEASE)
+        self._create = self.redis.register_script(CREATE)
+        self._delete = self.redis.register_script(DELETE)
+        self._local: dict[str, _LocalQueue] = {}
+        self._counts: dict[str, int] = {}
+
+    # -- keys and plumbing -------------------------------------------------------------------
+    def _key(self, sid: str) -> str:
+        return f"{self.prefix}:s:{sid}"
+
+    def _lock_key(self, sid: str) -> str:
+        return f"{self.prefix}:lock:{sid}"
+
+    def _index(self, model: str) -> str:
+        return f"{self.prefix}:idx:{model}"
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """A Redis call; Redis being unreachable becomes a 503 that says so."""
+        try:
+            return await fn()
+        except RedisError as e:
+            raise NotReady(
+                f"the session store (Redis at {self.url}) is unreachable: {e}. "
+                "Sessions are unavailable until it is back; retry shortly"
+            ) from None
+
+    async def check(self) -> None:
+        await self._call(self.redis.ping)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- sessions --------------------------------------------------------------------------
+    async def create(self, model: LoadedModel) -> SessionRecord:
+        sid = secrets.token_urlsafe(16)
+        now_ms = int(time.time() * 1000)
+        zero = np.zeros(model.batcher.slots.state_shape, dtype=np.float32).tobytes()
+        indexes = [self._index(model.name)] + [
+            self._index(n) for n in sorted(self.registry.models) if n != model.name
+        ]
+        made = await self._call(
+            lambda: self._create(
+                keys=[self._key(sid), *indexes],
+                args=[
+                    sid,
+                    model.name,
+                    zero,
+                    DTYPE,
+                    shape_text(model.batcher.slots.state_shape),
+                    now_ms,
+                    int(self.ttl_s * 1000),
+                    self.max_sessions,
+                    int(self.policy == "evict"),
+                    self.prefix,
+                ],
+            )
+        )
+        if not made:
+            raise AtCapacity(
+                f"the server holds its maximum of {self.max_sessions} sessions: "
+                "delete one you no longer need, or retry later",
+                retry_after=60,
+            )
+        self._counts[model.name] = self._counts.get(model.name, 0) + 1  # till the next sweep
+        now = now_ms / 1000
+        return SessionRecord(sid, model.name, 0, [], now, now + self.ttl_s)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, session_id: str) -> AsyncIterator[Lease]:
+        local = self._local.setdefault(session_id, _LocalQueue())
+        local.users += 1
+        try:
+            async with local.lock, self._leased(session_id) as lease:
+                yield lease
+        finally:
+            local.users -= 1
+            if not local.users:
+                del self._local[session_id]
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, sid: str) -> AsyncIterator[RedisLease]:
+        token = secrets.token_hex(16)
+        fields = await self._take(sid, token)
+        try:
+            lease = self._load(sid, fields)
+        except BaseException:
+            await self._call(lambda: self._release(keys=[self._lock_key(sid)], args=[token]))
+            raise
+        slots = lease.model.batcher.slots
+        written = False
+        try:
+            yield lease
+            written = await self._write_back(lease, token)
+        finally:
+            if lease.dirty and not written:  # failed or cancelled after changing the state:
+                with contextlib.suppress(NotReady):  # keep what the state holds now
+                    written = await self._write_back(lease, token)
+            if not written:
+                with contextlib.suppress(NotReady):
+                    await self._call(
+                        lambda: self._release(keys=[self._lock_key(sid)], args=[token])
+                    )
+            slots.free(lease.slot)
+
+    async def _take(self, sid: str, token: str) -> list[bytes]:
+        """Lease the session in Redis, waiting while another replica holds it."""
+        deadline = time.monotonic() + self.wait_s
+        pause = 0.001
+        while True:
+            got = await self._call(
+                lambda: self._acquire(
+                    keys=[self._key(sid), self._lock_key(sid)], args=[token, self.lock_ms]
+                )
+            )
+            if got is None:
+                raise unknown(sid)
+            if got != 0:
+                return list(got)
+            if time.monotonic() > deadline:
+                raise NotReady(f"session {sid!r} stayed busy for {self.wait_s:g} s: retry")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _load(self, sid: str, raw: list[bytes]) -> RedisLease:
+        fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+        name = fields["model"].decode()
+        model = self.registry.models.get(name)
+        if model is None:
+            raise StateMismatch(
+                f"session {sid!r} belongs to model {name!r}, which this server has not loaded"
+            )
+        shape = model.batcher.slots.state_shape
+        stored = fields["shape"].decode()
+        if fields["dtype"].decode() != DTYPE or stored != shape_text(shape):
+            raise StateMismatch(
+                f"session {sid!r} holds a state of shape ({stored}) {fields['dtype'].decode()}, "
+                f"but model {name!r} now has states of shape ({shape_text(shape)}) {DTYPE}: "
+                "the model was replaced; delete the session and start a new one"
+            )
+        state = torch.frombuffer(bytearray(fields["state"]), dtype=torch.float32).view(shape)
+        slot = model.batcher.slots.alloc()
+        model.batcher.slots.write(slot, state.to(model.device))
+        return RedisLease(
+            sid,
+            model,
+            slot,
+            int(fields["tokens"]),
+            json.loads(fields["last"]),
+            int(fields["created"]) / 1000,
+            used=int(fields["used"]) / 1000,
+        )
+
+    async def _write_back(self, lease: RedisLease, token: str) -> bool:
+        state = lease.model.batcher.slots.read(lease.slot).float().cpu().numpy().tobytes()
+        now_ms = int(time.time() * 1000)
+        done = await self._call(
+            lambda: self._commit(
+                keys=[self._key(lease.id), self._lock_key(lease.id), self._index(lease.model.name)],
+                args=[
+                    token,
+                    state,
+                    lease.tokens_seen,
+                    json.dumps(lease.last_words),
+                    now_ms,
+                    int(self.ttl_s * 1000),
+                    lease.id,
+                ],
+            )
+        )
+        if done == 0:
+            raise NotReady(
+                f"session {lease.id!r}: this request held it longer than the lease "
+                f"({self.lock_ms / 1000:g} s) and another took it over; its result was not kept"
+            )
+        lease.used = now_ms / 1000
+        return True  # written, or the session was deleted meanwhile: nothing left to keep
+
+    def record(self, lease: Lease) -> SessionRecord:
+        assert isinstance(lease, RedisLease)
+        used = lease.used or time.time()
+        return SessionRecord(
+            lease.id,
+            lease.model.name,
+            lease.tokens_seen,
+            list(lease.last_words),
+            lease.created,
+            used + self.ttl_s,
+        )
+
+    async def describe(self, session_id: str) -> SessionRecord:
+        got = await self._call(
+            lambda: self.redis.hmget(
+                self._key(session_id), ["model", "tokens", "last", "created", "used"]
+            )
+        )
+        record = self._record(session_id, got)
+        if record is None:
+            raise unknown(session_id)
+        return record
+
+    def _record(self, sid: str, got: list[Any]) -> SessionRecord | None:
+        if got[0] is None:
+            return None
+        model, tokens, last, created, used = got
+        return SessionRecord(
+            sid,
+            model.decode(),
+            int(tokens),
+            json.loads(last),
+            int(created) / 1000,
+            int(used) / 1000 + self.ttl_s,
+        )
+
+    async def all(self) -> list[SessionRecord]:
+        since = int((time.time() - self.ttl_s) * 1000)
+        ids: list[str] = []
+        for name in sorted(self.registry.models):
+            index = self._index(name)
+            got = await self._call(lambda i=index: self.redis.zrangebyscore(i, since, "+inf"))  # type: ignore[misc]
+            ids += [i.decode() if isinstance(i, bytes) else str(i) for i in got]
+
+        async def fetch() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for sid in ids:
+                pipe.hmget(self._key(sid), ["model", "tokens", "last", "created", "used"])
+            return list(await pipe.execute())
+
+        rows = await self._call(fetch) if ids else []
+        records = [self._record(sid, row) for sid, row in zip(ids, rows, strict=True)]
+        return [r for r in records if r is not None]
+
+    async def delete(self, session_id: str) -> None:
+        done = await self._call(
+            lambda: self._delete(keys=[self._key(session_id)], args=[session_id, self.prefix])
+        )
+        if not done:
+            raise unknown(session_id)
+        name = done.decode()
+        self._counts[name] = max(0, self._counts.get(name, 0) - 1)
+
+    async def expire(self) -> int:
+        """Redis expires the sessions themselves; here the indexes forget them, and the
+        metrics' counts are refreshed."""
+        since = int((time.time() - self.ttl_s) * 1000)
+        dropped, counts = 0, {}
+        for name in sorted(self.registry.models):
+            index = self._index(name)
+            dropped += await self._call(
+                lambda i=index: self.redis.zremrangebyscore(i, "-inf", since)  # type: ignore[misc]
+            )
+            counts[name] = await self._call(lambda i=index: self.redis.zcard(i))  # type: ignore[misc]
+        self._counts = counts
+        return dropped
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(str(n) for n in shape)
