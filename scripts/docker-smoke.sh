@@ -89,7 +89,7 @@ PYEOF
 $PY -m pip download -q --only-binary=:all: --python-version 3.11 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform any \
-  -d docker/wheels setuptools==80.9.0 wheel==0.45.1 $deps
+  -d docker/wheels setuptools==80.9.0 wheel==0.45.1 async-timeout $deps  # redis needs it below 3.11.3
 log "wheelhouse: $(ls docker/wheels/*.whl | wc -l) wheels, $(du -sh docker/wheels | cut -f1)"
 
 # -- build and run -------------------------------------------------------------------------

@@ -1,62 +1,21 @@
 """The README's command, for real: `python -m app` on a free port, called over HTTP."""
 
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.app.server_process import AppProcess
+from tests.redis_server import free_port
 
 
 @pytest.fixture
 def server(store):
-    port = free_port()
-    env = {**os.environ, "MAX_SESSIONS": "3", "LOG_LEVEL": "info"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--store",
-            str(store),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("server did not get ready")
-    yield base, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    app = AppProcess(store, MAX_SESSIONS="3").start()
+    yield app.base, app
+    app.kill()
 
 
 def test_real_server(server):
@@ -78,10 +37,9 @@ def test_real_server(server):
             c.post("/v1/sessions", json={})
         assert c.post("/v1/sessions", json={}).status_code == 429
         assert "http_requests_total" in c.get("/metrics").text
-    proc.send_signal(signal.SIGTERM)  # graceful shutdown
-    # uvicorn shuts down cleanly, then re-raises the signal so the exit status tells it
-    assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
-    out = proc.stdout.read()
+    # graceful shutdown: uvicorn stops cleanly, then re-raises the signal in the exit status
+    assert proc.stop() in (0, -signal.SIGTERM)
+    out = proc.output
     assert "Finished server process" in out
     assert '"route": "/v1/next-word", "status": 200' in out  # structured access log
     assert '"message": "stopped"' in out
