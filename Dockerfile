@@ -28,12 +28,16 @@ COPY pyproject.toml README.md ./
 RUN mkdir app model_store training \
  && touch app/__init__.py model_store/__init__.py training/__init__.py \
  && pip install --no-build-isolation . \
- && pip uninstall -y human-numbers-lm
+ && pip uninstall -y human-numbers-lm \
+ && rm -rf app model_store training
 # and the code itself
 COPY app/ app/
 COPY model_store/ model_store/
 COPY training/ training/
-RUN pip install --no-deps --no-build-isolation . \
+# (the stubs' build/ must go: setuptools would keep their newer files over the real ones)
+RUN rm -rf build ./*.egg-info \
+ && pip install --no-deps --no-build-isolation . \
+ && python -c "import app.main, training.cli" \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}

@@ -25,6 +25,8 @@ run: train
 	$(BIN)/python -m app --store $(STORE)  # HOST, PORT and the rest from the environment
 
 test: setup
+	@command -v redis-server >/dev/null || { \
+		echo "the tests start their own redis-server: apt-get install -y redis-server"; exit 1; }
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -34,6 +36,7 @@ lint: setup
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/docker-compose -f docker-compose.yml config -q
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml config -q
+	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml --profile scale config -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,20 +1,23 @@
 """Serving benchmark: the real server, driven from other processes (wrk, an async client).
 
-    python -m benchmarks.serving                 # full run (about 6 minutes on 2 cores)
+    python -m benchmarks.serving                 # full run (about 10 minutes on 2 cores)
     python -m benchmarks.serving --duration 3 --idle-sessions 20000   # quicker
 
 Prints, measured side by side in one run:
 - requests/s and p50/p99 latency of session next-word over 1,000 live sessions at 1, 16, 64
   and 256 connections, next to GET /health on the same server, batching on and off;
 - continuation words/s with 256 concurrent streams of 100 words, batched vs not;
-- server RSS with 0 and 100,000 idle sessions.
-Needs `wrk` (Debian package). Trains a `gru` checkpoint into a temp store unless --store.
+- server RSS with 0 and 100,000 idle sessions;
+- session next-word at 64 connections with the Redis store (one and two replicas) vs memory.
+Needs `wrk` and `redis-server` (Debian packages). Trains a `gru` checkpoint into a temp
+store unless --store.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -24,6 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +225,72 @@ def memory(store: Path, args: argparse.Namespace, tmp: Path) -> tuple[float, flo
         return before, srv.rss_mib(), n
 
 
+@contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """Debian's redis-server on a free port, no persistence; its URL."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def wrk_parallel(jobs: list[tuple[str, int, float, Path]]) -> list[dict[str, float]]:
+    """Several wrk runs at once (one per replica); their results."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: wrk(job[0], job[1], job[2], job[3]), jobs))
+
+
+def redis_table(store: Path, args: argparse.Namespace, tmp: Path) -> None:
+    """Session next-word at 64 connections: memory vs Redis, one and two replicas."""
+    rows = []
+    with redis_server(tmp / "redis") as url:
+        for label, env, replicas in (
+            ("memory, 1 replica", {}, 1),
+            ("redis, 1 replica", {"SESSION_BACKEND": "redis", "REDIS_URL": url}, 1),
+            ("redis, 2 replicas", {"SESSION_BACKEND": "redis", "REDIS_URL": url}, 2),
+        ):
+            with contextlib.ExitStack() as stack:
+                servers = [stack.enter_context(Server(store, **env)) for _ in range(replicas)]
+                ids = asyncio.run(create_sessions(servers[0].base, args.sessions))
+                script = lua_sessions(ids, tmp)
+                wrk(servers[0].base, 16, 1, script)  # warm-up
+                results = wrk_parallel(
+                    [(s.base, 64 // replicas, args.duration, script) for s in servers]
+                )
+                rps = sum(r["rps"] for r in results)
+                p99 = max(r["p99"] for r in results)
+                errors = sum(r["errors"] for r in results)
+                rows.append((label, rps, p99, errors))
+                print(f"  {label}: {rps:.0f} req/s", flush=True)
+    memory_rps = rows[0][1]
+    print(f"\nsession next-word, 64 connections in all, {args.sessions:,} sessions:")
+    for label, rps, p99, errors in rows:
+        print(
+            f"  {label:<18} {rps:>8.0f} req/s  p99 {p99:>6.2f} ms  {rps / memory_rps:.2f}x memory"
+            + (f"  ({errors} non-2xx)" if errors else "")
+        )
+
+
 def train_store(folder: Path) -> Path:
     subprocess.run(
         [
@@ -278,7 +350,9 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--words", type=int, default=100)
     p.add_argument("--idle-sessions", type=int, default=100_000)
-    p.add_argument("--parts", default="serving,memory", help="comma-separated: serving, memory")
+    p.add_argument(
+        "--parts", default="serving,memory,redis", help="comma-separated: serving, memory, redis"
+    )
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install -y wrk")
@@ -297,6 +371,8 @@ def main() -> None:
         )
         if "serving" in args.parts:
             serving_report(serving_table(store, args, tmp), args)
+        if "redis" in args.parts:
+            redis_table(store, args, tmp)
         if "memory" in args.parts:
             before, after, n = memory(store, args, tmp)
             print(
