@@ -14,9 +14,10 @@ import statistics
 
 import torch
 
+from model_store import resolve_device
 from training.cli import SEED_VARIANTS
 from training.data import load_data
-from training.loop import TrainConfig, resolve_device, train
+from training.loop import TrainConfig, train
 
 SEED_NOTEBOOK = {"gru": 0.774, "gru-cell": 0.745, "gru-custom": 0.685}
 

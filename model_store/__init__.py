@@ -17,6 +17,7 @@ from model_store.models import (
     build_model,
     compile_cell,
     count_parameters,
+    resolve_device,
 )
 from model_store.vocab import BOS, UnknownWord, Vocab, split_words
 
@@ -37,6 +38,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "read_meta",
+    "resolve_device",
     "save_checkpoint",
     "split_words",
 ]

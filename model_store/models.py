@@ -168,6 +168,15 @@ VARIANTS: dict[str, type[HumanNumbersLM]] = {
 }
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; asking for a missing GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
 def build_model(config: ModelConfig) -> HumanNumbersLM:
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; known: {', '.join(VARIANTS)}")

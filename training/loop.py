@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from model_store import HumanNumbersLM, ModelConfig, build_model
+from model_store import HumanNumbersLM, ModelConfig, build_model, resolve_device
 from training.batches import LMBatches
 from training.data import HumanNumbers
 from training.schedule import OneCycle
@@ -40,14 +40,6 @@ class TrainConfig:
 class TrainResult:
     model: HumanNumbersLM
     metrics: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -17,6 +17,7 @@ from model_store import (
     count_parameters,
     list_checkpoints,
     load_checkpoint,
+    resolve_device,
 )
 
 log = logging.getLogger("app.models")
@@ -45,14 +46,6 @@ class NoUsableModel(RuntimeError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NoUsableModel("DEVICE=cuda, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 @dataclass
 class ModelRegistry:
     models: dict[str, LoadedModel]
@@ -69,7 +62,10 @@ class ModelRegistry:
         cell_mode: str = "eager",
     ) -> ModelRegistry:
         """Load the latest version of every checkpoint; skip bad ones, saying which and why."""
-        device = resolve_device(device_name)
+        try:
+            device = resolve_device(device_name)
+        except ValueError as e:
+            raise NoUsableModel(f"DEVICE={device_name}: {e}") from None
         models, problems = {}, []
         for ref in list_checkpoints(store):
             try:

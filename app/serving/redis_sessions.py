@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis.asyncio as aioredis
 import torch
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from app.core.errors import AtCapacity, NotReady, StateMismatch
 from app.engine.registry import LoadedModel, ModelRegistry
@@ -111,29 +112,45 @@ class ScriptBatcher:
     """Runs the Lua calls that requests make in the same event-loop turn together, in one
     pipeline: one round trip and one reply parse for all of them. Under load this is what
     keeps Redis from costing more than the model (the engine batches forwards the same way).
+    Scripts are called by their sha1 (EVALSHA) and loaded again only if Redis forgot them
+    (a restart): redis-py's own pipelined scripts would ask SCRIPT EXISTS on every batch.
     """
 
     def __init__(self, redis: aioredis.Redis):
         self.redis = redis
-        self._pending: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
         self._scheduled = False
+        self._sources: dict[str, str] = {}
 
-    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def register(self, source: str) -> str:
+        """The sha1 by which `source` is called."""
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        self._sources[sha] = source
+        return sha
+
+    async def call(self, sha: str, keys: list[str], args: list[Any]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((script, keys, args, future))
+        self._pending.append((sha, keys, args, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
         return await future
 
+    async def _run(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for sha, keys, args, _ in batch:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
     async def _flush(self) -> None:
         batch, self._pending, self._scheduled = self._pending, [], False
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                await script(keys=keys, args=args, client=pipe)  # queued, sent by execute
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._run(batch)
+            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted
+                for source in self._sources.values():
+                    await self.redis.script_load(source)
+                results = await self._run(batch)
         except Exception as e:  # every caller hears of it; none is left waiting
             for *_, future in batch:
                 if not future.done():
@@ -201,12 +218,12 @@ class RedisSessionStore(SessionStore):
         self.redis = aioredis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=False
         )
-        self._acquire = self.redis.register_script(ACQUIRE)
-        self._commit = self.redis.register_script(COMMIT)
-        self._release = self.redis.register_script(RELEASE)
-        self._create = self.redis.register_script(CREATE)
-        self._delete = self.redis.register_script(DELETE)
         self._batch = ScriptBatcher(self.redis)
+        self._acquire = self._batch.register(ACQUIRE)
+        self._commit = self._batch.register(COMMIT)
+        self._release = self._batch.register(RELEASE)
+        self._create = self._batch.register(CREATE)
+        self._delete = self._batch.register(DELETE)
         self._local: dict[str, _LocalQueue] = {}
         self._counts: dict[str, int] = {}
 
@@ -245,9 +262,10 @@ class RedisSessionStore(SessionStore):
             self._index(n) for n in sorted(self.registry.models) if n != model.name
         ]
         made = await self._call(
-            lambda: self._create(
-                keys=[self._key(sid), *indexes],
-                args=[
+            lambda: self._batch.call(
+                self._create,
+                [self._key(sid), *indexes],
+                [
                     sid,
                     model.name,
                     zero,
@@ -290,7 +308,9 @@ class RedisSessionStore(SessionStore):
         try:
             lease = self._load(sid, fields)
         except BaseException:
-            await self._call(lambda: self._release(keys=[self._lock_key(sid)], args=[token]))
+            await self._call(
+                lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
+            )
             raise
         slots = lease.model.batcher.slots
         written = False
@@ -304,7 +324,7 @@ class RedisSessionStore(SessionStore):
             if not written:
                 with contextlib.suppress(NotReady):
                     await self._call(
-                        lambda: self._release(keys=[self._lock_key(sid)], args=[token])
+                        lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
                     )
             slots.free(lease.slot)
 
@@ -384,15 +404,7 @@ class RedisSessionStore(SessionStore):
 
     def record(self, lease: Lease) -> SessionRecord:
         assert isinstance(lease, RedisLease)
-        used = lease.used or time.time()
-        return SessionRecord(
-            lease.id,
-            lease.model.name,
-            lease.tokens_seen,
-            list(lease.last_words),
-            lease.created,
-            used + self.ttl_s,
-        )
+        return SessionRecord.of(lease, lease.created, (lease.used or time.time()) + self.ttl_s)
 
     async def describe(self, session_id: str) -> SessionRecord:
         got = await self._call(
@@ -438,7 +450,9 @@ class RedisSessionStore(SessionStore):
 
     async def delete(self, session_id: str) -> None:
         done = await self._call(
-            lambda: self._delete(keys=[self._key(session_id)], args=[session_id, self.prefix])
+            lambda: self._batch.call(
+                self._delete, [self._key(session_id)], [session_id, self.prefix]
+            )
         )
         if not done:
             raise unknown(session_id)

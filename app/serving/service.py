@@ -6,6 +6,7 @@ import random
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import BadText, TextTooLong, UnknownModel
@@ -166,14 +167,7 @@ class PredictionService:
             await lm.batcher.generate(slot, ids, gen)
         finally:
             lm.batcher.slots.free(slot)
-        words = lm.vocab.decode(gen.words)
-        return ContinuationResponse(
-            model=lm.name,
-            words=words,
-            probs=gen.probs,
-            text=" ".join(words),
-            finish_reason=finish_reason(gen),
-        )
+        return ContinuationResponse(**generated(lm, gen))
 
     # -- sessions ----------------------------------------------------------------------------
     def session_info(self, r: SessionRecord) -> SessionInfo:
@@ -248,18 +242,20 @@ class PredictionService:
             if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
             await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
-        words = lm.vocab.decode(gen.words)
         return SessionContinuationResponse(
-            model=lm.name,
-            words=words,
-            probs=gen.probs,
-            text=" ".join(words),
-            finish_reason=finish_reason(gen),
-            session_id=lease.id,
-            tokens_seen=lease.tokens_seen,
+            **generated(lm, gen), session_id=lease.id, tokens_seen=lease.tokens_seen
         )
 
 
-def finish_reason(gen: Generation) -> FinishReason:
+def generated(lm: LoadedModel, gen: Generation) -> dict[str, Any]:
+    """The fields of a continuation response for a finished generation."""
     assert gen.finish in ("stop", "length"), f"generation not finished: {gen.finish}"
-    return gen.finish  # type: ignore[return-value]
+    finish: FinishReason = gen.finish  # type: ignore[assignment]
+    words = lm.vocab.decode(gen.words)
+    return {
+        "model": lm.name,
+        "words": words,
+        "probs": gen.probs,
+        "text": " ".join(words),
+        "finish_reason": finish,
+    }

@@ -35,6 +35,17 @@ class SessionRecord:
     created: float
     expires_at: float
 
+    @classmethod
+    def of(cls, lease: Lease, created: float, expires_at: float) -> SessionRecord:
+        return cls(
+            lease.id,
+            lease.model.name,
+            lease.tokens_seen,
+            list(lease.last_words),
+            created,
+            expires_at,
+        )
+
 
 class Lease(Protocol):
     """A session held by one request: its state is in `slot` of `model`'s batcher."""
@@ -201,14 +212,7 @@ class MemorySessionStore(SessionStore):
 
     def record(self, lease: Lease) -> SessionRecord:
         assert isinstance(lease, Session)
-        return SessionRecord(
-            lease.id,
-            lease.model.name,
-            lease.tokens_seen,
-            list(lease.last_words),
-            lease.created,
-            self.expires_at(lease),
-        )
+        return SessionRecord.of(lease, lease.created, self.expires_at(lease))
 
     async def describe(self, session_id: str) -> SessionRecord:
         return self.record(self.get(session_id))
