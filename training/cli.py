@@ -7,8 +7,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from model_store import VARIANTS, save_checkpoint
 from training.data import load_data, write_data
 from training.loop import TrainConfig, train
@@ -113,7 +111,6 @@ def run_training(args: argparse.Namespace, variant: str, name: str) -> None:
                 "train_tokens": len(data.train_tokens),
                 "valid_tokens": len(data.valid_tokens),
             },
-            "torch_version": torch.__version__,
         },
     )
     print(f"wrote {ref.path}", flush=True)

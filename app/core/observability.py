@@ -54,12 +54,14 @@ class Metrics:
             registry=self.registry,
         )
 
-    def batch_observer(self, model: str) -> Callable[[int, int], None]:
+    def batch_observer(self, model: str) -> Callable[[int, int, int], None]:
         tokens, batch = self.tokens.labels(model), self.batch_size.labels(model)
+        words = self.words.labels(model)
 
-        def observe(steps: int, n_tokens: int) -> None:
-            batch.observe(steps)
+        def observe(rows: int, n_tokens: int, n_words: int) -> None:
+            batch.observe(rows)
             tokens.inc(n_tokens)
+            words.inc(n_words)
 
         return observe
 

@@ -72,15 +72,17 @@ class BatcherConfig:
 class BatchStats:
     batches: int = 0
     rows: int = 0
-    tokens: int = 0
-    observers: list[Callable[[int, int], None]] = field(default_factory=list)
+    tokens: int = 0  # ids fed into states
+    words: int = 0  # words generated
+    observers: list[Callable[[int, int, int], None]] = field(default_factory=list)
 
-    def record(self, rows: int, tokens: int) -> None:
+    def record(self, rows: int, tokens: int, words: int) -> None:
         self.batches += 1
         self.rows += rows
         self.tokens += tokens
+        self.words += words
         for observe in self.observers:
-            observe(rows, tokens)
+            observe(rows, tokens, words)
 
 
 class StepBatcher:
@@ -185,31 +187,34 @@ class StepBatcher:
     def _run(self, batch: list[Job]) -> None:
         try:
             with torch.inference_mode():
-                rows = self._forward(batch)
+                rows, tokens = self._forward(batch)
         except Exception as e:  # a broken batch fails its jobs, never the loop
             for job in batch:
                 job.future.set_exception(e)
             return
+        words = 0
         for job, row in zip(batch, rows, strict=True):
             if row is not None:
-                self._advance(job, row)
+                words += self._advance(job, row)
             if not job.future.done():
                 self._queue.append(job)  # more to feed or generate: the next pass
+        self.stats.record(len(batch), tokens, words)
 
-    def _advance(self, job: Job, row: list[float]) -> None:
-        """A job whose ids are all fed, with its next-word distribution: answer or go on."""
+    def _advance(self, job: Job, row: list[float]) -> int:
+        """A job whose ids are all fed, with its next-word distribution: answer or go on.
+        How many words it generated (0 or 1)."""
         gen = job.gen
         if gen is None:
             job.future.set_result(top_words(row, job.top_k))
-            return
+            return 0
         if gen.finish is not None:  # that was the last word being fed
             job.future.set_result(None)
-            return
+            return 0
         word = gen.choose(row)
         if word in gen.stop:
             gen.finish = "stop"
             job.future.set_result(None)
-            return
+            return 0
         gen.words.append(word)
         gen.probs.append(row[word])
         if gen.on_word is not None:
@@ -218,12 +223,13 @@ class StepBatcher:
             gen.finish = "length"
             if not gen.feed_last:
                 job.future.set_result(None)
-                return
+                return 1
         job.feed = [word]
+        return 1
 
-    def _forward(self, batch: list[Job]) -> list[list[float] | None]:
+    def _forward(self, batch: list[Job]) -> tuple[list[list[float] | None], int]:
         """One batched forward: gather, advance, scatter. For each job whose ids are all fed
-        now, its next-word probabilities; None for a job with more to feed."""
+        now, its next-word probabilities (None for a job with more to feed); the ids fed."""
         assert len({j.slot for j in batch}) == len(batch), "a slot appears twice in a batch"
         chunk = self.config.prefill_chunk
         pieces = []
@@ -247,7 +253,6 @@ class StepBatcher:
             for job, piece in zip(batch, pieces, strict=True):
                 if piece and job.on_applied is not None:
                     job.on_applied(piece)
-        self.stats.record(len(batch), sum(len(p) for p in pieces))
         done = [i for i, job in enumerate(batch) if not job.feed]
         out: list[list[float] | None] = [None] * len(batch)
         if done:
@@ -256,4 +261,4 @@ class StepBatcher:
             probs = torch.softmax(logits.float(), dim=-1).tolist()
             for i, row in zip(done, probs, strict=True):
                 out[i] = row
-        return out
+        return out, sum(len(p) for p in pieces)

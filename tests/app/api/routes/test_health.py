@@ -30,7 +30,9 @@ def test_metrics(client):
     client.post("/v1/next-word", json={"text": "one , two"})
     client.post("/v1/next-word", json={"text": "eleventy"})
     client.post("/v1/sessions", json={"text": "one"})
+    client.post("/v1/continuation", json={"text": "one", "max_words": 3, "model": "gru-cell"})
     text = client.get("/metrics").text
+    assert 'model_generated_words_total{model="gru-cell"} 3.0' in text
     assert 'http_requests_total{method="POST",route="/v1/next-word",status="200"} 1.0' in text
     assert 'http_requests_total{method="POST",route="/v1/next-word",status="422"} 1.0' in text
     assert (
