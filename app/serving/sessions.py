@@ -222,7 +222,10 @@ class MemorySessionStore(SessionStore):
         return [self.record(s) for s in self]
 
     def counts(self) -> dict[str, int]:
-        return self.count_by_model()
+        counts: dict[str, int] = {}
+        for s in self._sessions.values():
+            counts[s.model.name] = counts.get(s.model.name, 0) + 1
+        return counts
 
     async def expire(self) -> int:
         return self.drop_expired()
@@ -231,7 +234,8 @@ class MemorySessionStore(SessionStore):
         return None  # in-process: always able to serve
 
     async def close(self) -> None:
-        self.clear()
+        for s in list(self._sessions.values()):
+            self._drop(s)
 
     async def delete(self, session_id: str) -> None:
         """Delete after the requests already queued on the session have run."""
@@ -253,16 +257,6 @@ class MemorySessionStore(SessionStore):
         for s in dead:
             self._drop(s)
         return len(dead)
-
-    def clear(self) -> None:
-        for s in list(self._sessions.values()):
-            self._drop(s)
-
-    def count_by_model(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for s in self._sessions.values():
-            counts[s.model.name] = counts.get(s.model.name, 0) + 1
-        return counts
 
     def _drop(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
