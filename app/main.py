@@ -18,6 +18,7 @@ from app.core.errors import NotReady, install_error_handlers
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
+from app.pages import install_pages
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -106,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Next-word prediction and continuation with the GRU language models of "
         "fast.ai's Human Numbers lesson, with sessions that keep their hidden state.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: install_pages, with packaged assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, models, predict, sessions):
         app.include_router(module.router)
+    install_pages(app)
     if settings.FAST_PATH:
         app.add_middleware(FastPath, fastapi_app=app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)

@@ -1,0 +1,52 @@
+"""A live `python -m app` and one headless Chromium per test module, offline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.app.pages.browser import OfflineGuard, launch, missing_chromium
+from tests.app.server_process import AppProcess
+
+
+@pytest.fixture(scope="session")
+def live_server(store: Path) -> Iterator[AppProcess]:
+    server = AppProcess(store, ACCESS_LOG="false").start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def api(live_server: AppProcess) -> Iterator[httpx.Client]:
+    with live_server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if why := missing_chromium():
+        pytest.fail(why, pytrace=False)  # CI installs it: never a silent skip
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live_server: AppProcess) -> Iterator[Page]:
+    """A fresh page on the live server; the test fails if it asked for anything off this
+    machine, or if its JavaScript threw."""
+    guard = OfflineGuard()
+    context = guard.attach(browser.new_context(base_url=live_server.base))
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert guard.blocked == [], f"requests left this machine: {guard.blocked}"
+    assert errors == [], f"JavaScript errors: {errors}"
