@@ -106,6 +106,7 @@ function clearError() {
 function showSession(info) {
   const main = $("playground");
   main.dataset.sessionId = info ? info.session_id : "";
+  main.dataset.fed = info && state.fed ? state.fed.join(" ") : ""; // what the bars are for
   $("status").textContent = info
     ? `Session ${info.session_id.slice(0, 8)}… on ${info.model}: ${info.tokens_seen} tokens seen`
     : "";

@@ -1,0 +1,81 @@
+"""Swagger UI and ReDoc in a real Chromium, offline: every operation rendered, and requests
+executed through "Try it out" (a JSON one and a Server-Sent Events stream)."""
+
+from __future__ import annotations
+
+import json
+
+from playwright.sync_api import Page, expect
+
+METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+
+
+def operations(api) -> set[tuple[str, str]]:
+    paths = api.get("/openapi.json").json()["paths"]
+    return {(m.upper(), p) for p, ops in paths.items() for m in ops if m in METHODS}
+
+
+def open_operation(page: Page, method: str, path: str):
+    block = page.locator(f".opblock-{method.lower()}").filter(
+        has=page.locator(f'.opblock-summary-path[data-path="{path}"]')
+    )
+    block.locator(".opblock-summary-control").click()
+    block.get_by_role("button", name="Try it out").click()
+    return block
+
+
+def test_swagger_ui_renders_every_operation(page: Page, api):
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Human Numbers")
+    page.wait_for_selector(".opblock")
+    shown = page.eval_on_selector_all(
+        ".opblock",
+        """blocks => blocks.map(b => [
+            b.querySelector('.opblock-summary-method').textContent.trim(),
+            b.querySelector('.opblock-summary-path').dataset.path])""",
+    )
+    assert len(shown) == len(set(map(tuple, shown)))
+    assert {tuple(op) for op in shown} == operations(api)
+
+
+def test_swagger_ui_try_it_out(page: Page, api):
+    page.goto("/docs")
+    block = open_operation(page, "GET", "/v1/models")
+    block.get_by_role("button", name="Execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    expect(status).to_have_text("200")
+    body = block.locator(".live-responses-table tbody .response-col_description pre").first
+    shown = json.loads(body.inner_text())
+    assert shown == api.get("/v1/models").json()
+
+
+def test_swagger_ui_streams_a_continuation(page: Page, api):
+    page.goto("/docs")
+    block = open_operation(page, "POST", "/v1/continuation")
+    request = {"text": "one, two, three,", "max_words": 3, "stream": True}
+    block.locator("textarea.body-param__text").fill(json.dumps(request))
+    block.get_by_role("button", name="Execute").click()
+    expect(block.locator(".live-responses-table tbody .response-col_status").first).to_have_text(
+        "200"
+    )
+    body = block.locator(".live-responses-table tbody .response-col_description pre").first
+    expect(body).to_contain_text("finish_reason")
+    events = [json.loads(line[5:]) for line in body.inner_text().splitlines() if line.strip()]
+    whole = api.post("/v1/continuation", json={**request, "stream": False}).json()
+    assert [e["word"] for e in events[:-1]] == whole["words"]
+    assert events[-1] == {"finish_reason": whole["finish_reason"]}
+
+
+def test_redoc_renders_every_operation(page: Page, api):
+    page.goto("/redoc")
+    expect(page.locator("h1")).to_contain_text("Human Numbers next-word service")
+    page.wait_for_selector('[data-section-id^="operation/"]')
+    shown = page.eval_on_selector_all(
+        '[data-section-id^="operation/"]',
+        """sections => sections.map(s => {
+            const verb = s.querySelector('.http-verb');
+            return [verb.textContent.trim().toUpperCase(), verb.nextElementSibling.textContent];
+        })""",
+    )
+    assert len(shown) == len(set(map(tuple, shown)))
+    assert {tuple(op) for op in shown} == operations(api)

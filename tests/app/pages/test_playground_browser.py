@@ -1,0 +1,210 @@
+"""The playground at `/` in a real Chromium, offline, against the live service: its bars are
+the session's next-word distribution, it feeds a session only what is new, it streams a
+continuation, and it shows the service's errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, Request, expect
+
+TEXT = "one thousand two hundred three, one thousand two hundred four,"
+
+
+def tokens(text: str) -> list[str]:
+    return text.replace(",", " , ").split()
+
+
+class Calls:
+    """The API calls the page makes: (method, path, JSON body, headers)."""
+
+    def __init__(self, page: Page):
+        self.seen: list[tuple[str, str, Any, dict[str, str]]] = []
+        page.on("request", self._record)
+
+    def _record(self, r: Request) -> None:
+        path = r.url.split("//", 1)[1].split("/", 1)[1]
+        if path.startswith("v1/"):
+            body = json.loads(r.post_data) if r.post_data else None
+            self.seen.append((r.method, "/" + path, body, r.headers))
+
+    def to(self, suffix: str) -> list[Any]:
+        return [body for method, path, body, _ in self.seen if path.endswith(suffix)]
+
+
+@pytest.fixture
+def playground(page: Page) -> Page:
+    page.goto("/")
+    expect(page.locator("#model")).to_be_enabled()
+    return page
+
+
+def wait_fed(page: Page, text: str) -> None:
+    """Until the page's session has been fed exactly the tokens of `text`."""
+    expect(page.locator("#playground")).to_have_attribute("data-fed", " ".join(tokens(text)))
+    expect(page.locator("#status")).to_contain_text(f": {len(tokens(text))} tokens seen")
+
+
+def bars(page: Page) -> list[dict[str, Any]]:
+    return page.eval_on_selector_all(
+        "#bars .bar",
+        """bars => bars.map(b => ({
+            word: b.querySelector('.word').textContent,
+            prob: Number(b.dataset.prob),
+            shown: b.querySelector('.prob').textContent,
+            height: b.querySelector('.fill').getBoundingClientRect().height,
+            track: b.querySelector('.track').clientHeight,
+        }))""",
+    )
+
+
+def expected_next(api, model: str, text: str, top_k: int) -> list[dict[str, Any]]:
+    """What the service says for `text`, asked through a session of its own."""
+    sid = api.post("/v1/sessions", json={"model": model}).json()["session_id"]
+    r = api.post(f"/v1/sessions/{sid}/next-word", json={"text": text, "top_k": top_k})
+    api.delete(f"/v1/sessions/{sid}")
+    assert r.status_code == 200, r.text
+    return r.json()["next"]
+
+
+def assert_bars_match(page: Page, api, text: str) -> None:
+    model = page.locator("#model").input_value()
+    top_k = int(page.locator("#top-k").input_value())
+    want = expected_next(api, model, text, top_k)
+    got = bars(page)
+    assert [b["word"] for b in got] == [w["word"] for w in want]
+    for b, w in zip(got, want, strict=True):
+        assert b["prob"] == pytest.approx(w["prob"], abs=1e-6)
+        # the bar's drawn height is its probability of the track's, to a pixel
+        assert b["height"] == pytest.approx(w["prob"] * b["track"], abs=1.0)
+        assert b["shown"].endswith("%")
+
+
+def test_models_listed_with_the_default_chosen(playground: Page, api):
+    listed = api.get("/v1/models").json()
+    values = playground.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert values == [m["name"] for m in listed["models"]]
+    assert playground.locator("#model").input_value() == listed["default"]
+
+
+def test_bars_follow_the_text_and_only_new_words_are_sent(playground: Page, api):
+    calls = Calls(playground)
+    box = playground.locator("#text")
+    box.press_sequentially("one, two,", delay=10)
+    wait_fed(playground, "one, two,")
+    assert_bars_match(playground, api, "one, two,")
+
+    box.press_sequentially(" three,", delay=10)
+    wait_fed(playground, "one, two, three,")
+    assert_bars_match(playground, api, "one, two, three,")
+    fed = [tokens(b["text"]) for b in calls.to("/next-word")]
+    assert fed[-1] == ["three", ","]  # only what is new
+    assert [t for f in fed for t in f] == tokens("one, two, three,")  # each word once
+    assert calls.to("/reset") == []
+
+    box.fill("one, five, three,")  # an earlier word changed: reset, then the whole text
+    wait_fed(playground, "one, five, three,")
+    assert len(calls.to("/reset")) == 1
+    assert tokens(calls.to("/next-word")[-1]["text"]) == tokens("one, five, three,")
+    assert_bars_match(playground, api, "one, five, three,")
+
+    playground.locator("#top-k").fill("4")
+    expect(playground.locator("#bars .bar")).to_have_count(4)
+    assert_bars_match(playground, api, "one, five, three,")
+
+
+def test_a_word_being_typed_waits_and_its_bars_stand_out(playground: Page, api):
+    box = playground.locator("#text")
+    box.press_sequentially("one, two, thir", delay=10)
+    wait_fed(playground, "one, two,")
+    assert_bars_match(playground, api, "one, two,")
+    for bar in playground.locator("#bars .bar.match").all():
+        assert bar.get_attribute("data-word").startswith("thir")
+    expect(playground.locator("#error")).to_be_hidden()
+
+
+def test_continue_streams_words_with_their_probabilities(playground: Page, api):
+    responses: list[str] = []
+    playground.on(
+        "response",
+        lambda r: r.url.endswith("/continuation") and responses.append(r.headers["content-type"]),
+    )
+    playground.locator("#text").press_sequentially(TEXT, delay=2)
+    wait_fed(playground, TEXT)
+    playground.locator("#max-words").fill("8")
+    playground.get_by_role("button", name="Continue").click()
+    expect(playground.locator("#finish")).to_have_text("Reached the word limit.")
+
+    model = playground.locator("#model").input_value()
+    whole = api.post("/v1/continuation", json={"text": TEXT, "model": model, "max_words": 8}).json()
+    words = playground.eval_on_selector_all(
+        "#continuation .gen",
+        """ws => ws.map(w => ({
+            word: w.firstChild.textContent,
+            prob: Number(w.dataset.prob),
+            p: Number(w.style.getPropertyValue('--p')),
+            background: getComputedStyle(w).backgroundColor,
+        }))""",
+    )
+    assert [w["word"] for w in words] == whole["words"]
+    for w, p in zip(words, whole["probs"], strict=True):
+        assert w["prob"] == pytest.approx(p, abs=1e-6) and w["p"] == pytest.approx(p, abs=1e-6)
+    # a likelier word is shaded darker
+    alphas = [float(w["background"].rstrip(")").rsplit(",", 1)[-1]) for w in words]
+    by_prob = sorted(zip([w["prob"] for w in words], alphas, strict=True))
+    assert by_prob[0][1] < by_prob[-1][1]
+    assert responses and all(t.startswith("text/event-stream") for t in responses)
+
+    # the words went into the text, and the session and the bars are where they left off
+    text = playground.locator("#text").input_value()
+    assert tokens(text) == tokens(TEXT) + whole["words"]
+    wait_fed(playground, text)
+    assert_bars_match(playground, api, text)
+
+
+def test_an_unknown_word_shows_the_service_error_and_loses_nothing(playground: Page, api):
+    box = playground.locator("#text")
+    box.press_sequentially("one,", delay=10)
+    wait_fed(playground, "one,")
+    box.press_sequentially(" twoo,", delay=10)
+    error = playground.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Error 422:")
+    expect(error).to_contain_text("'twoo'")
+    # the service's own message, word for word (for the new words the page sent)
+    sid = api.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]
+    detail = api.post(f"/v1/sessions/{sid}/next-word", json={"text": "twoo ,"}).json()["detail"]
+    assert error.inner_text() == f"Error 422: {detail}"
+
+    box.fill("one, two,")  # fixed: the session was kept as it was
+    expect(error).to_be_hidden()
+    wait_fed(playground, "one, two,")
+    assert_bars_match(playground, api, "one, two,")
+
+
+def test_reset_starts_over(playground: Page):
+    calls = Calls(playground)
+    playground.locator("#text").press_sequentially("one, two,", delay=10)
+    wait_fed(playground, "one, two,")
+    playground.get_by_role("button", name="Reset").click()
+    expect(playground.locator("#status")).to_contain_text(": 0 tokens seen")
+    expect(playground.locator("#text")).to_have_value("")
+    expect(playground.locator("#bars .bar")).to_have_count(0)
+    assert len(calls.to("/reset")) == 1
+
+
+def test_the_api_key_is_sent_and_kept_in_the_page_only(playground: Page):
+    calls = Calls(playground)
+    playground.get_by_label("API key").fill("k-123")
+    playground.get_by_label("API key").press("Enter")
+    playground.get_by_label("API key").blur()
+    playground.locator("#text").press_sequentially("one,", delay=10)
+    wait_fed(playground, "one,")
+    sent = [h.get("authorization") for _, _, _, h in calls.seen]
+    assert sent and all(a == "Bearer k-123" for a in sent)
+    stored = playground.evaluate(
+        "() => JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie])"
+    )
+    assert "k-123" not in stored
