@@ -38,6 +38,8 @@ COPY training/ training/
 RUN rm -rf build ./*.egg-info \
  && pip install --no-deps --no-build-isolation . \
  && python -c "import app.main, training.cli" \
+ && python -c "from app.pages import DOCS_ASSETS as d, PLAYGROUND as p; \
+assert all(f.is_file() for f in (d / 'swagger-ui-bundle.js', d / 'redoc.standalone.js', p / 'index.html', p / 'playground.js')), 'page assets missing'" \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}

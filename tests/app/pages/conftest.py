@@ -46,7 +46,17 @@ def page(browser: Browser, live_server: AppProcess) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: csp_violation(m.text) and errors.append(m.text))
     yield page
     context.close()
     assert guard.blocked == [], f"requests left this machine: {guard.blocked}"
     assert errors == [], f"JavaScript errors: {errors}"
+
+
+def csp_violation(message: str) -> bool:
+    """The page tried something its Content-Security-Policy refused: an asset from elsewhere,
+    an inline script... Only ReDoc's "API docs by Redocly" logo is expected (app/pages)."""
+    return "Content Security Policy" in message and REDOCLY_LOGO not in message
+
+
+REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"

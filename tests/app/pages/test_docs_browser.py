@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
+
+from tests.app.pages.browser import OfflineGuard
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
@@ -79,3 +81,13 @@ def test_redoc_renders_every_operation(page: Page, api):
     )
     assert len(shown) == len(set(map(tuple, shown)))
     assert {tuple(op) for op in shown} == operations(api)
+
+
+def test_the_offline_guard_sees_a_request_to_elsewhere(browser: Browser):
+    """So that `page`'s "no request left this machine" is not true by construction."""
+    guard = OfflineGuard()
+    context = guard.attach(browser.new_context())
+    page = context.new_page()
+    failed = page.evaluate("() => fetch('https://example.com/x').then(() => false, () => true)")
+    context.close()
+    assert failed and guard.blocked == ["https://example.com/x"]

@@ -5,6 +5,7 @@ continuation, and it shows the service's errors."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -38,6 +39,8 @@ class Calls:
 def playground(page: Page) -> Page:
     page.goto("/")
     expect(page.locator("#model")).to_be_enabled()
+    # the first session exists: the page's start-up calls are over
+    expect(page.locator("#playground")).to_have_attribute("data-session-id", re.compile("."))
     return page
 
 
