@@ -211,3 +211,32 @@ def test_the_api_key_is_sent_and_kept_in_the_page_only(playground: Page):
         "() => JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie])"
     )
     assert "k-123" not in stored
+
+
+def test_another_model_gets_a_session_of_its_own(playground: Page, api):
+    calls = Calls(playground)
+    playground.locator("#text").press_sequentially("one, two,", delay=10)
+    wait_fed(playground, "one, two,")
+    first = playground.locator("#playground").get_attribute("data-session-id")
+    other = next(m["name"] for m in api.get("/v1/models").json()["models"] if not m["default"])
+    playground.locator("#model").select_option(other)
+    expect(playground.locator("#status")).to_contain_text(f"on {other}: 4 tokens seen")
+    assert calls.to("/v1/sessions")[-1]["model"] == other
+    assert [p for m, p, _, _ in calls.seen if m == "DELETE"] == [f"/v1/sessions/{first}"]
+    assert api.get(f"/v1/sessions/{first}").status_code == 404
+    assert_bars_match(playground, api, "one, two,")
+
+
+def test_labelled_and_fits_a_phone(page: Page):
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.goto("/")
+    expect(page.locator("#model")).to_be_enabled()
+    unlabelled = page.eval_on_selector_all(
+        "input, select, textarea, button",
+        "els => els.filter(e => !(e.labels?.length || e.textContent.trim())).map(e => e.id)",
+    )
+    assert unlabelled == []
+    page.locator("#text").press_sequentially("one, two,", delay=10)
+    wait_fed(page, "one, two,")
+    # the page does not scroll sideways (the bars scroll within their own box)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
