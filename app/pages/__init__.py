@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import (
@@ -14,6 +15,7 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 # fastapi-offline ships swagger-ui-dist's bundle and CSS, ReDoc's standalone bundle and a favicon
 DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
@@ -96,10 +98,22 @@ async def playground() -> FileResponse:
     )
 
 
+class Assets(StaticFiles):
+    """Static files that name their mount as the route, for the request metrics' label."""
+
+    def __init__(self, url: str, directory: Path):
+        super().__init__(directory=directory)
+        self.route = SimpleNamespace(path=f"{url}/{{file}}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route
+        await super().__call__(scope, receive, send)
+
+
 def install_pages(app: FastAPI) -> None:
     """Serve the pages and their assets. The app must be built with `docs_url=None,
     redoc_url=None` (FastAPI's own pages load their assets from a CDN)."""
     assert app.docs_url is None and app.redoc_url is None, "FastAPI's CDN pages are on"
-    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-    app.mount(PLAYGROUND_URL, StaticFiles(directory=PLAYGROUND), name="playground-assets")
+    app.mount(DOCS_ASSETS_URL, Assets(DOCS_ASSETS_URL, DOCS_ASSETS), name="docs-assets")
+    app.mount(PLAYGROUND_URL, Assets(PLAYGROUND_URL, PLAYGROUND), name="playground-assets")
     app.include_router(router)

@@ -86,6 +86,12 @@ def test_a_missing_asset_is_a_404(client):
     assert client.get("/assets/playground/../../main.py").status_code == 404
 
 
+def test_assets_are_counted_by_their_mount(client):
+    client.get("/assets/playground/playground.css")
+    metrics = client.get("/metrics").text
+    assert 'route="/assets/playground/{file}",status="200"' in metrics
+
+
 def test_the_pages_are_not_in_the_openapi_schema(client):
     paths = set(client.get("/openapi.json").json()["paths"])
     assert not paths & PAGES
