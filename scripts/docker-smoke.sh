@@ -142,6 +142,11 @@ sid=$(curl -fsS "$B/v1/sessions" -H "$J" -d '{"text": "two thousand one,"}' | si
 curl -fsS "$B/v1/sessions/$sid/continuation" -H "$J" -d '{"max_words": 6}'; echo
 test "$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$B/v1/sessions/$sid")" = 204
 test "$(curl -s -o /dev/null -w '%{http_code}' "$B/v1/next-word" -H "$J" -d '{"text": "eleventy"}')" = 422
+# the pages and their assets come from the image itself (no CDN)
+for page in / /docs /redoc /assets/docs/swagger-ui-bundle.js /assets/docs/redoc.standalone.js \
+    /assets/playground/playground.js; do
+  curl -fsS -o /dev/null "$B$page"
+done
 log "user in the container: $(compose exec -T app id -un)"
 
 # -- the replicas behind nginx, sessions in Redis ----------------------------------------------
