@@ -363,8 +363,9 @@ async function loadModels() {
     state.models = list.models;
     select.replaceChildren(
       ...list.models.map((m) => {
-        const acc = m.valid_accuracy == null ? "" : `, accuracy ${m.valid_accuracy.toFixed(3)}`;
-        const option = new Option(`${m.name} (${m.variant}${acc})`, m.name);
+        const variant = m.variant === m.name ? "" : ` (${m.variant})`;
+        const acc = m.valid_accuracy == null ? "" : ` · accuracy ${m.valid_accuracy.toFixed(3)}`;
+        const option = new Option(`${m.name}${variant}${acc}`, m.name);
         option.selected = m.name === (state.model || list.default);
         return option;
       }),
