@@ -17,7 +17,7 @@ setup: $(BIN)/.installed
 
 train: setup
 	@if [ -z "$$(ls -A $(STORE) 2>/dev/null)" ]; then \
-		echo "model store '$(STORE)' is empty: training the three seed variants"; \
+		echo "model store '$(STORE)' is empty: training the four variants (three seed models and gru-copy)"; \
 		$(BIN)/python -m training train-all --store $(STORE); \
 	fi
 

@@ -224,7 +224,7 @@ def _config_from_meta(meta: Mapping[str, Any], path: Path) -> ModelConfig:
     unknown = set(raw) - set(fields)
     if unknown:
         raise BadCheckpoint(path, f"unknown config fields {sorted(unknown)}")
-    for key in ("vocab_size", "hidden", "n_layers"):
+    for key in ("vocab_size", "hidden", "n_layers", "copy_window", "key_size"):
         if key in raw and (
             not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1
         ):

@@ -1,17 +1,30 @@
-"""The GRU language models of the Human Numbers lesson (Model5, Model6, Model7).
+"""The GRU language models of the Human Numbers lesson (Model5, Model6, Model7) and beyond.
 
-Every model maps token ids and an explicit hidden state to logits and the new state:
-`forward(x, h) -> (logits, h)` with x (B, T) long, h (B, L, H), logits (B, T, V). No state is
-kept inside the module, so one model serves any number of sessions.
+Every model maps token ids and an explicit state to logits and the new state:
+`forward(x, state) -> (logits, state)` with x (B, T) long, logits (B, T, V) and the state a dict
+of named tensors, each (B, *shape) as the model's `state_spec` declares. No state is kept inside
+the module, so one model serves any number of sessions. The seed models' state is their hidden
+state alone, {"h": (B, L, H)}; `CopyGRU` adds the history its copy path reads.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+
+State = dict[str, Tensor]  # named tensors, each (B, *StateSpec.shape)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One part of a sequence's state: its shape (without the batch) and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,8 @@ class ModelConfig:
     vocab_size: int = 40  # fastai's vocabulary for Human Numbers, padded to a multiple of 8
     hidden: int = 56  # nh of the lesson
     n_layers: int = 1  # the seed variants are single-layer
+    copy_window: int = 16  # gru-copy: K, the past positions it can copy from (a number is <= 7)
+    key_size: int = 16  # gru-copy: size of its attention's queries and keys
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -72,6 +87,26 @@ class HumanNumbersLM(nn.Module):
         """Shape of one sequence's hidden state (L, H)."""
         return (self.config.n_layers, self.config.hidden)
 
+    @property
+    def state_spec(self) -> dict[str, StateSpec]:
+        """The parts of one sequence's state; all zeros is the state before any token."""
+        return {"h": StateSpec(self.state_shape, torch.float32)}
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """The zero state of `batch_size` sequences."""
+        return {
+            name: torch.zeros(batch_size, *spec.shape, dtype=spec.dtype, device=device)
+            for name, spec in self.state_spec.items()
+        }
+
+    def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
+        """`advance` on a whole state: (B, T) ids, ragged by `lengths`, into the new state."""
+        return {"h": self.advance(x, state["h"], lengths)}
+
+    def head_state(self, state: State) -> Tensor:
+        """`head` on a whole state: next-token logits (B, V)."""
+        return self.head(state["h"])
+
     def recur(self, emb: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, H) embeddings and (B, L, H) state -> (B, T, H) outputs and the new state."""
         raise NotImplementedError
@@ -92,11 +127,10 @@ class HumanNumbersLM(nn.Module):
         """
         return self.h_o(self.bn(h[:, -1]))
 
-    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if h is None:
-            h = self.init_hidden(x.shape[0], x.device)
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        h = self.init_hidden(x.shape[0], x.device) if state is None else state["h"]
         out, h = self.recur(self.i_h(x), h)
-        return self.h_o(self.bn(out)), h
+        return self.h_o(self.bn(out)), {"h": h}
 
 
 class Model5(HumanNumbersLM):
@@ -160,11 +194,137 @@ class Model7(CellLoopLM):
     cell_type = GRUCell
 
 
+class CopyGRU(HumanNumbersLM):
+    """A GRU language model with a pointer-sentinel copy path over its last K positions.
+
+    At each position t the model mixes its vocabulary distribution with a distribution over the
+    ids that followed its last K positions (Merity et al. 2016, "Pointer Sentinel Mixture
+    Models"; Grave et al. 2016, a continuous cache): attention between a query of the current
+    output and keys of those outputs, with a sentinel score competing in the same softmax,
+    whose weight is the share given to the vocabulary. After a "," it attends to the previous
+    "," and copies the word that followed it: the thousands word, which a plain GRU trained on
+    1..7,999 cannot produce for 8,001..9,999. The output is log-probabilities.
+
+    The state carries that history: `keys` (K, D) and `ids` (K,) of the last K positions whose
+    following id is known (newest last, id -1 for an empty entry), and `seen`, whether any
+    token was fed. The key of the last position waits for the next id; it is a function of
+    `h`, so it is not stored. Feeding a text in any number of pieces gives the same state.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        h, d = config.hidden, config.key_size
+        self.rnn = nn.GRU(h, h, config.n_layers, batch_first=True)
+        self.query = nn.Linear(h, d)
+        self.key = nn.Linear(h, d)
+        self.sentinel = nn.Linear(h, 1)  # the score of "use the vocabulary"
+
+    @property
+    def state_spec(self) -> dict[str, StateSpec]:
+        k, d = self.config.copy_window, self.config.key_size
+        return {
+            "h": StateSpec(self.state_shape, torch.float32),
+            "keys": StateSpec((k, d), torch.float32),
+            "ids": StateSpec((k,), torch.int64),
+            "seen": StateSpec((1,), torch.bool),
+        }
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        state = super().init_state(batch_size, device)
+        state["ids"].fill_(-1)  # no history yet
+        return state
+
+    def _recur(self, x: Tensor, h: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(B, T) ids -> (B, T, H) outputs and (B, L, H) state (rows read lengths[b] ids)."""
+        emb = self.i_h(x)
+        h0 = h.transpose(0, 1).contiguous()
+        if lengths is None or bool((lengths == x.shape[1]).all()):
+            out, h_n = self.rnn(emb, h0)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                emb, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            out_p, h_n = self.rnn(packed, h0)
+            out = nn.utils.rnn.pad_packed_sequence(
+                out_p, batch_first=True, total_length=x.shape[1]
+            )[0]
+        return out, h_n.transpose(0, 1)
+
+    def _history(self, x: Tensor, out: Tensor, state: State) -> tuple[Tensor, Tensor]:
+        """The state's K entries, then the pending key of its last position (followed by
+        x[:, 0]), then the keys of the window's positions but the last (position j followed by
+        x[:, j+1]): keys (B, K+T, D) and ids (B, K+T), -1 where nothing is known."""
+        pending = self.key(state["h"][:, -1]).unsqueeze(1)  # (B, 1, D)
+        keys = torch.cat([state["keys"], pending, self.key(out[:, :-1])], dim=1)
+        first = torch.where(state["seen"], x[:, :1], -1)
+        ids = torch.cat([state["ids"], first, x[:, 1:]], dim=1)
+        return keys, ids
+
+    def _keep(self, keys: Tensor, ids: Tensor, n: Tensor, h: Tensor) -> State:
+        """The new state of rows that read n[b] ids: the K entries before the pending one."""
+        k = self.config.copy_window
+        index = n.to(ids.device).unsqueeze(1) + torch.arange(k, device=ids.device)  # (B, K)
+        return {
+            "h": h,
+            "keys": keys.gather(1, index.unsqueeze(2).expand(-1, -1, keys.shape[2])),
+            "ids": ids.gather(1, index),
+            "seen": torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device),
+        }
+
+    def _mix(self, out: Tensor, keys: Tensor, ids: Tensor, allowed: Tensor) -> Tensor:
+        """Log-probabilities (B, T, V) of (B, T, H) outputs over a (B, C, D) history whose
+        entry c position t may copy where allowed[b, t, c]."""
+        q = self.query(out)  # (B, T, D)
+        scores = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
+        copy = torch.zeros(*out.shape[:2], self.config.vocab_size, device=out.device)
+        index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
+        copy = copy.scatter_add(2, index, attn[..., :-1].exp())  # masked entries add exp(-inf)=0
+        vocab = torch.log_softmax(self.h_o(self.bn(out)), dim=2) + attn[..., -1:]
+        # In probability space: p = gate * p_vocab + sum of the copied entries' weights. The
+        # floor keeps log() finite (and its gradient zero) for words not in the history.
+        return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        b, t = x.shape
+        if state is None:
+            state = self.init_state(b, x.device)
+        out, h = self._recur(x, state["h"], None)
+        keys, ids = self._history(x, out, state)
+        # Position t may copy entries t+1 .. t+K: the K latest whose following id it has read.
+        offset = (
+            torch.arange(keys.shape[1], device=x.device) - torch.arange(t, device=x.device)[:, None]
+        )
+        band = (offset >= 1) & (offset <= self.config.copy_window)  # (T, C)
+        allowed = band & (ids >= 0).unsqueeze(1)
+        logp = self._mix(out, keys, ids, allowed)
+        return logp, self._keep(keys, ids, torch.full((b,), t, device=x.device), h)
+
+    def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
+        n = torch.full((x.shape[0],), x.shape[1]) if lengths is None else lengths
+        out, h = self._recur(x, state["h"], lengths)
+        keys, ids = self._history(x, out, state)
+        return self._keep(keys, ids, n, h)
+
+    def head_state(self, state: State) -> Tensor:
+        out = state["h"][:, -1:]  # (B, 1, H): the output of the last position
+        ids = state["ids"]
+        return self._mix(out, state["keys"], ids, (ids >= 0).unsqueeze(1))[:, 0]
+
+    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+        raise NotImplementedError("gru-copy's state is more than h: use advance_state")
+
+    def head(self, h: Tensor) -> Tensor:
+        raise NotImplementedError("gru-copy's state is more than h: use head_state")
+
+
 # Variant names users type, and the seed notebook's model for each.
 VARIANTS: dict[str, type[HumanNumbersLM]] = {
     "gru": Model5,
     "gru-cell": Model6,
     "gru-custom": Model7,
+    "gru-copy": CopyGRU,
 }
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from model_store import VARIANTS, save_checkpoint
 from training.data import load_data, write_data
-from training.loop import TrainConfig, train
+from training.loop import RECIPES, train
 from training.report import collect, format_table, plot
 
-# The three variants of the lesson, trained by `train-all` with the seed recipe.
+# The three variants of the lesson, trained with the seed recipe, and the copy model.
 SEED_VARIANTS = ("gru", "gru-cell", "gru-custom")
+ALL_VARIANTS = (*SEED_VARIANTS, "gru-copy")
 DEFAULT_STORE = Path("store")
 
 
@@ -38,17 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="write train.txt and valid.txt")
     d.add_argument("--out", type=Path, required=True, help="folder to write them into")
 
-    defaults = TrainConfig()
+    # Flags left out take the variant's recipe (training.loop.RECIPES).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store folder")
-    common.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    common.add_argument("--lr", type=positive_float, default=defaults.lr, help="max learning rate")
-    common.add_argument("--bs", type=positive_int, default=defaults.bs, help="batch size")
-    common.add_argument("--bptt", type=positive_int, default=defaults.bptt, help="window length")
-    common.add_argument("--hidden", type=positive_int, default=defaults.hidden, help="nh")
-    common.add_argument("--wd", type=float, default=defaults.wd, help="AdamW weight decay")
-    common.add_argument("--seed", type=int, default=defaults.seed)
-    common.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
+    common.add_argument("--epochs", type=positive_int)
+    common.add_argument("--lr", type=positive_float, help="max learning rate")
+    common.add_argument("--bs", type=positive_int, help="batch size")
+    common.add_argument("--bptt", type=positive_int, help="window length")
+    common.add_argument("--hidden", type=positive_int, help="nh")
+    common.add_argument("--layers", type=positive_int, dest="n_layers", help="GRU layers")
+    common.add_argument("--copy-window", type=positive_int, help="gru-copy: K positions")
+    common.add_argument("--key-size", type=positive_int, help="gru-copy: key size D")
+    common.add_argument("--wd", type=float, help="AdamW weight decay")
+    common.add_argument("--seed", type=int)
+    common.add_argument("--device", choices=("auto", "cpu", "cuda"))
     common.add_argument(
         "--max-steps",
         type=positive_int,
@@ -67,27 +71,41 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     t.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
 
-    sub.add_parser("train-all", parents=[common], help="train the lesson's three variants")
+    sub.add_parser(
+        "train-all", parents=[common], help=f"train the four variants: {', '.join(ALL_VARIANTS)}"
+    )
 
     r = sub.add_parser("report", help="table and accuracy plot of a store's checkpoints")
     r.add_argument("--store", type=Path, default=DEFAULT_STORE)
     r.add_argument("--out", type=Path, default=None, help="PNG path (default: STORE/report.png)")
+    r.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="real train.txt/valid.txt to evaluate on",
+    )
     return p
 
 
+OVERRIDABLE = (
+    "epochs",
+    "lr",
+    "bs",
+    "bptt",
+    "hidden",
+    "n_layers",
+    "copy_window",
+    "key_size",
+    "wd",
+    "seed",
+    "device",
+    "max_steps",
+)
+
+
 def run_training(args: argparse.Namespace, variant: str, name: str) -> None:
-    config = TrainConfig(
-        variant=variant,
-        epochs=args.epochs,
-        lr=args.lr,
-        bs=args.bs,
-        bptt=args.bptt,
-        hidden=args.hidden,
-        wd=args.wd,
-        seed=args.seed,
-        device=args.device,
-        max_steps=args.max_steps,
-    )
+    given = {f: getattr(args, f) for f in OVERRIDABLE if getattr(args, f) is not None}
+    config = replace(RECIPES[variant], **given)
     data = load_data(args.data)
     print(
         f"training {variant} -> {args.store}/{name}  (data: {data.source}, "
@@ -125,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             run_training(args, args.variant, args.name or args.variant)
         elif args.command == "train-all":
-            for variant in SEED_VARIANTS:
+            for variant in ALL_VARIANTS:
                 run_training(args, variant, variant)
-            rows, _ = collect(args.store)
+            rows, _ = collect(args.store, load_data(args.data))
             print(format_table(rows))
         elif args.command == "report":
-            rows, problems = collect(args.store)
+            rows, problems = collect(args.store, load_data(args.data))
             if not rows and not problems:
                 print(f"no checkpoints in {args.store}", file=sys.stderr)
                 return 1

@@ -1,19 +1,34 @@
-"""The training report: a table of every checkpoint in a store and a plot of their accuracy."""
+"""The training report: a table of every checkpoint in a store and a plot of their accuracy.
+
+Given the data, each checkpoint is also evaluated on the validation stream: accuracy after a
+"," (the first word of a number: the seed models cannot produce a thousands word they never
+saw as one), on "thousand", over one stream of the whole of valid.txt, and by position within
+a number."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from model_store import BadCheckpoint, list_checkpoints, read_meta
+from model_store import BadCheckpoint, list_checkpoints, load_checkpoint, read_meta
+from training.data import HumanNumbers
+from training.evaluation import MAX_POSITION, breakdown
 
 
-def collect(store: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows for the latest version of each checkpoint, and a message per unreadable one."""
+def collect(
+    store: Path, data: HumanNumbers | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows for the latest version of each checkpoint, and a message per unreadable one; with
+    `data`, each row also holds its model's breakdown on the validation stream."""
     rows, problems = [], []
     for ref in list_checkpoints(store):
         try:
             meta = read_meta(ref)
+            evaluated = {}
+            if data is not None:
+                ckpt = load_checkpoint(ref)
+                evaluated = asdict(breakdown(ckpt.model, data.vocab, data.ids("valid")))
         except BadCheckpoint as e:
             problems.append(str(e))
             continue
@@ -30,6 +45,10 @@ def collect(store: Path) -> tuple[list[dict[str, Any]], list[str]]:
                     sum(m["seconds"] for m in metrics) / len(metrics) if metrics else None
                 ),
                 "curve": [(m["epoch"], m["accuracy"]) for m in metrics],
+                "after_comma": evaluated.get("after_comma"),
+                "thousand": evaluated.get("thousand"),
+                "one_stream": evaluated.get("one_stream"),
+                "by_position": evaluated.get("by_position"),
             }
         )
     return rows, problems
@@ -44,6 +63,9 @@ COLUMNS = (
     ("epochs", 8, "{epochs}"),
     ("accuracy", 10, "{accuracy:.4f}"),
     ("s/epoch", 9, "{seconds_per_epoch:.2f}"),
+    ("after ,", 9, "{after_comma:.4f}"),
+    ("thousand", 10, "{thousand:.4f}"),
+    ("1 stream", 10, "{one_stream:.4f}"),
 )
 
 
@@ -66,13 +88,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Validation accuracy per epoch, one line per checkpoint, written as a PNG."""
+    """Validation accuracy per epoch, one line per checkpoint, and (for evaluated rows) the
+    accuracy by position within a number, one bar per checkpoint, written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    evaluated = [r for r in rows if r.get("by_position")]
+    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(13 if evaluated else 7, 4.5))
+    ax = axes[0] if evaluated else axes
+    if evaluated:
+        plot_positions(axes[1], evaluated)
     for r in rows:
         if r["curve"]:
             epochs, acc = zip(*r["curve"], strict=True)
@@ -89,3 +116,18 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_positions(ax: Any, rows: list[dict[str, Any]]) -> None:
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        xs = [p + (i - (len(rows) - 1) / 2) * width for p in range(MAX_POSITION + 1)]
+        ax.bar(xs, r["by_position"], width=width, label=r["name"])
+    ax.set_xticks(range(MAX_POSITION + 1))
+    ax.set_xticklabels([f"{p + 1}" for p in range(MAX_POSITION + 1)])
+    ax.set_xlabel('position of the predicted word within its number (1: first word; "," last)')
+    ax.set_ylabel("accuracy, one stream over valid.txt")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Where the models fail: the first word of a number")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)

@@ -42,6 +42,10 @@ class LoadedModel:
         return count_parameters(self.checkpoint.model)
 
 
+# The model users get when DEFAULT_MODEL is not set: the first of these that is loaded.
+PREFERRED_DEFAULTS = ("gru-copy", "gru")
+
+
 class NoUsableModel(RuntimeError):
     pass
 
@@ -75,6 +79,14 @@ class ModelRegistry:
                 problems.append(str(e))
                 log.error("skipping checkpoint %s", e)
                 continue
+            if list(ckpt.model.state_spec) != ["h"]:
+                why = (
+                    f"{ref.path}: variant {ckpt.config.variant!r} keeps a state of several parts "
+                    f"({', '.join(ckpt.model.state_spec)}), which this engine cannot serve yet"
+                )
+                problems.append(why)
+                log.warning("skipping checkpoint %s", why)
+                continue
             models[ref.name] = LoadedModel(
                 ckpt, device, StepBatcher(ckpt.model, ckpt.vocab, device, batcher_config)
             )
@@ -86,7 +98,7 @@ class ModelRegistry:
                 f"Train some with: python -m training train-all --store {store}"
             )
         if default is None:
-            default = "gru" if "gru" in models else sorted(models)[0]
+            default = next((n for n in PREFERRED_DEFAULTS if n in models), sorted(models)[0])
         elif default not in models:
             raise NoUsableModel(
                 f"DEFAULT_MODEL={default!r} is not among the loaded models: {', '.join(models)}"

@@ -34,7 +34,7 @@ def rewrite_meta(ref, **changes):
     path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("variant", ["gru", "gru-cell", "gru-custom"])
+@pytest.mark.parametrize("variant", ["gru", "gru-cell", "gru-custom", "gru-copy"])
 def test_round_trip(tmp_path, data, variant):
     torch.manual_seed(0)
     model = build_model(ModelConfig(variant)).eval()

@@ -43,14 +43,14 @@ def test_token_by_token_equals_the_whole_window(variant):
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     x = torch.randint(0, 40, (4, 30))
-    h0 = torch.randn(4, 1, 56)
+    h0 = {"h": torch.randn(4, 1, 56)}
     with torch.no_grad():
         logits, h = model(x, h0)
         step_h, step_logits = h0, []
         for t in range(x.shape[1]):
             out, step_h = model(x[:, t : t + 1], step_h)
             step_logits.append(out)
-    assert logits.shape == (4, 30, 40) and h.shape == (4, 1, 56)
+    assert logits.shape == (4, 30, 40) and h["h"].shape == (4, 1, 56)
     torch.testing.assert_close(torch.cat(step_logits, dim=1), logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(step_h, h, atol=1e-5, rtol=0)
 
@@ -90,10 +90,12 @@ def test_advance_with_padding_equals_each_row_alone(variant):
         h = model.advance(x, h0, lengths)
         logits = model.head(h)
         for i, r in enumerate(rows):
-            out, h_i = model(r.unsqueeze(0), h0[i : i + 1])
-            torch.testing.assert_close(h[i : i + 1], h_i, atol=1e-5, rtol=0)
+            out, h_i = model(r.unsqueeze(0), {"h": h0[i : i + 1]})
+            torch.testing.assert_close(h[i : i + 1], h_i["h"], atol=1e-5, rtol=0)
             torch.testing.assert_close(logits[i], out[0, -1], atol=1e-5, rtol=0)
-        torch.testing.assert_close(model.advance(x, h0), model(x, h0)[1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model.advance(x, h0), model(x, {"h": h0})[1]["h"], atol=1e-5, rtol=0
+        )
 
 
 def test_scripted_cell_is_exact():

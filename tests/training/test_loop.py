@@ -1,7 +1,9 @@
+import json
+
 import torch
 
 from training.cli import main
-from training.loop import TrainConfig, table_header, train
+from training.loop import RECIPES, TrainConfig, table_header, train
 
 FEW = TrainConfig(variant="gru", epochs=2, max_steps=4, bs=16, bptt=10)
 
@@ -38,7 +40,11 @@ def test_cli_train_and_report(tmp_path, capsys):
     assert "epoch       train_loss  valid_loss  accuracy    time" in out
     assert f"wrote {store / 'tiny' / '1'}" in out
     names = sorted(p.name for p in store.iterdir())
-    assert names == ["gru", "gru-cell", "gru-custom", "tiny"]
+    assert names == ["gru", "gru-cell", "gru-copy", "gru-custom", "tiny"]
+    copy_meta = json.loads((store / "gru-copy" / "1" / "meta.json").read_text())
+    assert copy_meta["config"]["copy_window"] == RECIPES["gru-copy"].copy_window
+    assert copy_meta["recipe"]["epochs"] == 1  # the flag overrides the variant's recipe
+    assert copy_meta["recipe"]["hidden"] == RECIPES["gru-copy"].hidden  # the rest is its own
 
     assert main(["report", "--store", str(store), "--out", str(tmp_path / "acc.png")]) == 0
     out = capsys.readouterr().out
@@ -50,8 +56,15 @@ def test_cli_train_and_report(tmp_path, capsys):
         "epochs",
         "accuracy",
         "s/epoch",
+        "after",
+        ",",
+        "thousand",
+        "1",
+        "stream",
     ]
     assert "gru-cell" in out and "tiny" in out and "23,784" in out
+    row = next(line for line in out.splitlines() if line.startswith("gru-copy"))
+    assert all(0 <= float(v) <= 1 for v in row.split()[-3:])  # evaluated, not "-"
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

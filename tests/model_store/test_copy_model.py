@@ -1,0 +1,141 @@
+"""gru-copy: the copy path is causal, and its state behaves like the seed models' hidden state
+(pieces == whole, a padded batch row == the row alone, nothing kept in the module)."""
+
+import random
+
+import pytest
+import torch
+
+from model_store import ModelConfig, build_model
+
+K = 6  # a small window, so the texts below cross it many times
+
+
+def make_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig("gru-copy", hidden=32, copy_window=K, key_size=8)).eval()
+    with torch.no_grad():  # real statistics for the norm layer, a sentinel that copies a lot
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.sentinel.bias.fill_(-2.0)
+    return model
+
+
+def run_in_windows(model, x, size):
+    """forward over x in windows of `size`, the state carried across: (B, T, V), state."""
+    state, outs = None, []
+    for start in range(0, x.shape[1], size):
+        out, state = model(x[:, start : start + size], state)
+        outs.append(out)
+    return torch.cat(outs, dim=1), state
+
+
+def test_outputs_are_log_probabilities_and_the_state_is_as_declared():
+    model = make_model()
+    x = torch.randint(0, 40, (3, 20))
+    with torch.no_grad():
+        logp, state = model(x)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(3, 20))
+    assert set(state) == set(model.state_spec)
+    for name, spec in model.state_spec.items():
+        assert state[name].shape == (3, *spec.shape) and state[name].dtype == spec.dtype, name
+    assert model.state_spec["keys"].shape == (K, 8) and model.state_spec["ids"].shape == (K,)
+    assert state["ids"][0].tolist() == x[0, 20 - K : 20].tolist()  # the K latest known ids
+    zero = model.init_state(2)
+    assert (zero["ids"] == -1).all() and not zero["seen"].any() and not zero["h"].any()
+
+
+@pytest.mark.parametrize("window", [1, 4, 7, 30])
+def test_later_ids_never_change_earlier_outputs(window):
+    model = make_model(1)
+    torch.manual_seed(2)
+    x = torch.randint(0, 40, (2, 30))
+    with torch.no_grad():
+        base, _ = run_in_windows(model, x, window)
+        for p in (1, 5, 6, 7, 13, 29):
+            changed = x.clone()
+            changed[:, p] = (changed[:, p] + 1 + torch.randint(0, 38, (2,))) % 40
+            out, _ = run_in_windows(model, changed, window)
+            # position t predicts x[t+1]: positions before p never see x[p] ...
+            assert torch.equal(out[:, :p], base[:, :p]), f"x[{p}] leaked into earlier outputs"
+            # ... and position p does (its own input), so the test can fail
+            assert not torch.allclose(out[:, p], base[:, p])
+
+
+def test_the_copy_path_copies_what_followed_a_matching_position():
+    """Keys equal to the query and a sentinel that never wins: all mass on the copied id."""
+    model = make_model(3)
+    with torch.no_grad():
+        model.key.weight.copy_(model.query.weight * 50)
+        model.key.bias.copy_(model.query.bias * 50)
+        model.sentinel.bias.fill_(-1e4)
+        x = torch.tensor([[5, 17, 5]])  # at the second 5, the first 5 was followed by 17
+        logp, _ = model(x)
+    assert logp[0, 2].argmax().item() == 17
+    assert logp[0, 0].exp().max() < 1  # the first position has nothing to copy: vocabulary
+
+
+def test_pieces_equal_the_whole():
+    model = make_model(4)
+    rng = random.Random(0)
+    torch.manual_seed(5)
+    x = torch.randint(0, 40, (3, 41))
+    with torch.no_grad():
+        whole, whole_state = model(x)
+        for _ in range(10):
+            cuts = sorted(rng.sample(range(1, 41), rng.randint(1, 12)))
+            state, outs = model.init_state(3), []
+            adv = model.init_state(3)
+            for a, b in zip([0, *cuts], [*cuts, 41], strict=True):
+                out, state = model(x[:, a:b], state)
+                outs.append(out)
+                adv = model.advance_state(x[:, a:b], adv)
+                torch.testing.assert_close(model.head_state(adv), out[:, -1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(torch.cat(outs, dim=1), whole, atol=1e-5, rtol=0)
+            for name in whole_state:
+                torch.testing.assert_close(state[name], whole_state[name], atol=1e-5, rtol=0)
+                torch.testing.assert_close(adv[name], whole_state[name], atol=1e-5, rtol=0)
+
+
+def test_padded_batch_row_equals_the_row_alone():
+    model = make_model(6)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        _, start = model(torch.randint(0, 40, (4, 9)))  # a state with history in it
+        start["seen"][1] = False  # and one row that has seen nothing
+        start["ids"][1] = -1
+        start["h"][1] = 0
+        start["keys"][1] = 0
+        rows = [torch.randint(0, 40, (n,)) for n in (7, 1, 4, 7)]
+        x = torch.zeros(4, 7, dtype=torch.long)
+        for i, r in enumerate(rows):
+            x[i, : len(r)] = r
+        lengths = torch.tensor([len(r) for r in rows])
+        state = model.advance_state(x, start, lengths)
+        logp = model.head_state(state)
+        for i, r in enumerate(rows):
+            alone = {name: part[i : i + 1] for name, part in start.items()}
+            out, s_i = model(r.unsqueeze(0), alone)
+            for name in s_i:
+                torch.testing.assert_close(state[name][i : i + 1], s_i[name], atol=1e-5, rtol=0)
+            torch.testing.assert_close(logp[i], out[0, -1], atol=1e-5, rtol=0)
+
+
+def test_forward_keeps_no_state():
+    model = make_model(8)
+    x = torch.randint(0, 40, (2, 5))
+    with torch.no_grad():
+        a, _ = model(x)
+        model(torch.randint(0, 40, (2, 7)))
+        b, _ = model(x)
+    assert torch.equal(a, b)
+
+
+def test_gradients_are_finite_where_nothing_can_be_copied():
+    model = make_model(9).train()
+    x = torch.randint(0, 40, (4, 12))
+    logp, _ = model(x)
+    loss = torch.nn.functional.nll_loss(logp[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
