@@ -97,7 +97,7 @@ class StepBatcher:
         self.vocab = vocab
         self.device = device
         self.config = config or BatcherConfig()
-        self.slots = SlotPool(model.state_shape, device)
+        self.slots = SlotPool(model.state_spec, device, zero=model.init_state(1, device))
         self.stats = BatchStats()
         # Tokens a user cannot type (fastai's special tokens, the filler) are never predicted.
         allowed = set(vocab.words)
@@ -237,7 +237,7 @@ class StepBatcher:
             pieces.append(job.feed[:chunk])
             job.feed = job.feed[chunk:]
         slots = torch.tensor([j.slot for j in batch], device=self.device)
-        h = self.slots.states.index_select(0, slots)  # (B, L, H)
+        state = self.slots.gather(slots)  # each part (B, *shape)
         width = max(len(p) for p in pieces)
         if width:
             fed = [i for i, p in enumerate(pieces) if p]
@@ -245,18 +245,24 @@ class StepBatcher:
             lengths = torch.tensor([len(pieces[i]) for i in fed])
             ragged = len(fed) < len(batch) or bool((lengths != width).any())
             if len(fed) == len(batch):
-                h = self.model.advance(x, h, lengths if ragged else None)
+                state = self.model.advance_state(x, state, lengths if ragged else None)
             else:
                 rows = torch.tensor(fed, device=self.device)
-                h = h.index_copy(0, rows, self.model.advance(x, h[rows], lengths))
-            self.slots.states.index_copy_(0, slots, h)
+                new = self.model.advance_state(
+                    x, {name: part[rows] for name, part in state.items()}, lengths
+                )
+                state = {name: part.index_copy(0, rows, new[name]) for name, part in state.items()}
+            self.slots.scatter(slots, state)
             for job, piece in zip(batch, pieces, strict=True):
                 if piece and job.on_applied is not None:
                     job.on_applied(piece)
         done = [i for i, job in enumerate(batch) if not job.feed]
         out: list[list[float] | None] = [None] * len(batch)
         if done:
-            logits = self.model.head(h[done] if len(done) < len(batch) else h)
+            if len(done) < len(batch):
+                index = torch.tensor(done, device=self.device)
+                state = {name: part.index_select(0, index) for name, part in state.items()}
+            logits = self.model.head_state(state)
             logits[:, self._banned] = float("-inf")
             probs = torch.softmax(logits.float(), dim=-1).tolist()
             for i, row in zip(done, probs, strict=True):

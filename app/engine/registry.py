@@ -79,14 +79,6 @@ class ModelRegistry:
                 problems.append(str(e))
                 log.error("skipping checkpoint %s", e)
                 continue
-            if list(ckpt.model.state_spec) != ["h"]:
-                why = (
-                    f"{ref.path}: variant {ckpt.config.variant!r} keeps a state of several parts "
-                    f"({', '.join(ckpt.model.state_spec)}), which this engine cannot serve yet"
-                )
-                problems.append(why)
-                log.warning("skipping checkpoint %s", why)
-                continue
             models[ref.name] = LoadedModel(
                 ckpt, device, StepBatcher(ckpt.model, ckpt.vocab, device, batcher_config)
             )

@@ -1,34 +1,58 @@
-"""Session states as rows of one preallocated tensor per model (like pages of a KV cache)."""
+"""Sequence states as rows of preallocated tensors per model (like pages of a KV cache).
+
+A model declares its per-sequence state as named parts of fixed shape and dtype
+(`HumanNumbersLM.state_spec`); the pool keeps one (capacity, *shape) tensor per part, and each
+live sequence owns the same row of every part.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from model_store import State, StateSpec
+
 
 class SlotPool:
-    """A (capacity, L, H) state tensor on the model's device; each live sequence owns a row.
+    """Per-part state tensors on the model's device; each live sequence owns a row (slot).
 
-    Grows by `chunk` rows when full; a freed row goes back to the free list and is zeroed
-    when taken again.
+    Grows by `chunk` rows when full; a freed row goes back to the free list and is reset to the
+    model's zero state (`zero`, one row of `init_state`) when taken again.
     """
 
-    def __init__(self, state_shape: tuple[int, ...], device: torch.device, chunk: int = 1024):
-        self.state_shape = state_shape
+    def __init__(
+        self,
+        spec: dict[str, StateSpec],
+        device: torch.device,
+        zero: State | None = None,
+        chunk: int = 1024,
+    ):
+        self.spec = spec
         self.device = device
         self.chunk = chunk
-        self.states: Tensor = torch.zeros(0, *state_shape, device=device)
+        self.zero_state: State = {
+            name: (
+                zero[name].reshape(s.shape).to(device, s.dtype)
+                if zero is not None
+                else torch.zeros(s.shape, dtype=s.dtype, device=device)
+            )
+            for name, s in spec.items()
+        }
+        self.parts: State = {
+            name: torch.zeros(0, *s.shape, dtype=s.dtype, device=device) for name, s in spec.items()
+        }
         self._free: list[int] = []
         self.in_use = 0
 
     @property
     def capacity(self) -> int:
-        return self.states.shape[0]
+        return next(iter(self.parts.values())).shape[0]
 
     def _grow(self) -> None:
         old = self.capacity
-        extra = torch.zeros(self.chunk, *self.state_shape, device=self.device)
-        self.states = torch.cat([self.states, extra])
+        for name, part in self.parts.items():
+            extra = self.zero_state[name].expand(self.chunk, *part.shape[1:])
+            self.parts[name] = torch.cat([part, extra])
         self._free.extend(range(old + self.chunk - 1, old - 1, -1))  # lowest row on top
 
     def alloc(self) -> int:
@@ -36,7 +60,7 @@ class SlotPool:
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self.states[slot].zero_()
+        self.zero(slot)
         self.in_use += 1
         return slot
 
@@ -46,11 +70,68 @@ class SlotPool:
         self.in_use -= 1
 
     def zero(self, slot: int) -> None:
-        self.states[slot].zero_()
+        for name, part in self.parts.items():
+            part[slot].copy_(self.zero_state[name])
 
-    def read(self, slot: int) -> Tensor:
-        """A copy of one row (L, H)."""
-        return self.states[slot].clone()
+    def read(self, slot: int) -> State:
+        """A copy of one row of every part."""
+        return {name: part[slot].clone() for name, part in self.parts.items()}
 
-    def write(self, slot: int, state: Tensor) -> None:
-        self.states[slot].copy_(state)
+    def write(self, slot: int, state: State) -> None:
+        """Set one row of every part; the parts must be exactly the declared ones."""
+        assert state.keys() == self.parts.keys(), f"parts {sorted(state)} != {sorted(self.parts)}"
+        for name, part in self.parts.items():
+            part[slot].copy_(state[name])
+
+    def gather(self, slots: Tensor) -> State:
+        """Rows `slots` of every part, batched: (B, *shape) each."""
+        return {name: part.index_select(0, slots) for name, part in self.parts.items()}
+
+    def scatter(self, slots: Tensor, state: State) -> None:
+        for name, part in self.parts.items():
+            part.index_copy_(0, slots, state[name])
+
+    @property
+    def bytes_per_sequence(self) -> int:
+        return (
+            sum(p[0].numel() * p.element_size() for p in self.parts.values())
+            if self.capacity
+            else 0
+        )
+
+
+def describe(spec: dict[str, StateSpec]) -> tuple[str, str]:
+    """(dtype, shape) texts of a state layout, as stored beside exported bytes. A state of one
+    float32 part `h` keeps the seed format ("float32", "1,56"); others name every part:
+    ("parts", "h:float32:1,64;keys:float32:16,16;...")."""
+    if list(spec) == ["h"] and spec["h"].dtype == torch.float32:
+        return "float32", ",".join(str(n) for n in spec["h"].shape)
+    parts = (
+        f"{name}:{str(s.dtype).removeprefix('torch.')}:{','.join(str(n) for n in s.shape)}"
+        for name, s in spec.items()
+    )
+    return "parts", ";".join(parts)
+
+
+def to_bytes(state: State, spec: dict[str, StateSpec]) -> bytes:
+    """One sequence's state (each part (*shape)) as the parts' raw bytes, in `spec` order."""
+    return b"".join(
+        state[name].detach().to("cpu", s.dtype).contiguous().numpy().tobytes()
+        for name, s in spec.items()
+    )
+
+
+def from_bytes(data: bytes, spec: dict[str, StateSpec]) -> State:
+    """The inverse of `to_bytes`; ValueError if the length does not fit the layout."""
+    sizes = {
+        name: torch.Size(s.shape).numel() * torch.empty(0, dtype=s.dtype).element_size()
+        for name, s in spec.items()
+    }
+    if len(data) != sum(sizes.values()):
+        raise ValueError(f"{len(data)} bytes of state, the layout needs {sum(sizes.values())}")
+    buf, state, at = bytearray(data), {}, 0
+    for name, s in spec.items():
+        part = torch.frombuffer(buf, dtype=s.dtype, count=torch.Size(s.shape).numel(), offset=at)
+        state[name] = part.view(s.shape)
+        at += sizes[name]
+    return state

@@ -32,18 +32,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
 import redis.asyncio as aioredis
-import torch
 from redis.exceptions import NoScriptError, RedisError
 
 from app.core.errors import AtCapacity, NotReady, StateMismatch
 from app.engine.registry import LoadedModel, ModelRegistry
+from app.engine.slots import describe, from_bytes, to_bytes
 from app.serving.sessions import LAST_WORDS, Lease, SessionRecord, SessionStore, unknown
 
 log = logging.getLogger("app.sessions")
 T = TypeVar("T")
-DTYPE = "float32"  # states are stored as float32 bytes, whatever the device
 
 ACQUIRE = """
 -- KEYS: session, lock; ARGV: token, lock_ms.  nil: no such session; 0: leased by another
@@ -257,7 +255,9 @@ class RedisSessionStore(SessionStore):
     async def create(self, model: LoadedModel) -> SessionRecord:
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
-        zero = np.zeros(model.batcher.slots.state_shape, dtype=np.float32).tobytes()
+        spec = model.batcher.slots.spec
+        zero = to_bytes(model.batcher.slots.zero_state, spec)
+        dtype, shape = describe(spec)
         indexes = [self._index(model.name)] + [
             self._index(n) for n in sorted(self.registry.models) if n != model.name
         ]
@@ -269,8 +269,8 @@ class RedisSessionStore(SessionStore):
                     sid,
                     model.name,
                     zero,
-                    DTYPE,
-                    shape_text(model.batcher.slots.state_shape),
+                    dtype,
+                    shape,
                     now_ms,
                     int(self.ttl_s * 1000),
                     self.max_sessions,
@@ -355,17 +355,25 @@ class RedisSessionStore(SessionStore):
             raise StateMismatch(
                 f"session {sid!r} belongs to model {name!r}, which this server has not loaded"
             )
-        shape = model.batcher.slots.state_shape
+        spec = model.batcher.slots.spec
+        dtype, shape = describe(spec)
         stored = fields["shape"].decode()
-        if fields["dtype"].decode() != DTYPE or stored != shape_text(shape):
+        problem = None
+        if fields["dtype"].decode() != dtype or stored != shape:
+            problem = f"a state of shape ({stored}) {fields['dtype'].decode()}"
+        else:
+            try:
+                state = from_bytes(fields["state"], spec)
+            except ValueError as e:
+                problem = f"a damaged state ({e})"
+        if problem is not None:
             raise StateMismatch(
-                f"session {sid!r} holds a state of shape ({stored}) {fields['dtype'].decode()}, "
-                f"but model {name!r} now has states of shape ({shape_text(shape)}) {DTYPE}: "
+                f"session {sid!r} holds {problem}, "
+                f"but model {name!r} now has states of shape ({shape}) {dtype}: "
                 "the model was replaced; delete the session and start a new one"
             )
-        state = torch.frombuffer(bytearray(fields["state"]), dtype=torch.float32).view(shape)
         slot = model.batcher.slots.alloc()
-        model.batcher.slots.write(slot, state.to(model.device))
+        model.batcher.slots.write(slot, state)
         return RedisLease(
             sid,
             model,
@@ -377,7 +385,8 @@ class RedisSessionStore(SessionStore):
         )
 
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
-        state = lease.model.batcher.slots.read(lease.slot).float().cpu().numpy().tobytes()
+        slots = lease.model.batcher.slots
+        state = to_bytes(slots.read(lease.slot), slots.spec)
         now_ms = int(time.time() * 1000)
         done = await self._call(
             lambda: self._batch.call(
@@ -475,7 +484,3 @@ class RedisSessionStore(SessionStore):
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    return ",".join(str(n) for n in shape)

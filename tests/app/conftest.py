@@ -1,10 +1,11 @@
-"""A small real model store (three variants, a few epochs) and clients of the app over it."""
+"""A small real model store (four variants, a few epochs) and clients of the app over it."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,19 +18,19 @@ from app.core.config import Settings
 from app.main import create_app
 from model_store import save_checkpoint
 from training.data import load_data
-from training.loop import TrainConfig, train
+from training.loop import RECIPES, train
 
-VARIANTS = ("gru", "gru-cell", "gru-custom")
+VARIANTS = ("gru", "gru-cell", "gru-copy", "gru-custom")
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three variants trained 6 epochs: good enough that greedy continuations mean something."""
+    """Four variants trained 6 epochs: good enough that greedy continuations mean something."""
     root = tmp_path_factory.mktemp("store")
     data = load_data()
     for variant in VARIANTS:
-        config = TrainConfig(variant=variant, epochs=6, device="cpu")
+        config = replace(RECIPES[variant], epochs=6, device="cpu")
         result = train(config, data, progress=False, log=lambda _: None)
         save_checkpoint(root, variant, result.model, data.vocab, metrics=result.metrics)
     return root
@@ -55,8 +56,9 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi"])
 def settings(store: Path, backend: dict[str, Any], request: pytest.FixtureRequest) -> Settings:
     """Every route test runs with the hot routes served by the fast path and by FastAPI, and
-    with each session store."""
-    return make_settings(store, FAST_PATH=request.param, **backend)
+    with each session store. The default model is pinned to `gru`, which the tests name
+    (test_startup checks that the registry's own choice is gru-copy)."""
+    return make_settings(store, FAST_PATH=request.param, DEFAULT_MODEL="gru", **backend)
 
 
 @pytest.fixture

@@ -31,6 +31,13 @@ def test_a_bad_checkpoint_is_skipped_and_named(mixed_store):
         assert c.get("/v1/models/bad").status_code == 404
 
 
+def test_gru_copy_is_the_default_when_loaded(store):
+    with TestClient(create_app(make_settings(store))) as c:
+        assert c.get("/v1/models").json()["default"] == "gru-copy"
+    with TestClient(create_app(make_settings(store, DEFAULT_MODEL="gru-cell"))) as c:
+        assert c.get("/v1/models").json()["default"] == "gru-cell"  # the setting still wins
+
+
 def test_refuses_to_start_when_nothing_is_usable(mixed_store, tmp_path_factory):
     empty = tmp_path_factory.mktemp("empty")
     with (

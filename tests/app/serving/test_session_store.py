@@ -7,6 +7,7 @@ import torch
 from app.core.errors import AtCapacity, UnknownSession
 from app.engine.slots import SlotPool
 from app.serving.sessions import MemorySessionStore as SessionStore
+from model_store import StateSpec
 
 
 class Clock:
@@ -19,7 +20,7 @@ class Clock:
 
 @pytest.fixture
 def model():
-    pool = SlotPool((1, 4), torch.device("cpu"), chunk=8)
+    pool = SlotPool({"h": StateSpec((1, 4), torch.float32)}, torch.device("cpu"), chunk=8)
     return SimpleNamespace(name="m", batcher=SimpleNamespace(slots=pool))
 
 

@@ -10,7 +10,7 @@ def test_health_and_ready(client):
     assert r.status_code == 200
     assert r.json() == {
         "status": "ready",
-        "models": ["gru", "gru-cell", "gru-custom"],
+        "models": ["gru", "gru-cell", "gru-copy", "gru-custom"],
         "skipped": [],
         "problem": None,
     }

@@ -1,7 +1,7 @@
 def test_list_models(client):
     body = client.get("/v1/models").json()
     assert body["default"] == "gru"
-    assert [m["name"] for m in body["models"]] == ["gru", "gru-cell", "gru-custom"]
+    assert [m["name"] for m in body["models"]] == ["gru", "gru-cell", "gru-copy", "gru-custom"]
     gru = body["models"][0]
     assert gru["variant"] == "gru" and gru["default"] is True
     assert gru["parameters"] == 23784 and gru["hidden_size"] == 56 and gru["vocab_size"] == 40
