@@ -45,7 +45,7 @@ RECIPES: dict[str, TrainConfig] = {
     "gru": TrainConfig(variant="gru"),
     "gru-cell": TrainConfig(variant="gru-cell"),
     "gru-custom": TrainConfig(variant="gru-custom"),
-    "gru-copy": TrainConfig(variant="gru-copy", epochs=30, hidden=96),
+    "gru-copy": TrainConfig(variant="gru-copy", epochs=20, hidden=64),
 }
 
 

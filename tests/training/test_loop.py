@@ -80,3 +80,17 @@ def test_cli_reports_bad_input(tmp_path, capsys):
 def test_cli_data(tmp_path):
     assert main(["data", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "train.txt").read_text().startswith("one \ntwo \n")
+
+
+def test_gru_copy_learns_to_copy_on_a_short_schedule(data):
+    """Four epochs (seconds on a CPU): the copy path already gets the first word of a number
+    in 8,001..9,999 right (a thousands word never seen as one in training) where the seed
+    models get a quarter. Measured over seeds 0-2: accuracy 0.88-0.91, after "," 0.966."""
+    from training.evaluation import breakdown
+
+    config = TrainConfig(variant="gru-copy", hidden=64, epochs=4, device="cpu", seed=0)
+    result = train(config, data, progress=False, log=lambda _: None)
+    b = breakdown(result.model, data.vocab, data.ids("valid"))
+    assert b.after_comma >= 0.9, b
+    assert b.thousand >= 0.9, b
+    assert b.accuracy >= 0.85, b
