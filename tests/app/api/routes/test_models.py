@@ -7,7 +7,7 @@ def test_list_models(client):
     assert gru["parameters"] == 23784 and gru["hidden_size"] == 56 and gru["vocab_size"] == 40
     assert gru["device"] == "cpu" and len(gru["sha256"]) == 64
     assert 0.3 < gru["valid_accuracy"] < 1
-    assert [m["default"] for m in body["models"]] == [True, False, False]
+    assert [m["default"] for m in body["models"]] == [True, False, False, False]
 
 
 def test_one_model_with_its_vocabulary(client):
@@ -20,4 +20,4 @@ def test_one_model_with_its_vocabulary(client):
 def test_unknown_model(client):
     r = client.get("/v1/models/lstm")
     assert r.status_code == 404
-    assert r.json()["detail"] == "no model 'lstm'; loaded: gru, gru-cell, gru-custom"
+    assert r.json()["detail"] == "no model 'lstm'; loaded: gru, gru-cell, gru-copy, gru-custom"
