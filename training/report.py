@@ -128,6 +128,6 @@ def plot_positions(ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.set_xlabel('position of the predicted word within its number (1: first word; "," last)')
     ax.set_ylabel("accuracy, one stream over valid.txt")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Where the models fail: the first word of a number")
+    ax.set_title("Accuracy by position within a number")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
