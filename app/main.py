@@ -9,16 +9,20 @@ import logging
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from app.api.deps import get_owner
 from app.api.fastpath import FastPath
+from app.api.gate import KeyGate
 from app.api.routes import health, models, predict, sessions
 from app.core.config import Settings
 from app.core.errors import NotReady, install_error_handlers
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.core.security import ApiKeys
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
 from app.pages import install_pages
+from app.schemas.common import errors
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -40,7 +44,10 @@ async def sweep_expired(store: SessionStore, every_s: float) -> None:
 async def open_session_store(settings: Settings, registry: ModelRegistry) -> SessionStore:
     if settings.SESSION_BACKEND == "memory":
         return MemorySessionStore(
-            settings.SESSION_TTL_SECONDS, settings.MAX_SESSIONS, settings.SESSION_CAP_POLICY
+            settings.SESSION_TTL_SECONDS,
+            settings.MAX_SESSIONS,
+            settings.SESSION_CAP_POLICY,
+            max_per_owner=settings.MAX_SESSIONS_PER_KEY,
         )
     store = RedisSessionStore(
         settings.REDIS_URL,
@@ -50,6 +57,7 @@ async def open_session_store(settings: Settings, registry: ModelRegistry) -> Ses
         settings.SESSION_CAP_POLICY,
         prefix=settings.REDIS_PREFIX,
         lock_s=settings.SESSION_LEASE_SECONDS,
+        max_per_owner=settings.MAX_SESSIONS_PER_KEY,
     )
     try:
         await store.check()
@@ -110,7 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # /docs and /redoc: install_pages, with packaged assets
         redoc_url=None,
     )
+    keys = ApiKeys(settings.api_keys())
     app.state.settings = settings
+    app.state.keys = keys
     app.state.metrics = metrics
     app.state.service = None
     metrics.add_gauge(
@@ -119,11 +129,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
     install_error_handlers(app)
-    for module in (health, models, predict, sessions):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (models, predict, sessions):  # every /v1 route needs a key, when keys are on
+        app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
     install_pages(app)
     if settings.FAST_PATH:
         app.add_middleware(FastPath, fastapi_app=app)
+    gated = {"/metrics"} if settings.AUTH_METRICS else set()
+    if settings.AUTH_DOCS:
+        gated |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    if keys.enabled and gated:
+        app.add_middleware(KeyGate, keys=keys, paths=frozenset(gated))
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
     return app
 

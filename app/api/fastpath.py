@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ServiceError
+from app.core.security import ApiKeys
 from app.schemas.predict import NextWordRequest
 from app.schemas.sessions import SessionNextWordRequest
 from app.serving.service import PredictionService
@@ -40,15 +41,17 @@ class RouteLabel:
 NEXT_WORD_ROUTE = RouteLabel("/v1/next-word")
 SESSION_NEXT_WORD_ROUTE = RouteLabel("/v1/sessions/{session_id}/next-word")
 
-Handler = Callable[[PredictionService, BaseModel, str], Awaitable[BaseModel]]
+Handler = Callable[[PredictionService, BaseModel, str, str], Awaitable[BaseModel]]
 
 
-async def _next_word(service: PredictionService, req: Any, _: str) -> BaseModel:
+async def _next_word(service: PredictionService, req: Any, _: str, __: str) -> BaseModel:
     return await service.next_word(req)
 
 
-async def _session_next_word(service: PredictionService, req: Any, sid: str) -> BaseModel:
-    return await service.session_next_word(sid, req)
+async def _session_next_word(
+    service: PredictionService, req: Any, sid: str, owner: str
+) -> BaseModel:
+    return await service.session_next_word(sid, req, owner)
 
 
 def _json_headers(length: int, extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
@@ -85,6 +88,13 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         handler, model, sid, route = match
+        scope["route"] = route  # for the metrics' route label
+        keys: ApiKeys = self.fastapi_app.state.keys
+        try:  # the key first, as the routes' dependency does: before the body is read
+            owner = keys.owner(dict(scope["headers"]).get(b"authorization"))
+        except ServiceError as e:
+            await self._error(send, e)
+            return
         body, more = b"", True
         while more and len(body) <= MAX_BODY:
             message = await receive()
@@ -98,16 +108,22 @@ class FastPath:
         except ValidationError:  # FastAPI words the 422
             await self.app(scope, _replay(body, False, receive), send)
             return
-        scope["route"] = route  # for the metrics' route label
         try:
-            response = await handler(service, req, sid)
+            response = await handler(service, req, sid, owner)
         except ServiceError as e:
-            payload = orjson.dumps({"detail": e.detail})
-            status, headers = e.status_code, _json_headers(len(payload), e.headers)
-        else:
-            payload = response.__pydantic_serializer__.to_json(response)
-            status, headers = 200, _json_headers(len(payload))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            await self._error(send, e)
+            return
+        payload = response.__pydantic_serializer__.to_json(response)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": _json_headers(len(payload))}
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    @staticmethod
+    async def _error(send: Send, e: ServiceError) -> None:
+        payload = orjson.dumps({"detail": e.detail})
+        headers = _json_headers(len(payload), e.headers)
+        await send({"type": "http.response.start", "status": e.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 

@@ -11,18 +11,44 @@ from starlette.responses import StreamingResponse
 
 from app.core.errors import ServiceError
 from app.schemas.predict import ContinuationResponse
-from app.serving.service import OnWord
+
+
+class WordQueue:
+    """The words of a continuation on their way to the client: queued as the engine makes
+    them, counted as they are sent (a `Delivery` for the service)."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
+        self.heard = 0
+        self.sent = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def __call__(self, word: str, prob: float) -> None:
+        self.heard += 1
+        self._drained.clear()
+        self.items.put_nowait((word, prob))
+
+    def was_sent(self) -> None:
+        self.sent += 1
+        if self.sent >= self.heard:
+            self._drained.set()
+
+    async def drained(self) -> None:
+        await self._drained.wait()
 
 
 async def event_stream(
-    run: Callable[[OnWord], Coroutine[Any, Any, ContinuationResponse]],
+    run: Callable[[WordQueue], Coroutine[Any, Any, ContinuationResponse]],
 ) -> StreamingResponse:
     """Run a continuation in a task of its own, its words queued as they come, and wait for
     the first word, so a request that fails validation gets its HTTP error status instead of
     a stream. If the client goes away, closing the stream cancels the task (which releases
-    the session); a stream never read still ends, as max_words is bounded."""
-    queue: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
-    task = asyncio.create_task(run(lambda word, prob: queue.put_nowait((word, prob))))
+    the session, keeping the words sent); a stream never read still ends, as max_words is
+    bounded."""
+    words = WordQueue()
+    queue = words.items
+    task = asyncio.create_task(run(words))
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         first = await queue.get()
@@ -37,6 +63,7 @@ async def event_stream(
         try:
             while item is not None:
                 yield event({"word": item[0], "prob": item[1]})
+                words.was_sent()  # the server resumes us once the event went out
                 item = await queue.get()
             if (error := task.exception()) is not None:  # the status is sent: say it here
                 detail = error.detail if isinstance(error, ServiceError) else "internal error"

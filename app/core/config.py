@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -51,9 +53,50 @@ class Settings(BaseSettings):
         1, ge=1, description="CPU threads of torch: one suits these tiny models best"
     )
 
+    API_KEYS: SecretStr | None = Field(
+        None, description="comma-separated API keys: /v1 then needs 'Authorization: Bearer'"
+    )
+    API_KEYS_FILE: Path | None = Field(
+        None, description="a file of API keys, one a line (# comments and blank lines ignored)"
+    )
+    MAX_SESSIONS_PER_KEY: int = Field(
+        1000, ge=1, description="live sessions one API key may hold (with keys on)"
+    )
+    AUTH_METRICS: bool = Field(False, description="with keys on, /metrics needs a key too")
+    AUTH_DOCS: bool = Field(
+        False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
+    )
+
     @field_validator("STORE")
     @classmethod
     def _store_is_a_folder(cls, v: Path) -> Path:
         if v.exists() and not v.is_dir():
             raise ValueError(f"STORE {v} is not a folder")
         return v
+
+    @model_validator(mode="after")
+    def _keys_are_readable(self) -> Settings:
+        self.api_keys()  # a bad key or key file stops the start, with the reason
+        return self
+
+    def api_keys(self) -> list[str]:
+        """The API keys of API_KEYS and API_KEYS_FILE together; [] when keys are off."""
+        keys = []
+        if self.API_KEYS is not None:
+            keys += [k.strip() for k in self.API_KEYS.get_secret_value().split(",") if k.strip()]
+        if self.API_KEYS_FILE is not None:
+            try:
+                lines = self.API_KEYS_FILE.read_text().splitlines()
+            except OSError as e:
+                raise ValueError(f"API_KEYS_FILE {self.API_KEYS_FILE}: {e.strerror}") from None
+            file_keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
+            if not file_keys:
+                raise ValueError(f"API_KEYS_FILE {self.API_KEYS_FILE} holds no key")
+            keys += file_keys
+        for i, key in enumerate(keys, 1):
+            if len(key) < MIN_KEY_CHARS or any(c.isspace() for c in key):
+                raise ValueError(
+                    f"API key number {i} is too short or holds a space: keys need at least "
+                    f"{MIN_KEY_CHARS} characters and no whitespace (e.g. openssl rand -hex 24)"
+                )
+        return keys

@@ -55,9 +55,13 @@ class NotReady(ServiceError):
     status_code = 503
 
 
+def error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     app.add_exception_handler(ServiceError, service_error)

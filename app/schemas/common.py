@@ -26,6 +26,7 @@ class ErrorDetail(BaseModel):
 def errors(*codes: int) -> dict[int | str, dict[str, object]]:
     """OpenAPI entries for the error statuses a route can answer."""
     what = {
+        401: "no valid API key (when the server has keys): see WWW-Authenticate",
         404: "unknown model or session",
         409: "the session's state does not fit its model",
         413: "text too long",

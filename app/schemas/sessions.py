@@ -26,7 +26,10 @@ class SessionInfo(BaseModel):
 
 
 class SessionList(BaseModel):
-    sessions: list[SessionInfo]
+    sessions: list[SessionInfo] = Field(description="the caller's sessions, in order of id")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class SessionCreated(SessionInfo):

@@ -2,9 +2,15 @@
 
 Keys (under PREFIX, "hn" by default):
   PREFIX:s:{id}          hash: model, state (raw bytes), dtype, shape, tokens, last (JSON),
-                         created, used; Redis's own expiry is the TTL (PEXPIRE on each use)
-  PREFIX:idx:{model}     sorted set: id -> last use (ms); the cap, the LRU victim, the list
+                         created, used, owner; Redis's own expiry is the TTL (PEXPIRE on
+                         each use of the state: reading the record is not use)
+  PREFIX:idx:{model}     sorted set: id -> last use (ms); the cap, the LRU victim, expiry
+  PREFIX:own:{owner}     sorted set, all scores 0: the owner's ids, listed in order of id
+                         (ZRANGEBYLEX pages); its size is the owner's share of the cap
+  PREFIX:owner           hash: id -> owner, so an expired session's owner index forgets it
   PREFIX:lock:{id}       the lease of the request working on the session: a random token
+
+An owner is an API key's id (a prefix of its sha256, never the key) or "-" (no keys).
 
 Concurrency across replicas. A request leases a session with SET NX PX (a short lock) and
 reads its state in the same Lua call; it writes the state back with a Lua call that first
@@ -33,25 +39,58 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
-from app.core.errors import AtCapacity, NotReady, StateMismatch
+from app.core.errors import NotReady, StateMismatch
+from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.engine.slots import describe, from_bytes, to_bytes
-from app.serving.sessions import LAST_WORDS, Lease, SessionRecord, SessionStore, unknown
+from app.serving.sessions import (
+    LAST_WORDS,
+    Lease,
+    SessionRecord,
+    SessionStore,
+    owner_full,
+    server_full,
+    unknown,
+)
 
 log = logging.getLogger("app.sessions")
 T = TypeVar("T")
+RECORD_FIELDS = ["model", "tokens", "last", "created", "used", "owner"]
+
+FORGET = """
+-- the owner's index forgets a session that is gone (deleted, evicted or expired)
+local function forget(prefix, id)
+  local owner = redis.call('HGET', prefix .. ':owner', id)
+  if owner then
+    redis.call('ZREM', prefix .. ':own:' .. owner, id)
+    redis.call('HDEL', prefix .. ':owner', id)
+  end
+end
+-- forget the sessions of one model's index idle since `before` (Redis expired them itself)
+local function sweep(prefix, index, before)
+  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', before)
+  for _, id in ipairs(dead) do forget(prefix, id) end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', before) end
+  return #dead
+end
+"""
 
 ACQUIRE = """
--- KEYS: session, lock; ARGV: token, lock_ms.  nil: no such session; 0: leased by another
+-- KEYS: session, lock; ARGV: token, lock_ms, owner
+-- nil: no such session (or another owner's); 0: leased by another request
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if (redis.call('HGET', KEYS[1], 'owner') or '-') ~= ARGV[3] then return nil end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 return redis.call('HGETALL', KEYS[1])
 """
 
 COMMIT = """
--- KEYS: session, lock, index; ARGV: token, state, tokens, last, used_ms, ttl_ms, id
+-- KEYS: session, lock, index, owner's index, owner hash
+-- ARGV: token, state, tokens, last, used_ms, ttl_ms, id, owner
 -- 1: written; 0: the lease was lost (fencing); -1: the session was deleted meanwhile
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
@@ -59,6 +98,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'tokens', ARGV[3], 'last', ARGV[4], 'used', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
+redis.call('ZADD', KEYS[4], 0, ARGV[7])  -- back, had a sweep taken it while it was busy
+redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 return 1
 """
 
@@ -67,43 +108,70 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-CREATE = """
--- KEYS: session, then the index of every model (the new session's first)
--- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix
-local now, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+CREATE = (
+    FORGET
+    + """
+-- KEYS: session, owner's index, owner hash, then the index of every model (the new
+-- session's first)
+-- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix,
+--       owner, max_per_owner (0: no share)
+-- 1: made; 0: the server is full; -1: the owner's share is full
+local now, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[10]
 local live = 0
-for i = 2, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - ttl)
+for i = 4, #KEYS do
+  sweep(prefix, KEYS[i], now - ttl)
   live = live + redis.call('ZCARD', KEYS[i])
 end
+local share = tonumber(ARGV[12])
+if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then return -1 end
 if live >= tonumber(ARGV[8]) then
   if ARGV[9] == '0' then return 0 end
   local victim, victim_key, oldest = nil, nil, nil
-  for i = 2, #KEYS do
+  for i = 4, #KEYS do
     local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
     if first[1] and (oldest == nil or tonumber(first[2]) < oldest) then
       victim, victim_key, oldest = first[1], KEYS[i], tonumber(first[2])
     end
   end
   if victim == nil then return 0 end
-  redis.call('DEL', ARGV[10] .. ':s:' .. victim)
+  redis.call('DEL', prefix .. ':s:' .. victim)
   redis.call('ZREM', victim_key, victim)
+  forget(prefix, victim)
 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
-           'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6])
+           'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6],
+           'owner', ARGV[11])
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[11])
 return 1
 """
+)
 
-DELETE = """
--- KEYS: session; ARGV: id, prefix.  The session's model; 0: no such session
+DELETE = (
+    FORGET
+    + """
+-- KEYS: session, lock; ARGV: id, prefix, token (the deleting request's lease)
+-- the session's model; 0: the lease was lost; -1: the session is gone already
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[2])
 local model = redis.call('HGET', KEYS[1], 'model')
-if not model then return 0 end
 redis.call('DEL', KEYS[1])
+forget(ARGV[2], ARGV[1])
+if not model then return -1 end
 redis.call('ZREM', ARGV[2] .. ':idx:' .. model, ARGV[1])
 return model
 """
+)
+
+SWEEP = (
+    FORGET
+    + """
+-- KEYS: a model's index; ARGV: before_ms, prefix.  How many sessions it forgot
+return sweep(ARGV[2], KEYS[1], ARGV[1])
+"""
+)
 
 
 class ScriptBatcher:
@@ -170,6 +238,7 @@ class RedisLease:
     id: str
     model: LoadedModel
     slot: int
+    owner: str
     tokens_seen: int
     last_words: list[str]
     created: float
@@ -203,6 +272,7 @@ class RedisSessionStore(SessionStore):
         prefix: str = "hn",
         lock_s: float = 30.0,
         wait_s: float = 30.0,
+        max_per_owner: int | None = None,
     ):
         assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
         self.url = url
@@ -213,8 +283,15 @@ class RedisSessionStore(SessionStore):
         self.prefix = prefix
         self.lock_ms = int(lock_s * 1000)
         self.wait_s = wait_s
+        self.max_per_owner = max_per_owner  # None: no per-owner share; never for ANONYMOUS
+        # A pooled connection can be stale (Redis restarted, a proxy dropped it): the call
+        # reconnects and is sent once more, at once; a second failure is a 503.
         self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=False
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[ConnectionError],
         )
         self._batch = ScriptBatcher(self.redis)
         self._acquire = self._batch.register(ACQUIRE)
@@ -222,6 +299,7 @@ class RedisSessionStore(SessionStore):
         self._release = self._batch.register(RELEASE)
         self._create = self._batch.register(CREATE)
         self._delete = self._batch.register(DELETE)
+        self._sweep = self._batch.register(SWEEP)
         self._local: dict[str, _LocalQueue] = {}
         self._counts: dict[str, int] = {}
 
@@ -234,6 +312,12 @@ class RedisSessionStore(SessionStore):
 
     def _index(self, model: str) -> str:
         return f"{self.prefix}:idx:{model}"
+
+    def _owned(self, owner: str) -> str:
+        return f"{self.prefix}:own:{owner}"
+
+    def _owners(self) -> str:
+        return f"{self.prefix}:owner"
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """A Redis call; Redis being unreachable becomes a 503 that says so."""
@@ -252,7 +336,7 @@ class RedisSessionStore(SessionStore):
         await self.redis.aclose()
 
     # -- sessions --------------------------------------------------------------------------
-    async def create(self, model: LoadedModel) -> SessionRecord:
+    async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
         spec = model.batcher.slots.spec
@@ -264,7 +348,7 @@ class RedisSessionStore(SessionStore):
         made = await self._call(
             lambda: self._batch.call(
                 self._create,
-                [self._key(sid), *indexes],
+                [self._key(sid), self._owned(owner), self._owners(), *indexes],
                 [
                     sid,
                     model.name,
@@ -276,37 +360,44 @@ class RedisSessionStore(SessionStore):
                     self.max_sessions,
                     int(self.policy == "evict"),
                     self.prefix,
+                    owner,
+                    self.max_per_owner if self.max_per_owner and owner != ANONYMOUS else 0,
                 ],
             )
         )
+        if made == -1:
+            assert self.max_per_owner is not None
+            raise owner_full(self.max_per_owner)
         if not made:
-            raise AtCapacity(
-                f"the server holds its maximum of {self.max_sessions} sessions: "
-                "delete one you no longer need, or retry later",
-                retry_after=60,
-            )
+            raise server_full(self.max_sessions)
         self._counts[model.name] = self._counts.get(model.name, 0) + 1  # till the next sweep
         now = now_ms / 1000
         return SessionRecord(sid, model.name, 0, [], now, now + self.ttl_s)
 
     @contextlib.asynccontextmanager
-    async def lease(self, session_id: str) -> AsyncIterator[Lease]:
+    async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
+        async with self._queued(session_id), self._leased(session_id, owner) as lease:
+            yield lease
+
+    @contextlib.asynccontextmanager
+    async def _queued(self, session_id: str) -> AsyncIterator[None]:
+        """This replica's requests to a session take turns, in arrival order."""
         local = self._local.setdefault(session_id, _LocalQueue())
         local.users += 1
         try:
-            async with local.lock, self._leased(session_id) as lease:
-                yield lease
+            async with local.lock:
+                yield
         finally:
             local.users -= 1
             if not local.users:
                 del self._local[session_id]
 
     @contextlib.asynccontextmanager
-    async def _leased(self, sid: str) -> AsyncIterator[RedisLease]:
+    async def _leased(self, sid: str, owner: str) -> AsyncIterator[RedisLease]:
         token = secrets.token_hex(16)
-        fields = await self._take(sid, token)
+        fields = await self._take(sid, token, owner)
         try:
-            lease = self._load(sid, fields)
+            lease = self._load(sid, owner, fields)
         except BaseException:
             await self._call(
                 lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
@@ -328,14 +419,16 @@ class RedisSessionStore(SessionStore):
                     )
             slots.free(lease.slot)
 
-    async def _take(self, sid: str, token: str) -> list[bytes]:
+    async def _take(self, sid: str, token: str, owner: str) -> list[bytes]:
         """Lease the session in Redis, waiting while another replica holds it."""
         deadline = time.monotonic() + self.wait_s
         pause = 0.001
         while True:
             got = await self._call(
                 lambda: self._batch.call(
-                    self._acquire, [self._key(sid), self._lock_key(sid)], [token, self.lock_ms]
+                    self._acquire,
+                    [self._key(sid), self._lock_key(sid)],
+                    [token, self.lock_ms, owner],
                 )
             )
             if got is None:
@@ -347,7 +440,7 @@ class RedisSessionStore(SessionStore):
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def _load(self, sid: str, raw: list[bytes]) -> RedisLease:
+    def _load(self, sid: str, owner: str, raw: list[bytes]) -> RedisLease:
         fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
         name = fields["model"].decode()
         model = self.registry.models.get(name)
@@ -378,6 +471,7 @@ class RedisSessionStore(SessionStore):
             sid,
             model,
             slot,
+            owner,
             int(fields["tokens"]),
             json.loads(fields["last"]),
             int(fields["created"]) / 1000,
@@ -391,7 +485,13 @@ class RedisSessionStore(SessionStore):
         done = await self._call(
             lambda: self._batch.call(
                 self._commit,
-                [self._key(lease.id), self._lock_key(lease.id), self._index(lease.model.name)],
+                [
+                    self._key(lease.id),
+                    self._lock_key(lease.id),
+                    self._index(lease.model.name),
+                    self._owned(lease.owner),
+                    self._owners(),
+                ],
                 [
                     token,
                     state,
@@ -400,36 +500,37 @@ class RedisSessionStore(SessionStore):
                     now_ms,
                     int(self.ttl_s * 1000),
                     lease.id,
+                    lease.owner,
                 ],
             )
         )
         if done == 0:
-            raise NotReady(
-                f"session {lease.id!r}: this request held it longer than the lease "
-                f"({self.lock_ms / 1000:g} s) and another took it over; its result was not kept"
-            )
+            raise self._lease_lost(lease.id)
         lease.used = now_ms / 1000
         return True  # written, or the session was deleted meanwhile: nothing left to keep
+
+    def _lease_lost(self, sid: str) -> NotReady:
+        return NotReady(
+            f"session {sid!r}: this request held it longer than the lease "
+            f"({self.lock_ms / 1000:g} s) and another took it over; its result was not kept"
+        )
 
     def record(self, lease: Lease) -> SessionRecord:
         assert isinstance(lease, RedisLease)
         return SessionRecord.of(lease, lease.created, (lease.used or time.time()) + self.ttl_s)
 
-    async def describe(self, session_id: str) -> SessionRecord:
-        got = await self._call(
-            lambda: self.redis.hmget(
-                self._key(session_id), ["model", "tokens", "last", "created", "used"]
-            )
-        )
-        record = self._record(session_id, got)
+    async def describe(self, session_id: str, owner: str = ANONYMOUS) -> SessionRecord:
+        got = await self._call(lambda: self.redis.hmget(self._key(session_id), RECORD_FIELDS))
+        record = self._record(session_id, got, owner)
         if record is None:
             raise unknown(session_id)
         return record
 
-    def _record(self, sid: str, got: list[Any]) -> SessionRecord | None:
-        if got[0] is None:
+    def _record(self, sid: str, got: list[Any], owner: str) -> SessionRecord | None:
+        """The record of a session's fields (RECORD_FIELDS); None if gone or not the owner's."""
+        if got[0] is None or (got[5] or b"-").decode() != owner:
             return None
-        model, tokens, last, created, used = got
+        model, tokens, last, created, used, _ = got
         return SessionRecord(
             sid,
             model.decode(),
@@ -439,31 +540,51 @@ class RedisSessionStore(SessionStore):
             int(used) / 1000 + self.ttl_s,
         )
 
-    async def all(self) -> list[SessionRecord]:
-        since = int((time.time() - self.ttl_s) * 1000)
-        ids: list[str] = []
-        for name in sorted(self.registry.models):
-            index = self._index(name)
-            got = await self._call(lambda i=index: self.redis.zrangebyscore(i, since, "+inf"))  # type: ignore[misc]
-            ids += [i.decode() if isinstance(i, bytes) else str(i) for i in got]
-
-        async def fetch() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            for sid in ids:
-                pipe.hmget(self._key(sid), ["model", "tokens", "last", "created", "used"])
-            return list(await pipe.execute())
-
-        rows = await self._call(fetch) if ids else []
-        records = [self._record(sid, row) for sid, row in zip(ids, rows, strict=True)]
-        return [r for r in records if r is not None]
-
-    async def delete(self, session_id: str) -> None:
-        done = await self._call(
-            lambda: self._batch.call(
-                self._delete, [self._key(session_id)], [session_id, self.prefix]
+    async def page(
+        self, owner: str, limit: int, after: str | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
+        owned, more = self._owned(owner), True
+        records: list[SessionRecord] = []
+        while more and len(records) < limit:  # again if some were gone: a page is full
+            need = limit - len(records)
+            start = f"({after}" if after is not None else "-"
+            got = await self._call(
+                lambda s=start, n=need: self.redis.zrangebylex(owned, s, "+", 0, n + 1)  # type: ignore[misc]
             )
-        )
-        if not done:
+            ids = [i.decode() if isinstance(i, bytes) else str(i) for i in got]
+            more, ids = len(ids) > need, ids[:need]
+            if not ids:
+                break
+
+            async def fetch(ids: list[str] = ids) -> list[Any]:
+                pipe = self.redis.pipeline(transaction=False)
+                for sid in ids:
+                    pipe.hmget(self._key(sid), RECORD_FIELDS)
+                return list(await pipe.execute())
+
+            rows = await self._call(fetch)
+            for sid, row in zip(ids, rows, strict=True):
+                if (record := self._record(sid, row, owner)) is not None:
+                    records.append(record)
+            after = ids[-1]
+        return records, after if more else None
+
+    async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
+        """Takes its turn like a request (without loading the state, which may not even fit
+        its model any more), then deletes."""
+        async with self._queued(session_id):
+            token = secrets.token_hex(16)
+            await self._take(session_id, token, owner)
+            done = await self._call(
+                lambda: self._batch.call(
+                    self._delete,
+                    [self._key(session_id), self._lock_key(session_id)],
+                    [session_id, self.prefix, token],
+                )
+            )
+        if done == 0:
+            raise self._lease_lost(session_id)
+        if done == -1:  # expired between the two calls
             raise unknown(session_id)
         name = done.decode()
         self._counts[name] = max(0, self._counts.get(name, 0) - 1)
@@ -471,12 +592,12 @@ class RedisSessionStore(SessionStore):
     async def expire(self) -> int:
         """Redis expires the sessions themselves; here the indexes forget them, and the
         metrics' counts are refreshed."""
-        since = int((time.time() - self.ttl_s) * 1000)
+        before = int((time.time() - self.ttl_s) * 1000)
         dropped, counts = 0, {}
         for name in sorted(self.registry.models):
             index = self._index(name)
             dropped += await self._call(
-                lambda i=index: self.redis.zremrangebyscore(i, "-inf", since)  # type: ignore[misc]
+                lambda i=index: self._batch.call(self._sweep, [i], [before, self.prefix])  # type: ignore[misc]
             )
             counts[name] = await self._call(lambda i=index: self.redis.zcard(i))  # type: ignore[misc]
         self._counts = counts

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
 import random
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from app.core.config import Settings
-from app.core.errors import BadText, TextTooLong, UnknownModel
+from app.core.errors import BadText, ServiceError, TextTooLong, UnknownModel
+from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.schemas.common import WordProb
@@ -33,9 +39,21 @@ from app.schemas.sessions import (
     SessionNextWordResponse,
 )
 from app.serving.sessions import Lease, SessionRecord, SessionStore
-from model_store import UnknownWord, split_words
+from model_store import State, UnknownWord, split_words
 
 OnWord = Callable[[str, float], None]  # hears each generated word as it comes (streams)
+log = logging.getLogger("app.service")
+
+
+class Delivery(Protocol):
+    """A stream's side of a session continuation: hears each word, counts those sent."""
+
+    sent: int  # words the client was sent so far
+
+    def __call__(self, word: str, prob: float) -> None: ...
+
+    async def drained(self) -> None:
+        """Return once every word heard so far has been sent."""
 
 
 def timestamp(t: float) -> datetime:
@@ -192,36 +210,49 @@ class PredictionService:
         top = await lease.model.batcher.step(lease.slot, ids, top_k, self.applied(lease))
         return self.next_list(lease.model, top)
 
-    async def create_session(self, req: SessionCreateRequest) -> SessionCreated:
-        lm = self.model(req.model)
+    async def create_session(
+        self, req: SessionCreateRequest, owner: str = ANONYMOUS
+    ) -> SessionCreated:
+        lm = self.model(req.model)  # checks come first: a refused request creates nothing
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text)
-        record = await self.sessions.create(lm)
+        record = await self.sessions.create(lm, owner)
         if not ids:  # nothing to feed: no step, no lease (an idle session stays small)
             return SessionCreated(**self.session_info(record).model_dump(), next=[])
-        async with self.sessions.lease(record.id) as lease:
-            nxt = await self._session_step(lease, ids, req.top_k)
+        try:
+            async with self.sessions.lease(record.id, owner) as lease:
+                nxt = await self._session_step(lease, ids, req.top_k)
+        except BaseException:  # refused (a full queue), failed or cancelled: leave no orphan
+            with contextlib.suppress(ServiceError):
+                await asyncio.shield(self.sessions.delete(record.id, owner))
+            raise
         info = self.session_info(self.sessions.record(lease))
         return SessionCreated(**info.model_dump(), next=nxt)
 
-    async def list_sessions(self) -> SessionList:
-        return SessionList(sessions=[self.session_info(r) for r in await self.sessions.all()])
+    async def list_sessions(
+        self, owner: str = ANONYMOUS, limit: int = 100, cursor: str | None = None
+    ) -> SessionList:
+        records, last = await self.sessions.page(owner, limit, decode_cursor(cursor))
+        return SessionList(
+            sessions=[self.session_info(r) for r in records],
+            next_cursor=encode_cursor(last) if last is not None else None,
+        )
 
-    async def get_session(self, session_id: str) -> SessionInfo:
-        return self.session_info(await self.sessions.describe(session_id))
+    async def get_session(self, session_id: str, owner: str = ANONYMOUS) -> SessionInfo:
+        return self.session_info(await self.sessions.describe(session_id, owner))
 
-    async def delete_session(self, session_id: str) -> None:
-        await self.sessions.delete(session_id)
+    async def delete_session(self, session_id: str, owner: str = ANONYMOUS) -> None:
+        await self.sessions.delete(session_id, owner)
 
-    async def reset_session(self, session_id: str) -> SessionInfo:
-        async with self.sessions.lease(session_id) as lease:
+    async def reset_session(self, session_id: str, owner: str = ANONYMOUS) -> SessionInfo:
+        async with self.sessions.lease(session_id, owner) as lease:
             lease.reset()
         return self.session_info(self.sessions.record(lease))
 
     async def session_next_word(
-        self, session_id: str, req: SessionNextWordRequest
+        self, session_id: str, req: SessionNextWordRequest, owner: str = ANONYMOUS
     ) -> SessionNextWordResponse:
-        async with self.sessions.lease(session_id) as lease:
+        async with self.sessions.lease(session_id, owner) as lease:
             lm = lease.model  # checks come first: a bad request changes nothing
             self.check_top_k(lm, req.top_k)
             ids = self.encode(lm, req.text)
@@ -233,18 +264,72 @@ class PredictionService:
         )
 
     async def session_continuation(
-        self, session_id: str, req: SessionContinuationRequest, on_word: OnWord | None = None
+        self,
+        session_id: str,
+        req: SessionContinuationRequest,
+        stream: Delivery | None = None,
+        owner: str = ANONYMOUS,
     ) -> SessionContinuationResponse:
-        async with self.sessions.lease(session_id) as lease:
+        """With a `stream`, the session is held until every word was sent; if the stream
+        ends early (the client left), the session keeps its text and the words sent, no more.
+        """
+        async with self.sessions.lease(session_id, owner) as lease:
             lm = lease.model  # checks come first: a bad request changes nothing
-            gen = self.generation(lm, req, feed_last=True, on_word=on_word)
+            gen = self.generation(lm, req, feed_last=True, on_word=stream)
             ids = self.encode(lm, req.text)
             if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
-            await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
+            if stream is None:
+                await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
+            else:
+                before = Rewind(lm.batcher.slots.read(lease.slot), lease)
+                try:
+                    await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
+                    await stream.drained()
+                except BaseException:
+                    await self._keep_sent(lease, before, ids + gen.words[: stream.sent])
+                    raise
         return SessionContinuationResponse(
             **generated(lm, gen), session_id=lease.id, tokens_seen=lease.tokens_seen
         )
+
+    async def _keep_sent(self, lease: Lease, before: Rewind, feed: list[int]) -> None:
+        """Back to the state before the continuation, then feed its text and the words sent
+        (feeding in pieces or whole gives the same state: that is the engine's invariant)."""
+        lease.reset()
+        lease.model.batcher.slots.write(lease.slot, before.state)
+        lease.tokens_seen, lease.last_words = before.tokens_seen, before.last_words
+        if not feed:
+            return
+        try:
+            await lease.model.batcher.step(lease.slot, feed, 1, self.applied(lease))
+        except Exception as e:  # it keeps the state from before the request
+            log.warning("session %s: the words sent could not be kept: %s", lease.id, e)
+
+
+class Rewind:
+    """A session as it was before a request."""
+
+    def __init__(self, state: State, lease: Lease):
+        self.state = state
+        self.tokens_seen = lease.tokens_seen
+        self.last_words = list(lease.last_words)
+
+
+def encode_cursor(session_id: str) -> str:
+    return base64.urlsafe_b64encode(session_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadText(
+            f"cursor {cursor[:40]!r} is not one this server gave: pass next_cursor of the "
+            "previous page as it is"
+        ) from None
 
 
 def generated(lm: LoadedModel, gen: Generation) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections import OrderedDict
@@ -18,7 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sortedcontainers import SortedList
+
 from app.core.errors import AtCapacity, UnknownSession
+from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel
 
 LAST_WORDS = 10  # words of its text a session remembers for display
@@ -62,14 +66,18 @@ class Lease(Protocol):
 
 
 class SessionStore(abc.ABC):
+    """Sessions belong to an owner (an API key's id, or ANONYMOUS): a session of another
+    owner is, to every call, a session that does not exist. Only work on a session (a
+    lease) counts as use and pushes back its expiry; reading or listing it does not."""
+
     ttl_s: float
 
     @abc.abstractmethod
-    async def create(self, model: LoadedModel) -> SessionRecord:
-        """A new session at the zero state; AtCapacity when full and not evicting."""
+    async def create(self, model: LoadedModel, owner: str) -> SessionRecord:
+        """A new session at the zero state; AtCapacity when full (or the owner's share is)."""
 
     @abc.abstractmethod
-    def lease(self, session_id: str) -> contextlib.AbstractAsyncContextManager[Lease]:
+    def lease(self, session_id: str, owner: str) -> contextlib.AbstractAsyncContextManager[Lease]:
         """Hold a session for one request (waiting for the requests before it)."""
 
     @abc.abstractmethod
@@ -77,13 +85,18 @@ class SessionStore(abc.ABC):
         """The record of a session just used through `lease`."""
 
     @abc.abstractmethod
-    async def describe(self, session_id: str) -> SessionRecord: ...
+    async def describe(self, session_id: str, owner: str) -> SessionRecord: ...
 
     @abc.abstractmethod
-    async def all(self) -> list[SessionRecord]: ...
+    async def page(
+        self, owner: str, limit: int, after: str | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
+        """The owner's live sessions in order of id, the first `limit` after id `after`;
+        and the id to continue after, None when there are no more."""
 
     @abc.abstractmethod
-    async def delete(self, session_id: str) -> None: ...
+    async def delete(self, session_id: str, owner: str) -> None:
+        """Delete, once the requests already holding or queued on the session are done."""
 
     @abc.abstractmethod
     async def expire(self) -> int:
@@ -102,11 +115,28 @@ class SessionStore(abc.ABC):
         """Release what the store holds."""
 
 
+def owner_full(max_per_owner: int) -> AtCapacity:
+    return AtCapacity(
+        f"this API key holds its maximum of {max_per_owner} sessions (MAX_SESSIONS_PER_KEY): "
+        "delete one you no longer need, or wait for idle ones to expire",
+        retry_after=60,
+    )
+
+
+def server_full(max_sessions: int) -> AtCapacity:
+    return AtCapacity(
+        f"the server holds its maximum of {max_sessions} sessions (MAX_SESSIONS): "
+        "delete one you no longer need, or retry later",
+        retry_after=60,
+    )
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     id: str
     model: LoadedModel
     slot: int
+    owner: str
     created: float
     last_used: float
     tokens_seen: int = 0
@@ -138,7 +168,8 @@ class MemorySessionStore(SessionStore):
     """In-process sessions, least recently used first; TTL expiry and a cap on their number.
 
     The dict is kept in order of last use, so the expired sessions and the eviction victim
-    are found at its front without scanning the rest.
+    are found at its front without scanning the rest. Each owner's ids are also kept sorted,
+    for its share of the cap and for listing it page by page.
     """
 
     def __init__(
@@ -147,13 +178,16 @@ class MemorySessionStore(SessionStore):
         max_sessions: int,
         policy: str = "reject",
         clock: Callable[[], float] = time.time,
+        max_per_owner: int | None = None,
     ):
         assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
         self.policy = policy
         self.clock = clock
+        self.max_per_owner = max_per_owner  # None: no per-owner share; never for ANONYMOUS
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._owned: dict[str, SortedList] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -164,36 +198,40 @@ class MemorySessionStore(SessionStore):
     def expires_at(self, session: Session) -> float:
         return session.last_used + self.ttl_s
 
-    async def create(self, model: LoadedModel) -> SessionRecord:
-        return self.record(self.new(model))
+    async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
+        return self.record(self.new(model, owner))
 
-    def new(self, model: LoadedModel) -> Session:
+    def new(self, model: LoadedModel, owner: str = ANONYMOUS) -> Session:
         self.drop_expired()
+        cap = self.max_per_owner
+        if cap is not None and owner != ANONYMOUS and len(self._owned.get(owner, ())) >= cap:
+            raise owner_full(cap)
         if len(self._sessions) >= self.max_sessions:
             victim = next((s for s in self._sessions.values() if not s.busy), None)
             if self.policy == "reject" or victim is None:
-                raise AtCapacity(
-                    f"the server holds its maximum of {self.max_sessions} sessions: "
-                    "delete one you no longer need, or retry later",
-                    retry_after=60,
-                )
+                raise server_full(self.max_sessions)
             self._drop(victim)
         now = self.clock()
-        session = Session(secrets.token_urlsafe(16), model, model.batcher.slots.alloc(), now, now)
+        slot = model.batcher.slots.alloc()
+        session = Session(secrets.token_urlsafe(16), model, slot, owner, now, now)
         self._sessions[session.id] = session
+        self._owned.setdefault(owner, SortedList()).add(session.id)
         return session
 
-    def get(self, session_id: str) -> Session:
-        """A live session, marked as just used; UnknownSession if none or expired."""
+    def live(self, session_id: str, owner: str = ANONYMOUS) -> Session:
+        """The owner's live session; UnknownSession if none, another owner's, or expired."""
         session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or session.owner != owner:
             raise unknown(session_id)
-        now = self.clock()
-        if now >= self.expires_at(session) and not session.busy:
+        if self.clock() >= self.expires_at(session) and not session.busy:
             self._drop(session)
-            raise UnknownSession(f"session {session_id!r} expired after {self.ttl_s:g} s idle")
-        session.last_used = now
-        self._sessions.move_to_end(session_id)
+            raise unknown(session_id)
+        return session
+
+    def get(self, session_id: str, owner: str = ANONYMOUS) -> Session:
+        """The owner's live session, marked as just used."""
+        session = self.live(session_id, owner)
+        self.touch(session)
         return session
 
     def touch(self, session: Session) -> None:
@@ -202,8 +240,8 @@ class MemorySessionStore(SessionStore):
             self._sessions.move_to_end(session.id)
 
     @contextlib.asynccontextmanager
-    async def lease(self, session_id: str) -> AsyncIterator[Lease]:
-        session = self.get(session_id)
+    async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
+        session = self.get(session_id, owner)
         async with session.lock:
             if not session.alive:  # deleted while this request waited its turn
                 raise unknown(session_id)
@@ -214,12 +252,19 @@ class MemorySessionStore(SessionStore):
         assert isinstance(lease, Session)
         return SessionRecord.of(lease, lease.created, self.expires_at(lease))
 
-    async def describe(self, session_id: str) -> SessionRecord:
-        return self.record(self.get(session_id))
+    async def describe(self, session_id: str, owner: str = ANONYMOUS) -> SessionRecord:
+        return self.record(self.live(session_id, owner))
 
-    async def all(self) -> list[SessionRecord]:
+    async def page(
+        self, owner: str, limit: int, after: str | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
         self.drop_expired()
-        return [self.record(s) for s in self]
+        ids = self._owned.get(owner)
+        if ids is None:
+            return [], None
+        got = list(itertools.islice(ids.irange(minimum=after, inclusive=(False, True)), limit + 1))
+        records = [self.record(self._sessions[i]) for i in got[:limit]]
+        return records, got[limit - 1] if len(got) > limit else None
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -237,12 +282,11 @@ class MemorySessionStore(SessionStore):
         for s in list(self._sessions.values()):
             self._drop(s)
 
-    async def delete(self, session_id: str) -> None:
-        """Delete after the requests already queued on the session have run."""
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise unknown(session_id)
+    async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
+        session = self.live(session_id, owner)
         async with session.lock:
+            if not session.alive:  # deleted by the request before this one
+                raise unknown(session_id)
             self._drop(session)
 
     def drop_expired(self) -> int:
@@ -262,6 +306,10 @@ class MemorySessionStore(SessionStore):
         if self._sessions.pop(session.id, None) is not None:
             session.alive = False
             session.model.batcher.slots.free(session.slot)
+            owned = self._owned[session.owner]
+            owned.remove(session.id)
+            if not owned:
+                del self._owned[session.owner]
 
 
 def unknown(session_id: str) -> UnknownSession:

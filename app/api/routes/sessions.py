@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 from starlette.responses import StreamingResponse
 
-from app.api.deps import ServiceDep
+from app.api.deps import OwnerDep, ServiceDep
 from app.api.streaming import event_stream
 from app.schemas.common import STREAM_RESPONSE, errors
 from app.schemas.sessions import (
@@ -26,27 +28,36 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
     status_code=201,
     responses=errors(404, 413, 422, 429, 503),
 )
-async def create_session(req: SessionCreateRequest, service: ServiceDep) -> SessionCreated:
+async def create_session(
+    req: SessionCreateRequest, service: ServiceDep, owner: OwnerDep
+) -> SessionCreated:
     """Start a session: a hidden state kept between calls, optionally fed a first text."""
-    return await service.create_session(req)
+    return await service.create_session(req, owner)
 
 
-@router.get("", response_model=SessionList)
-async def list_sessions(service: ServiceDep) -> SessionList:
-    """The live sessions."""
-    return await service.list_sessions()
+@router.get("", response_model=SessionList, responses=errors(422))
+async def list_sessions(
+    service: ServiceDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="sessions per page")] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+    ] = None,
+) -> SessionList:
+    """Your live sessions (those of your API key), a page at a time, in order of id."""
+    return await service.list_sessions(owner, limit, cursor)
 
 
 @router.get("/{session_id}", response_model=SessionInfo, responses=errors(404))
-async def get_session(session_id: str, service: ServiceDep) -> SessionInfo:
-    """One session: its model, tokens seen, last words and expiry."""
-    return await service.get_session(session_id)
+async def get_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
+    """One session: its model, tokens seen, last words and expiry (reading it is not use)."""
+    return await service.get_session(session_id, owner)
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=errors(404))
-async def delete_session(session_id: str, service: ServiceDep) -> Response:
+async def delete_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> Response:
     """Delete a session (after the requests already queued on it)."""
-    await service.delete_session(session_id)
+    await service.delete_session(session_id, owner)
     return Response(status_code=204)
 
 
@@ -56,10 +67,10 @@ async def delete_session(session_id: str, service: ServiceDep) -> Response:
     responses=errors(404, 413, 422, 429, 503),
 )
 async def session_next_word(
-    session_id: str, req: SessionNextWordRequest, service: ServiceDep
+    session_id: str, req: SessionNextWordRequest, service: ServiceDep, owner: OwnerDep
 ) -> SessionNextWordResponse:
     """Feed a text (may be empty) into the session; its next-word distribution."""
-    return await service.session_next_word(session_id, req)
+    return await service.session_next_word(session_id, req, owner)
 
 
 @router.post(
@@ -68,17 +79,18 @@ async def session_next_word(
     responses={**STREAM_RESPONSE, **errors(404, 413, 422, 429, 503)},
 )
 async def session_continuation(
-    session_id: str, req: SessionContinuationRequest, service: ServiceDep
+    session_id: str, req: SessionContinuationRequest, service: ServiceDep, owner: OwnerDep
 ) -> SessionContinuationResponse | StreamingResponse:
-    """Continue from the session's state; the generated words advance it."""
+    """Continue from the session's state; the generated words advance it. A stream that the
+    client leaves stops there: the session keeps the words that were sent, no more."""
     if req.stream:
         return await event_stream(
-            lambda on_word: service.session_continuation(session_id, req, on_word)
+            lambda stream: service.session_continuation(session_id, req, stream, owner)
         )
-    return await service.session_continuation(session_id, req)
+    return await service.session_continuation(session_id, req, owner=owner)
 
 
 @router.post("/{session_id}/reset", response_model=SessionInfo, responses=errors(404))
-async def reset_session(session_id: str, service: ServiceDep) -> SessionInfo:
+async def reset_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
     """Back to the zero state."""
-    return await service.reset_session(session_id)
+    return await service.reset_session(session_id, owner)

@@ -1,99 +1,268 @@
+"""The session-store contract: the same cases against the memory and the Redis store, so
+their behaviour cannot drift (ownership, paging, TTL, DELETE, the caps)."""
+
 import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 
 from app.core.errors import AtCapacity, UnknownSession
+from app.core.security import ANONYMOUS
 from app.engine.slots import SlotPool
-from app.serving.sessions import MemorySessionStore as SessionStore
+from app.serving.redis_sessions import RedisSessionStore
+from app.serving.sessions import MemorySessionStore, SessionStore
 from model_store import StateSpec
 
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+A, B = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"  # two API keys' owner ids
 
 
 @pytest.fixture
 def model():
     pool = SlotPool({"h": StateSpec((1, 4), torch.float32)}, torch.device("cpu"), chunk=8)
-    return SimpleNamespace(name="m", batcher=SimpleNamespace(slots=pool))
+    return SimpleNamespace(name="m", batcher=SimpleNamespace(slots=pool), device=pool.device)
 
 
-def test_ttl_counts_from_last_use(model):
-    clock = Clock()
-    store = SessionStore(ttl_s=10, max_sessions=10, clock=clock)
-    a, b = store.new(model), store.new(model)
-    clock.now += 6
-    store.get(a.id)  # a used at +6
-    clock.now += 5  # b idle 11 s, a idle 5 s
-    assert store.drop_expired() == 1
-    assert [s.id for s in store] == [a.id]
-    assert model.batcher.slots.in_use == 1  # b's slot went back
-    with pytest.raises(UnknownSession):
-        store.get(b.id)
-    clock.now += 10
-    with pytest.raises(UnknownSession, match="expired after 10 s idle"):
-        store.get(a.id)
-    assert len(store) == 0 and model.batcher.slots.in_use == 0
+@pytest.fixture(params=["memory", "redis"])
+def make(request, model) -> Callable[..., SessionStore]:
+    """Builds a store of the parametrised kind (inside the test's event loop)."""
+
+    def memory(**kw: Any) -> SessionStore:
+        return MemorySessionStore(
+            kw.get("ttl_s", 100),
+            kw.get("max_sessions", 1000),
+            kw.get("policy", "reject"),
+            max_per_owner=kw.get("max_per_owner"),
+        )
+
+    def redis(**kw: Any) -> SessionStore:
+        return RedisSessionStore(
+            server.url,
+            SimpleNamespace(models={"m": model}),  # type: ignore[arg-type]
+            kw.get("ttl_s", 100),
+            kw.get("max_sessions", 1000),
+            kw.get("policy", "reject"),
+            prefix=f"c{uuid.uuid4().hex[:12]}",
+            max_per_owner=kw.get("max_per_owner"),
+        )
+
+    if request.param == "memory":
+        return memory
+    server = request.getfixturevalue("redis_server")
+    return redis
 
 
-def test_a_busy_session_does_not_expire(model):
-    clock = Clock()
-    store = SessionStore(ttl_s=1, max_sessions=10, clock=clock)
+def run(make: Callable[..., SessionStore], scenario: Callable[..., Awaitable[None]], **kw: Any):
+    async def main() -> None:
+        store = make(**kw)
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def unknown_message(sid: str) -> str:
+    return f"no session {sid!r}: it never existed, was deleted or expired"
+
+
+def test_a_lease_keeps_its_work_and_describe_shows_it(make, model):
+    async def scenario(store: SessionStore) -> None:
+        r = await store.create(model, A)
+        assert (r.model, r.tokens_seen, r.last_words) == ("m", 0, [])
+        assert r.expires_at == pytest.approx(r.created + 100, abs=0.01)
+        async with store.lease(r.id, A) as lease:
+            model.batcher.slots.write(lease.slot, {"h": torch.full((1, 4), 0.5)})
+            lease.saw(["one", ","])
+        async with store.lease(r.id, A) as lease:
+            assert lease.tokens_seen == 2 and lease.last_words == ["one", ","]
+            assert torch.equal(model.batcher.slots.read(lease.slot)["h"], torch.full((1, 4), 0.5))
+        got = await store.describe(r.id, A)
+        assert (got.tokens_seen, got.last_words, got.created) == (2, ["one", ","], r.created)
+        assert model.batcher.slots.in_use == (1 if isinstance(store, MemorySessionStore) else 0)
+
+    run(make, scenario)
+
+
+def test_another_owners_session_does_not_exist_for_it(make, model):
+    async def scenario(store: SessionStore) -> None:
+        r = await store.create(model, A)
+        calls = {
+            "describe": lambda: store.describe(r.id, B),
+            "delete": lambda: store.delete(r.id, B),
+        }
+        for name, call in calls.items():
+            with pytest.raises(UnknownSession) as e:
+                await call()
+            assert e.value.detail == unknown_message(r.id), name
+        with pytest.raises(UnknownSession) as e:
+            async with store.lease(r.id, B):
+                pass
+        assert e.value.detail == unknown_message(r.id)
+        with pytest.raises(UnknownSession) as e:  # the keyless owner is an owner like others
+            await store.describe(r.id, ANONYMOUS)
+        assert e.value.detail == unknown_message(r.id)
+        assert await store.page(B, 10) == ([], None)
+        assert (await store.describe(r.id, A)).id == r.id  # untouched by all that
+
+    run(make, scenario)
+
+
+def test_pages_list_the_owners_sessions_in_order_of_id(make, model):
+    async def scenario(store: SessionStore) -> None:
+        mine = sorted([(await store.create(model, A)).id for _ in range(7)])
+        theirs = {(await store.create(model, B)).id for _ in range(3)}
+        seen, after, pages = [], None, 0
+        while True:
+            records, after = await store.page(A, 3, after)
+            seen += [r.id for r in records]
+            pages += 1
+            if after is None:
+                break
+            assert after == records[-1].id
+        assert seen == mine and pages == 3
+        assert {r.id for r in (await store.page(B, 100))[0]} == theirs
+        records, after = await store.page(A, 7)
+        assert [r.id for r in records] == mine and after is None
+        await store.delete(mine[3], A)
+        assert [r.id for r in (await store.page(A, 100))[0]] == mine[:3] + mine[4:]
+
+    run(make, scenario)
+
+
+def test_reading_is_not_use_and_a_lease_is(make, model):
+    """Both stores: GET does not push back the expiry, work on the state does."""
+
+    async def scenario(store: SessionStore) -> None:
+        read, used = await store.create(model, A), await store.create(model, A)
+        await asyncio.sleep(0.7)
+        await store.describe(read.id, A)
+        assert len((await store.page(A, 10))[0]) == 2
+        async with store.lease(used.id, A):
+            pass
+        await asyncio.sleep(0.7)  # read: idle 1.4 s; used: 0.7 s
+        with pytest.raises(UnknownSession):
+            await store.describe(read.id, A)
+        assert (await store.describe(used.id, A)).expires_at > time.time()
+        await store.expire()
+        assert [r.id for r in (await store.page(A, 10))[0]] == [used.id]
+        await asyncio.sleep(1.1)
+        await store.expire()
+        assert await store.page(A, 10) == ([], None) and store.counts().get("m", 0) == 0
+        with pytest.raises(UnknownSession):
+            async with store.lease(used.id, A):
+                pass
+
+    run(make, scenario, ttl_s=1.0)
+
+
+def test_delete_waits_for_the_request_in_flight(make, model):
+    async def scenario(store: SessionStore) -> None:
+        r = await store.create(model, A)
+        order = []
+
+        async def request() -> None:
+            async with store.lease(r.id, A) as lease:
+                await asyncio.sleep(0.05)
+                lease.saw(["one"])
+                order.append("request")
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0.01)
+        await store.delete(r.id, A)
+        order.append("deleted")
+        await task
+        assert order == ["request", "deleted"]
+        with pytest.raises(UnknownSession):
+            await store.describe(r.id, A)
+        with pytest.raises(UnknownSession):
+            await store.delete(r.id, A)
+        assert await store.page(A, 10) == ([], None)
+
+    run(make, scenario)
+
+
+def test_the_server_cap_rejects(make, model):
+    async def scenario(store: SessionStore) -> None:
+        await store.create(model, A), await store.create(model, B)
+        with pytest.raises(AtCapacity) as e:
+            await store.create(model, ANONYMOUS)
+        assert "maximum of 2 sessions (MAX_SESSIONS)" in e.value.detail
+        assert e.value.headers == {"Retry-After": "60"}
+
+    run(make, scenario, max_sessions=2)
+
+
+def test_an_owners_share_is_bounded_and_freed_by_delete(make, model):
+    async def scenario(store: SessionStore) -> None:
+        a = [await store.create(model, A) for _ in range(2)]
+        with pytest.raises(AtCapacity) as e:
+            await store.create(model, A)
+        assert "this API key holds its maximum of 2 sessions (MAX_SESSIONS_PER_KEY)" in (
+            e.value.detail
+        )
+        await store.create(model, B)  # others are not affected
+        for _ in range(3):  # nor is the one owner of a server without keys
+            await store.create(model, ANONYMOUS)
+        await store.delete(a[0].id, A)
+        await store.create(model, A)
+
+    run(make, scenario, max_per_owner=2)
+
+
+def test_an_owners_share_is_freed_by_expiry(make, model):
+    async def scenario(store: SessionStore) -> None:
+        await store.create(model, A)
+        with pytest.raises(AtCapacity):
+            await store.create(model, A)
+        await asyncio.sleep(0.6)
+        await store.create(model, A)  # the expired one no longer counts
+        assert len((await store.page(A, 10))[0]) == 1
+
+    run(make, scenario, ttl_s=0.5, max_per_owner=1)
+
+
+def test_evict_the_least_recently_used(make, model):
+    async def scenario(store: SessionStore) -> None:
+        a = await store.create(model, A)
+        await asyncio.sleep(0.01)
+        b = await store.create(model, B)
+        await asyncio.sleep(0.01)
+        async with store.lease(a.id, A):
+            pass  # b is now the least recently used
+        await asyncio.sleep(0.01)
+        c = await store.create(model, A)
+        with pytest.raises(UnknownSession):
+            await store.describe(b.id, B)
+        assert await store.page(B, 10) == ([], None)  # its owner's list forgot it
+        assert {r.id for r in (await store.page(A, 10))[0]} == {a.id, c.id}
+
+    run(make, scenario, max_sessions=2, policy="evict")
+
+
+def test_ids_are_random_and_long(make, model):
+    async def scenario(store: SessionStore) -> None:
+        ids = {(await store.create(model, A)).id for _ in range(200)}
+        assert len(ids) == 200 and min(len(i) for i in ids) >= 22
+
+    run(make, scenario)
+
+
+def test_a_busy_memory_session_does_not_expire(model):
+    """Memory only: a request that outlasts the TTL keeps its session (Redis: the lease)."""
+    store = MemorySessionStore(ttl_s=0.2, max_sessions=10)
     s = store.new(model)
 
-    async def hold():
-        async with s.lock:
-            clock.now += 5
-            assert store.drop_expired() == 0 and store.get(s.id) is s
-        clock.now += 5
+    async def hold() -> None:
+        async with store.lease(s.id):
+            await asyncio.sleep(0.3)
+            assert store.drop_expired() == 0 and s.alive
+        await asyncio.sleep(0.3)
         assert store.drop_expired() == 1 and not s.alive
 
     asyncio.run(hold())
-
-
-def test_reject_or_evict_the_least_recently_used(model):
-    clock = Clock()
-    full = SessionStore(ttl_s=100, max_sessions=2, clock=clock)
-    full.new(model), full.new(model)
-    with pytest.raises(AtCapacity, match="maximum of 2 sessions"):
-        full.new(model)
-
-    store = SessionStore(ttl_s=100, max_sessions=2, policy="evict", clock=clock)
-    a, b = store.new(model), store.new(model)
-    clock.now += 1
-    store.touch(a)  # b is now the least recently used
-    c = store.new(model)
-    assert not b.alive and {s.id for s in store} == {a.id, c.id}
-
-
-def test_ids_are_random_and_long(model):
-    store = SessionStore(ttl_s=100, max_sessions=1000)
-    ids = {store.new(model).id for _ in range(500)}
-    assert len(ids) == 500 and min(len(i) for i in ids) >= 22
-
-
-def test_delete_waits_for_the_requests_in_flight(model):
-    store = SessionStore(ttl_s=100, max_sessions=10)
-    s = store.new(model)
-    order = []
-
-    async def request():
-        async with s.lock:
-            await asyncio.sleep(0.01)
-            order.append("request")
-
-    async def main():
-        task = asyncio.create_task(request())
-        await asyncio.sleep(0)
-        await store.delete(s.id)
-        order.append("deleted")
-        await task
-
-    asyncio.run(main())
-    assert order == ["request", "deleted"] and not s.alive
