@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Send
 
 from app.core.errors import ServiceError
 from app.schemas.predict import ContinuationResponse
@@ -21,6 +22,7 @@ class WordQueue:
         self.items: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
         self.heard = 0
         self.sent = 0
+        self.gone = False  # the client left: nothing more is sent nor counted
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -30,6 +32,8 @@ class WordQueue:
         self.items.put_nowait((word, prob))
 
     def was_sent(self) -> None:
+        if self.gone:
+            return
         self.sent += 1
         if self.sent >= self.heard:
             self._drained.set()
@@ -58,13 +62,19 @@ async def event_stream(
     if first is None and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
 
+    def leave() -> None:  # the client disconnected: stop generating now
+        words.gone = True
+        task.cancel()
+
     async def sse() -> AsyncIterator[bytes]:
         item = first
         try:
-            while item is not None:
+            while item is not None and not words.gone:
                 yield event({"word": item[0], "prob": item[1]})
                 words.was_sent()  # the server resumes us once the event went out
                 item = await queue.get()
+            if words.gone or task.cancelled():
+                return
             if (error := task.exception()) is not None:  # the status is sent: say it here
                 detail = error.detail if isinstance(error, ServiceError) else "internal error"
                 yield event({"error": detail})
@@ -73,7 +83,28 @@ async def event_stream(
         finally:
             task.cancel()
 
-    return StreamingResponse(sse(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStream(sse(), leave)
+
+
+class EventStream(StreamingResponse):
+    """Tells the continuation at once when the client disconnects. Starlette's own way, an
+    anyio cancellation of the sending task, is only delivered while that task waits, and a
+    stream with words queued never waits: it went on generating to the end."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_disconnect: Callable[[], None]):
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.on_disconnect = on_disconnect
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self.on_disconnect()
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except OSError:  # ASGI 2.4 servers: a send to a client that left raises
+            self.on_disconnect()
+            raise
 
 
 # Proxies must not buffer the stream (nginx honours X-Accel-Buffering).

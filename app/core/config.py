@@ -14,7 +14,10 @@ MIN_KEY_CHARS = 16
 class Settings(BaseSettings):
     """Every field is also an environment variable of the same name (README lists them)."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+    # errors never echo what was given: a setting may be a secret (API_KEYS, REDIS_URL)
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", hide_input_in_errors=True
+    )
 
     STORE: Path = Field(Path("store"), description="model store folder to load checkpoints from")
     DEVICE: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")

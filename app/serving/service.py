@@ -324,7 +324,11 @@ def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        if not after:
+            raise ValueError("empty")
+        return after
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadText(
             f"cursor {cursor[:40]!r} is not one this server gave: pass next_cursor of the "
