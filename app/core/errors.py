@@ -52,7 +52,19 @@ class AtCapacity(ServiceError):
 
 
 class NotReady(ServiceError):
+    """Not serving (yet, or any more): models loading, shutting down, a store unreachable."""
+
     status_code = 503
+
+    def __init__(self, detail: str, retry_after: int = 5):
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class EngineFailure(ServiceError):
+    """The engine failed on one request (a bug, not the client's fault); others go on."""
+
+    status_code = 500
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from app.core.errors import AtCapacity, NotReady, StateMismatch
+from app.core.redact import clip, redact_url
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.engine.slots import describe, from_bytes, to_bytes
 from app.serving.sessions import LAST_WORDS, Lease, SessionRecord, SessionStore, unknown
@@ -205,7 +206,7 @@ class RedisSessionStore(SessionStore):
         wait_s: float = 30.0,
     ):
         assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
-        self.url = url
+        self.url = redact_url(url)  # for messages: never the password
         self.registry = registry
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
@@ -343,7 +344,7 @@ class RedisSessionStore(SessionStore):
             if got != 0:
                 return list(got)
             if time.monotonic() > deadline:
-                raise NotReady(f"session {sid!r} stayed busy for {self.wait_s:g} s: retry")
+                raise NotReady(f"session {clip(sid)} stayed busy for {self.wait_s:g} s: retry")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
@@ -353,7 +354,7 @@ class RedisSessionStore(SessionStore):
         model = self.registry.models.get(name)
         if model is None:
             raise StateMismatch(
-                f"session {sid!r} belongs to model {name!r}, which this server has not loaded"
+                f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
             )
         spec = model.batcher.slots.spec
         dtype, shape = describe(spec)
@@ -368,7 +369,7 @@ class RedisSessionStore(SessionStore):
                 problem = f"a damaged state ({e})"
         if problem is not None:
             raise StateMismatch(
-                f"session {sid!r} holds {problem}, "
+                f"session {clip(sid)} holds {problem}, "
                 f"but model {name!r} now has states of shape ({shape}) {dtype}: "
                 "the model was replaced; delete the session and start a new one"
             )
@@ -405,7 +406,7 @@ class RedisSessionStore(SessionStore):
         )
         if done == 0:
             raise NotReady(
-                f"session {lease.id!r}: this request held it longer than the lease "
+                f"session {clip(lease.id)}: this request held it longer than the lease "
                 f"({self.lock_ms / 1000:g} s) and another took it over; its result was not kept"
             )
         lease.used = now_ms / 1000

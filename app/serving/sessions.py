@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.core.errors import AtCapacity, UnknownSession
+from app.core.redact import clip
 from app.engine.registry import LoadedModel
 
 LAST_WORDS = 10  # words of its text a session remembers for display
@@ -191,7 +192,7 @@ class MemorySessionStore(SessionStore):
         now = self.clock()
         if now >= self.expires_at(session) and not session.busy:
             self._drop(session)
-            raise UnknownSession(f"session {session_id!r} expired after {self.ttl_s:g} s idle")
+            raise UnknownSession(f"session {clip(session_id)} expired after {self.ttl_s:g} s idle")
         session.last_used = now
         self._sessions.move_to_end(session_id)
         return session
@@ -265,4 +266,6 @@ class MemorySessionStore(SessionStore):
 
 
 def unknown(session_id: str) -> UnknownSession:
-    return UnknownSession(f"no session {session_id!r}: it never existed, was deleted or expired")
+    return UnknownSession(
+        f"no session {clip(session_id)}: it never existed, was deleted or expired"
+    )
