@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 
 import torch
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from app.api.edge import BoundedRequests
 from app.api.fastpath import FastPath
+from app.api.openapi import install_openapi
 from app.api.routes import health, models, predict, sessions
 from app.core.config import Settings
 from app.core.errors import NotReady, install_error_handlers
@@ -122,8 +125,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, models, predict, sessions):
         app.include_router(module.router)
     install_pages(app)
+    install_openapi(app, settings)
+    # Middleware, innermost first: the fast path, the request bounds, CORS, then ids, logs
+    # and metrics around everything (the 413s, 431s and CORS refusals included).
     if settings.FAST_PATH:
         app.add_middleware(FastPath, fastapi_app=app)
+    app.add_middleware(
+        BoundedRequests,
+        max_body=settings.MAX_BODY_BYTES,
+        body_timeout_s=settings.BODY_TIMEOUT_SECONDS,
+        max_headers=settings.MAX_HEADER_BYTES,
+    )
+    if settings.CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ORIGINS,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Session-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
     return app
 
