@@ -13,21 +13,22 @@ from tests.app.conftest import make_settings, run_app
 POISON = "seven"  # the model of these tests fails on any input holding this word
 
 
-def poison(app, model="gru"):
+def poison(app, model=None):
     """Make `model`'s forward raise whenever a row of its input holds POISON; the sizes of
     the batches it failed."""
-    lm = app.state.service.registry.models[model]
+    registry = app.state.service.registry
+    lm = registry.models[model or registry.default]
     bad = lm.vocab.stoi[POISON]
-    advance = lm.batcher.model.advance
+    advance = lm.batcher.model.advance_state
     failed = []
 
-    def failing(x, h, lengths=None):
+    def failing(x, state, lengths=None):
         if bool((x == bad).any()):
             failed.append(len(x))
             raise RuntimeError("boom: a weight went bad")
-        return advance(x, h, lengths)
+        return advance(x, state, lengths)
 
-    lm.batcher.model.advance = failing
+    lm.batcher.model.advance_state = failing
     return failed
 
 
