@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 
 import torch
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import get_owner
+from app.api.edge import BoundedRequests
 from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
+from app.api.openapi import install_openapi
 from app.api.routes import health, models, predict, sessions
 from app.core.config import Settings
 from app.core.errors import NotReady, install_error_handlers
@@ -133,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, predict, sessions):  # every /v1 route needs a key, when keys are on
         app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
     install_pages(app)
+    install_openapi(app, settings)
+    # Middleware, innermost first: the fast path, the request bounds, CORS, then ids, logs
+    # and metrics around everything (the 413s, 431s and CORS refusals included).
     if settings.FAST_PATH:
         app.add_middleware(FastPath, fastapi_app=app)
     gated = {"/metrics"} if settings.AUTH_METRICS else set()
@@ -140,6 +146,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gated |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
     if keys.enabled and gated:
         app.add_middleware(KeyGate, keys=keys, paths=frozenset(gated))
+    app.add_middleware(
+        BoundedRequests,
+        max_body=settings.MAX_BODY_BYTES,
+        body_timeout_s=settings.BODY_TIMEOUT_SECONDS,
+        max_headers=settings.MAX_HEADER_BYTES,
+    )
+    if settings.CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ORIGINS,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Session-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
     return app
 

@@ -4,8 +4,9 @@
 traffic. This ASGI middleware answers them itself: the same pydantic request models
 (validated from the raw bytes in Rust), the same service calls, the same responses and
 errors, serialized straight to JSON bytes. Anything it does not fully understand (another
-route, another content type, a body that fails validation) goes on to FastAPI untouched,
-with the body replayed, so FastAPI's own answers (422 details included) stay the reference.
+route, a content type FastAPI would not read as JSON, a body that fails validation) goes on
+to FastAPI untouched, with the body replayed, so FastAPI's own answers (422 details included)
+stay the reference. The body's size was bounded before (app.api.edge).
 The FastAPI routes still exist and document these paths in the OpenAPI schema.
 """
 
@@ -18,8 +19,9 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.edge import replay
 from app.core.errors import ServiceError
 from app.core.security import ApiKeys
 from app.schemas.predict import NextWordRequest
@@ -28,7 +30,16 @@ from app.serving.service import PredictionService
 
 SESSIONS = "/v1/sessions/"
 NEXT_WORD = "/next-word"
-MAX_BODY = 1 << 20  # bytes read before deferring to FastAPI (MAX_TEXT_CHARS is far below)
+
+
+def is_json(content_type: bytes) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON: application/json or
+    application/*+json, parameters allowed (it asks the email package; this is the same)."""
+    mime = content_type.split(b";", 1)[0].strip().lower()
+    return mime.count(b"/") == 1 and (
+        mime == b"application/json"
+        or (mime.startswith(b"application/") and mime.endswith(b"+json"))
+    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class FastPath:
         if (
             match is None
             or service is None
-            or not dict(scope["headers"]).get(b"content-type", b"").startswith(b"application/json")
+            or not is_json(dict(scope["headers"]).get(b"content-type", b""))
         ):
             await self.app(scope, receive, send)
             return
@@ -96,17 +107,14 @@ class FastPath:
             await self._error(send, e)
             return
         body, more = b"", True
-        while more and len(body) <= MAX_BODY:
+        while more:  # BoundedRequests has read it whole already: one message
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        if more:
-            await self.app(scope, _replay(body, True, receive), send)
-            return
         try:
             req = model.model_validate_json(body)
         except ValidationError:  # FastAPI words the 422
-            await self.app(scope, _replay(body, False, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             response = await handler(service, req, sid, owner)
@@ -125,17 +133,3 @@ class FastPath:
         headers = _json_headers(len(payload), e.headers)
         await send({"type": "http.response.start", "status": e.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-
-def _replay(body: bytes, more_body: bool, rest: Receive) -> Receive:
-    """A receive that gives the `body` already read first, then what `rest` has."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": more_body}
-        return await rest()
-
-    return receive

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_KEY_CHARS = 16
 
@@ -42,6 +43,20 @@ class Settings(BaseSettings):
     )
     MAX_TEXT_CHARS: int = Field(10_000, ge=1, description="longer texts get 413")
     MAX_WORDS: int = Field(200, ge=1, description="max_words of a continuation at most")
+    MAX_BODY_BYTES: int = Field(
+        1 << 20, ge=1024, description="larger request bodies get 413 before they are read"
+    )
+    BODY_TIMEOUT_SECONDS: float = Field(
+        10.0, gt=0, description="a request body must arrive within this (408 otherwise)"
+    )
+    MAX_HEADER_BYTES: int = Field(
+        16384, ge=1024, description="request headers larger than this in all get 431"
+    )
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins browsers may call from (comma-separated or a JSON list); "
+        "none: CORS off",
+    )
 
     MAX_BATCH_SIZE: int = Field(256, ge=1, description="requests in one batched forward")
     BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
@@ -69,6 +84,16 @@ class Settings(BaseSettings):
     AUTH_DOCS: bool = Field(
         False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
     )
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return v
 
     @field_validator("STORE")
     @classmethod

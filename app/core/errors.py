@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from app.core.redact import QUOTE_CHARS
 
 
 class ServiceError(Exception):
@@ -52,7 +59,56 @@ class AtCapacity(ServiceError):
 
 
 class NotReady(ServiceError):
+    """Not serving (yet, or any more): models loading, shutting down, a store unreachable."""
+
     status_code = 503
+
+    def __init__(self, detail: str, retry_after: int = 5):
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class EngineFailure(ServiceError):
+    """The engine failed on one request (a bug, not the client's fault); others go on."""
+
+    status_code = 500
+
+
+def _plain(value: object) -> str:
+    """Text that any JSON encoder takes: lone surrogates escaped, cut to a short prefix."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} chars)"
+
+
+def _quote(value: object) -> object:
+    """A validation error's `input`, safe to send: JSON scalars as they are (finite numbers,
+    short plain strings), anything else as a short text."""
+    if value is None or (isinstance(value, bool | int) and abs(value) < 2**53):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str):
+        plain = _plain(value)
+        return value if plain == value else plain
+    return _plain(value)
+
+
+def validation_details(errors: Sequence[Any]) -> list[dict[str, object]]:
+    """pydantic's errors as FastAPI returns them, made safe to serialise and short: the
+    `input` quoted by prefix, `loc` and `ctx` as plain text where they are not numbers."""
+    out: list[dict[str, object]] = []
+    for e in errors:
+        item: dict[str, object] = {
+            "type": e["type"],
+            "loc": [p if isinstance(p, int) else _plain(p) for p in e["loc"]],
+            "msg": _plain(e["msg"]) if len(e["msg"]) > 200 else e["msg"],
+            "input": _quote(e.get("input")),
+        }
+        if e.get("ctx"):
+            item["ctx"] = {str(k): _quote(v) for k, v in e["ctx"].items()}
+        out.append(item)
+    return out
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
@@ -64,4 +120,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ServiceError)
         return error_response(exc)
 
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": validation_details(exc.errors())}, 422)
+
     app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)

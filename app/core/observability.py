@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -14,6 +16,18 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("app.access")
+log = logging.getLogger("app")
+REQUEST_ID = b"x-request-id"
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")  # a client's id is kept if it looks like this
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's X-Request-ID when it is short and plain, else a new one."""
+    for key, value in headers:
+        if key == REQUEST_ID and _SANE_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex.encode()
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -102,7 +116,9 @@ def configure_logging(level: str) -> None:
 
 
 class ObservabilityMiddleware:
-    """Counts, times and logs every HTTP request, labelled by its route template."""
+    """Counts, times and logs every HTTP request, labelled by its route template; gives each
+    an id (the client's X-Request-ID or a new one) returned on every response and logged.
+    An exception that escapes the app becomes a JSON 500 here, id included."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool = True):
         self.app = app
@@ -115,15 +131,34 @@ class ObservabilityMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        started = False
+        rid = request_id(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID, rid)]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("request %s failed", rid.decode())
+            if not started:
+                payload = b'{"detail":"internal error; the log has it under request id %s"}' % rid
+                await send_wrapper(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()),
+                        ],
+                    }
+                )
+                await send_wrapper({"type": "http.response.body", "body": payload})
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
@@ -138,11 +173,12 @@ class ObservabilityMiddleware:
                     extra={
                         "fields": {
                             "method": method,
-                            "path": scope["path"],
+                            "path": scope["path"][:200],  # a 65 KB path is not logged whole
                             "route": template,
                             "status": status,
                             "ms": round(elapsed * 1000, 3),
                             "client": f"{client[0]}:{client[1]}" if client else None,
+                            "request_id": rid.decode(),
                         }
                     },
                 )

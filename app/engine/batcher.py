@@ -12,7 +12,7 @@ inputs are fed `prefill_chunk` ids per pass, so one long text does not pad every
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import random
 from collections import deque
 from collections.abc import Callable
@@ -20,12 +20,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.core.errors import AtCapacity, NotReady
+from app.core.errors import AtCapacity, EngineFailure, NotReady
 from app.engine.sampling import sample, top_words
 from app.engine.slots import SlotPool
 from model_store import HumanNumbersLM, Vocab
 
 Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
+log = logging.getLogger("app.engine")
+
+
+def describe(e: BaseException) -> str:
+    """An exception in a few words, for an error message (its text cut short)."""
+    text = str(e)
+    return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}".rstrip(": ")
 
 
 @dataclass(slots=True)
@@ -92,7 +99,9 @@ class StepBatcher:
         vocab: Vocab,
         device: torch.device,
         config: BatcherConfig | None = None,
+        name: str = "model",
     ):
+        self.name = name
         self.model = model
         self.vocab = vocab
         self.device = device
@@ -107,23 +116,42 @@ class StepBatcher:
         self._queue: deque[Job] = deque()
         self._has_work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running: list[Job] = []  # the batch of the pass under way
         self._closed = False
+        self.failure: str | None = None  # why the loop stopped, if it ever does
+
+    @property
+    def serving(self) -> bool:
+        return self.failure is None and not self._closed
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         assert self._task is None, "batcher already started"
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="step-batcher")
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"step-batcher-{self.name}"
+        )
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The loop ended: on purpose (stop), or it died. Either way nobody waits forever."""
+        if not self._closed:
+            why = "it was cancelled" if task.cancelled() else describe(task.exception())  # type: ignore[arg-type]
+            self.failure = f"the engine of model {self.name!r} stopped ({why})"
+            log.error("%s", self.failure, exc_info=None if task.cancelled() else task.exception())
+        self._fail_all(NotReady(self.failure or "the server is shutting down"))
+
+    def _fail_all(self, error: Exception) -> None:
+        for job in [*self._running, *self._queue]:
+            fail(job, error)
+        self._running = []
+        self._queue.clear()
 
     async def stop(self) -> None:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        while self._queue:
-            job = self._queue.popleft()
-            if not job.future.done():
-                job.future.set_exception(NotReady("the server is shutting down"))
+            await asyncio.wait([self._task])  # however it ended, it raises nothing here
+        self._fail_all(NotReady("the server is shutting down"))
 
     # -- requests --------------------------------------------------------------------------
     def submit(
@@ -134,6 +162,8 @@ class StepBatcher:
         gen: Generation | None = None,
         on_applied: Applied | None = None,
     ) -> Job:
+        if self.failure is not None:
+            raise NotReady(self.failure)
         if self._closed:
             raise NotReady("the server is shutting down")
         if len(self._queue) >= self.config.max_queue:
@@ -179,7 +209,16 @@ class StepBatcher:
                 if not job.future.done():  # a cancelled caller's job is dropped, never applied
                     batch.append(job)
             if batch:
-                self._run(batch)
+                self._running = batch
+                try:
+                    self._run(batch)
+                except Exception as e:  # a bug of ours: fail this batch, keep serving
+                    log.exception("a batch of model %r failed", self.name)
+                    for job in batch:
+                        fail(
+                            job, EngineFailure(f"the model failed on this request ({describe(e)})")
+                        )
+                self._running = []
             if not self._queue:
                 self._has_work.clear()
             await asyncio.sleep(0)  # let the resolved callers run and new jobs arrive
@@ -188,14 +227,22 @@ class StepBatcher:
         try:
             with torch.inference_mode():
                 rows, tokens = self._forward(batch)
-        except Exception as e:  # a broken batch fails its jobs, never the loop
-            for job in batch:
-                job.future.set_exception(e)
+        except Exception as e:
+            if len(batch) > 1:  # find the culprit: each job alone (no state was changed)
+                for job in batch:
+                    self._run([job])
+                return
+            log.exception("model %r failed on a request", self.name)
+            fail(batch[0], EngineFailure(f"the model failed on this request ({describe(e)})"))
             return
         words = 0
         for job, row in zip(batch, rows, strict=True):
-            if row is not None:
-                words += self._advance(job, row)
+            if row is not None and not job.future.done():
+                try:
+                    words += self._advance(job, row)
+                except Exception as e:  # e.g. a caller's callback: that job fails alone
+                    log.exception("model %r failed to finish a request", self.name)
+                    fail(job, EngineFailure(f"the request failed ({describe(e)})"))
             if not job.future.done():
                 self._queue.append(job)  # more to feed or generate: the next pass
         self.stats.record(len(batch), tokens, words)
@@ -232,10 +279,7 @@ class StepBatcher:
         now, its next-word probabilities (None for a job with more to feed); the ids fed."""
         assert len({j.slot for j in batch}) == len(batch), "a slot appears twice in a batch"
         chunk = self.config.prefill_chunk
-        pieces = []
-        for job in batch:
-            pieces.append(job.feed[:chunk])
-            job.feed = job.feed[chunk:]
+        pieces = [job.feed[:chunk] for job in batch]  # job.feed shrinks once the states hold them
         slots = torch.tensor([j.slot for j in batch], device=self.device)
         state = self.slots.gather(slots)  # each part (B, *shape)
         width = max(len(p) for p in pieces)
@@ -252,19 +296,31 @@ class StepBatcher:
                     x, {name: part[rows] for name, part in state.items()}, lengths
                 )
                 state = {name: part.index_copy(0, rows, new[name]) for name, part in state.items()}
-            self.slots.scatter(slots, state)
-            for job, piece in zip(batch, pieces, strict=True):
-                if piece and job.on_applied is not None:
-                    job.on_applied(piece)
-        done = [i for i, job in enumerate(batch) if not job.feed]
-        out: list[list[float] | None] = [None] * len(batch)
-        if done:
+        probs: list[list[float]] = []
+        if done := [i for i, job in enumerate(batch) if len(job.feed) <= chunk]:
+            head = state
             if len(done) < len(batch):
                 index = torch.tensor(done, device=self.device)
-                state = {name: part.index_select(0, index) for name, part in state.items()}
-            logits = self.model.head_state(state)
+                head = {name: part.index_select(0, index) for name, part in state.items()}
+            logits = self.model.head_state(head)
             logits[:, self._banned] = float("-inf")
             probs = torch.softmax(logits.float(), dim=-1).tolist()
-            for i, row in zip(done, probs, strict=True):
-                out[i] = row
+        if width:
+            self.slots.scatter(slots, state)  # nothing changes before this line
+        for job, piece in zip(batch, pieces, strict=True):
+            job.feed = job.feed[len(piece) :]
+            if piece and job.on_applied is not None:
+                try:
+                    job.on_applied(piece)
+                except Exception as e:  # the state holds the piece; the caller failed
+                    log.exception("model %r: a request's bookkeeping failed", self.name)
+                    fail(job, EngineFailure(f"the request failed ({describe(e)})"))
+        out: list[list[float] | None] = [None] * len(batch)
+        for i, row in zip(done, probs, strict=True):
+            out[i] = row
         return out, sum(len(p) for p in pieces)
+
+
+def fail(job: Job, error: Exception) -> None:
+    if not job.future.done():  # a cancelled caller's future takes nothing
+        job.future.set_exception(error)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from app.core.redact import short_digests
 from app.engine.batcher import BatcherConfig, StepBatcher
 from model_store import (
     BadCheckpoint,
@@ -76,11 +77,15 @@ class ModelRegistry:
                 ckpt = load_checkpoint(ref, device)
                 compile_cell(ckpt.model, cell_mode)
             except BadCheckpoint as e:
-                problems.append(str(e))
+                # /ready shows these publicly: the store-relative name, digests cut short
+                where = e.path.relative_to(store) if e.path.is_relative_to(store) else e.path.name
+                problems.append(f"{where}: {short_digests(e.problem)}")
                 log.error("skipping checkpoint %s", e)
                 continue
             models[ref.name] = LoadedModel(
-                ckpt, device, StepBatcher(ckpt.model, ckpt.vocab, device, batcher_config)
+                ckpt,
+                device,
+                StepBatcher(ckpt.model, ckpt.vocab, device, batcher_config, name=ref.name),
             )
             log.info("loaded %s v%d (%s) on %s", ref.name, ref.version, ckpt.config.variant, device)
         if not models:

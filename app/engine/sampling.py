@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 
@@ -13,25 +14,33 @@ def sample(
     rng: random.Random | None = None,
 ) -> int:
     """Index of a word drawn from `probs` sharpened or flattened by `temperature` (> 0), among
-    the `top_k` likeliest words and then the likeliest holding `top_p` of the mass."""
+    the `top_k` likeliest words and then the likeliest holding `top_p` of the mass.
+
+    Exact at any temperature: the weights are computed in log space relative to the likeliest
+    word ((log p - max log p) / T, then exp), so the likeliest word always weighs 1 and
+    nothing underflows to an empty distribution; as T -> 0 this becomes greedy. The likeliest
+    word always survives top_k and top_p."""
     assert temperature > 0, "temperature 0 is greedy: use argmax"
     rng = rng or random.Random()
     ranked = sorted(((p, i) for i, p in enumerate(probs) if p > 0), reverse=True)
+    if not ranked:  # no possible word at all (cannot happen with a softmax row): greedy
+        return max(range(len(probs)), key=probs.__getitem__)
     if top_k is not None:
-        ranked = ranked[:top_k]
-    weights = [p ** (1.0 / temperature) for p, _ in ranked]
+        ranked = ranked[: max(1, top_k)]
+    top = math.log(ranked[0][0])  # (log p - log p_max) / T: subtract first, so never inf - inf
+    weights = [math.exp((math.log(p) - top) / temperature) for p, _ in ranked]  # first is 1.0
     if top_p is not None and top_p < 1.0:
-        total, mass, keep = sum(weights), 0.0, 0
-        while keep < len(weights) and mass < top_p * total:  # the likeliest always stays
+        total, mass, keep = math.fsum(weights), 0.0, 0
+        while keep < len(weights) and (keep == 0 or mass < top_p * total):
             mass += weights[keep]
             keep += 1
         weights, ranked = weights[:keep], ranked[:keep]
-    x = rng.random() * sum(weights)
+    x = rng.random() * math.fsum(weights)
     for w, (_, i) in zip(weights, ranked, strict=True):
         x -= w
         if x < 0:
             return i
-    return ranked[-1][1]
+    return ranked[-1][1]  # rounding left a sliver past the last weight
 
 
 def top_words(probs: list[float], k: int) -> list[tuple[int, float]]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_TOP_K = 40  # the vocabulary of the data set (GET /v1/models/{name} lists it)
+
 
 class Strict(BaseModel):
-    """Requests refuse unknown fields, so a misspelt option is an error, not silently ignored."""
+    """Requests refuse unknown fields, so a misspelt option is an error, not silently ignored,
+    and take JSON types as they are: `"5"` is not an integer, `0` is not a boolean."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class WordProb(BaseModel):

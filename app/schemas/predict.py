@@ -1,12 +1,19 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import TEXT_EXAMPLE, Strict, WordProb
+from app.schemas.common import MAX_TOP_K, TEXT_EXAMPLE, Strict, WordProb
 
-TopK = Field(5, ge=1, description="how many of the most likely next words to return", examples=[5])
+TopK = Field(
+    5,
+    ge=1,
+    le=MAX_TOP_K,
+    description="how many of the most likely next words to return",
+    examples=[5],
+)
+StopWord = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ModelName = Field(
     None, description="a model of GET /v1/models; the default if absent", examples=["gru"]
 )
@@ -38,19 +45,20 @@ class GenerationOptions(Strict):
         examples=[0.0],
     )
     top_k: int | None = Field(
-        None, ge=1, description="sample among the k likeliest words", examples=[10]
+        None, ge=1, le=MAX_TOP_K, description="sample among the k likeliest words", examples=[10]
     )
     top_p: float | None = Field(
         None,
         gt=0,
         le=1,
+        allow_inf_nan=False,
         description="sample among the likeliest words holding this mass",
         examples=[0.9],
     )
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="makes sampling reproducible", examples=[42]
     )
-    stop: list[str] = Field(
+    stop: list[StopWord] = Field(
         default_factory=list,
         max_length=16,
         description="words that end the continuation (not returned, not fed)",

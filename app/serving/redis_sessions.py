@@ -44,6 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
 from app.core.errors import NotReady, StateMismatch
+from app.core.redact import clip, redact_url
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.engine.slots import describe, from_bytes, to_bytes
@@ -275,7 +276,7 @@ class RedisSessionStore(SessionStore):
         max_per_owner: int | None = None,
     ):
         assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
-        self.url = url
+        self.url = redact_url(url)  # for messages: never the password
         self.registry = registry
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
@@ -436,7 +437,7 @@ class RedisSessionStore(SessionStore):
             if got != 0:
                 return list(got)
             if time.monotonic() > deadline:
-                raise NotReady(f"session {sid!r} stayed busy for {self.wait_s:g} s: retry")
+                raise NotReady(f"session {clip(sid)} stayed busy for {self.wait_s:g} s: retry")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
@@ -446,7 +447,7 @@ class RedisSessionStore(SessionStore):
         model = self.registry.models.get(name)
         if model is None:
             raise StateMismatch(
-                f"session {sid!r} belongs to model {name!r}, which this server has not loaded"
+                f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
             )
         spec = model.batcher.slots.spec
         dtype, shape = describe(spec)
@@ -461,7 +462,7 @@ class RedisSessionStore(SessionStore):
                 problem = f"a damaged state ({e})"
         if problem is not None:
             raise StateMismatch(
-                f"session {sid!r} holds {problem}, "
+                f"session {clip(sid)} holds {problem}, "
                 f"but model {name!r} now has states of shape ({shape}) {dtype}: "
                 "the model was replaced; delete the session and start a new one"
             )
@@ -511,7 +512,7 @@ class RedisSessionStore(SessionStore):
 
     def _lease_lost(self, sid: str) -> NotReady:
         return NotReady(
-            f"session {sid!r}: this request held it longer than the lease "
+            f"session {clip(sid)}: this request held it longer than the lease "
             f"({self.lock_ms / 1000:g} s) and another took it over; its result was not kept"
         )
 

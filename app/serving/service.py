@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from app.core.config import Settings
 from app.core.errors import BadText, ServiceError, TextTooLong, UnknownModel
+from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
@@ -71,7 +72,7 @@ class PredictionService:
         lm = self.registry.get(name)
         if lm is None:
             raise UnknownModel(
-                f"no model {name!r}; loaded: {', '.join(sorted(self.registry.models))}"
+                f"no model {clip(name or '')}; loaded: {', '.join(sorted(self.registry.models))}"
             )
         return lm
 
@@ -115,7 +116,7 @@ class PredictionService:
             ids = lm.vocab.encode(text)
         except UnknownWord as e:
             raise BadText(
-                f"unknown word {e.word!r} at position {e.position}: the vocabulary of model "
+                f"unknown word {clip(e.word)} at position {e.position}: the vocabulary of model "
                 f"{lm.name!r} is listed at GET /v1/models/{lm.name}"
             ) from None
         if need_words and not ids:
@@ -141,7 +142,7 @@ class PredictionService:
             tokens = split_words(word)
             if len(tokens) != 1 or tokens[0] not in lm.vocab.words:
                 raise BadText(
-                    f"stop word {word!r} is not a word of the vocabulary "
+                    f"stop word {clip(word)} is not a word of the vocabulary "
                     f"(GET /v1/models/{lm.name} lists them)"
                 )
             stop.add(lm.vocab.stoi[tokens[0]])

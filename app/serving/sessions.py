@@ -22,6 +22,7 @@ from typing import Protocol
 from sortedcontainers import SortedList
 
 from app.core.errors import AtCapacity, UnknownSession
+from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel
 
@@ -313,4 +314,6 @@ class MemorySessionStore(SessionStore):
 
 
 def unknown(session_id: str) -> UnknownSession:
-    return UnknownSession(f"no session {session_id!r}: it never existed, was deleted or expired")
+    return UnknownSession(
+        f"no session {clip(session_id)}: it never existed, was deleted or expired"
+    )

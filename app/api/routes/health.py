@@ -33,20 +33,29 @@ async def get_health() -> Health:
 @router.get(
     "/ready",
     response_model=Ready,
-    responses={503: {"model": Ready, "description": "models not loaded (yet)"}},
+    responses={
+        503: {
+            "model": Ready,
+            "description": "models not loaded (yet), shutting down, a model's engine stopped, "
+            "or the session store unreachable (see Retry-After)",
+        }
+    },
 )
 async def get_ready(request: Request) -> Ready | JSONResponse:
     """Readiness: 200 once the models are loaded, 503 before and while shutting down."""
     service = getattr(request.app.state, "service", None)
     if service is None:
         body = Ready(status="not_ready", models=[], skipped=[], problem="models not loaded")
-        return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(body.model_dump(), status_code=503, headers=NotReady("").headers)
     models, skipped = sorted(service.registry.models), service.registry.problems
     try:
+        for lm in service.registry.models.values():
+            if lm.batcher.failure is not None:  # a model whose engine stopped serves nothing
+                raise NotReady(lm.batcher.failure)
         await service.sessions.check()
     except NotReady as e:
         body = Ready(status="not_ready", models=models, skipped=skipped, problem=e.detail)
-        return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(body.model_dump(), status_code=503, headers=e.headers)
     return Ready(status="ready", models=models, skipped=skipped)
 
 

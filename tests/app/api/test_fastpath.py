@@ -89,12 +89,40 @@ def test_other_content_types_go_to_fastapi(both):
     )
 
 
-def test_a_huge_body_is_handed_on(both):
+def test_a_huge_body_is_refused_before_either_path(both):
     fast, slow = both
-    body = {"text": "one " * 300_000}  # 1.2 MB: past what the fast path reads itself
+    body = {"text": "one " * 300_000}  # 1.2 MB: past MAX_BODY_BYTES
     a, b = fast.post("/v1/next-word", json=body), slow.post("/v1/next-word", json=body)
     same(a, b)
-    assert a.status_code == 413
+    assert a.status_code == 413 and "MAX_BODY_BYTES" in a.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON",
+        "application/vnd.api+json",
+        " application/json ",
+        "application/jsonx",
+        "application/json/x",
+        "application/x/y+json",
+        "application/x-www-form-urlencoded",
+        "text/json",
+        "",
+    ],
+)
+def test_the_content_types_fastapi_reads_as_json_and_no_others(both, content_type):
+    fast, slow = both
+    raw = b'{"text": "one"}'
+    h = {"content-type": content_type}
+    a = fast.post("/v1/next-word", content=raw, headers=h)
+    same(a, slow.post("/v1/next-word", content=raw, headers=h))
+    sid_a = fast.post("/v1/sessions", json={"text": "one"}).json()["session_id"]
+    sid_b = slow.post("/v1/sessions", json={"text": "one"}).json()["session_id"]
+    ra = fast.post(f"/v1/sessions/{sid_a}/next-word", content=raw, headers=h)
+    rb = slow.post(f"/v1/sessions/{sid_b}/next-word", content=raw, headers=h)
+    assert ra.status_code == rb.status_code
 
 
 def test_fast_path_requests_are_counted_by_route(both):

@@ -1,0 +1,112 @@
+"""The OpenAPI document, completed with what every route can answer and this server's limits.
+
+FastAPI documents what each route declares. Some answers come from the layers around the
+routes, for every route alike: 400 (a body that is not JSON text), 413 (a body past
+MAX_BODY_BYTES), 503 (not ready, or a store unreachable); 422 is either one message (a string)
+or pydantic's list of field errors. And a few bounds are settings, known at app creation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.core.config import Settings
+
+ERROR = {"$ref": "#/components/schemas/ErrorDetail"}
+FIELD_ERROR = {
+    "title": "FieldError",
+    "type": "object",
+    "required": ["type", "loc", "msg"],
+    "properties": {
+        "type": {"type": "string", "description": "pydantic's error type", "examples": ["missing"]},
+        "loc": {
+            "type": "array",
+            "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "description": "where: body, then the field",
+            "examples": [["body", "text"]],
+        },
+        "msg": {"type": "string", "examples": ["Field required"]},
+        "input": {"description": "the value refused, quoted by a short prefix at most"},
+        "ctx": {"type": "object", "description": "the constraint that failed"},
+    },
+}
+VALIDATION = {
+    "title": "ValidationProblem",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {
+            "anyOf": [
+                {"type": "string", "description": "one problem: an unknown word, an empty text"},
+                {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+            ]
+        }
+    },
+}
+RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}
+}
+
+
+def _error(description: str, schema: dict[str, str] = ERROR, **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        **extra,
+    }
+
+
+def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    schemas = spec["components"]["schemas"]
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["FieldError"], schemas["ValidationProblem"] = FIELD_ERROR, VALIDATION
+    schemas.setdefault(
+        "ErrorDetail",
+        {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+    )
+    for name in ("ContinuationRequest", "SessionContinuationRequest"):
+        if name in schemas:
+            schemas[name]["properties"]["max_words"]["maximum"] = settings.MAX_WORDS
+    for name, schema in schemas.items():
+        if name.endswith("Request") and "text" in schema["properties"]:
+            schema["properties"]["text"]["maxLength"] = settings.MAX_TEXT_CHARS
+    for path, operations in spec["paths"].items():
+        for op in operations.values():
+            responses = op["responses"]
+            if "422" in responses or "requestBody" in op:
+                responses["422"] = _error(
+                    "bad input: an unknown word, an empty text, an option out of range "
+                    "(a message), or fields that fail validation (a list)",
+                    {"$ref": "#/components/schemas/ValidationProblem"},
+                )
+            if "requestBody" in op:
+                responses["400"] = _error("the body cannot be read as JSON text (not UTF-8)")
+                responses.setdefault("413", _error("text or request body too long"))
+            if path.startswith("/v1/"):
+                responses["503"] = _error(
+                    "not ready, shutting down, the model's engine stopped, or the session "
+                    "store unreachable",
+                    headers=RETRY_AFTER,
+                )
+            if "429" in responses:
+                responses["429"]["headers"] = RETRY_AFTER
+    return spec
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = complete(spec, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

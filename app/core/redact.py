@@ -1,0 +1,36 @@
+"""What a response or a log line may quote: short prefixes of inputs, URLs without secrets."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+QUOTE_CHARS = 40  # an input quoted in an error message: at most this many characters
+_SHA256 = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
+
+
+def clip(value: str, limit: int = QUOTE_CHARS) -> str:
+    """`value` quoted for a message (repr), cut to a prefix saying how long it was."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (and user name): `redis://***@host:6379/0`."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6
+            host = f"[{host}]"
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # unparseable (a bad port): say nothing of it
+        return "<a URL that cannot be parsed>"
+
+
+def short_digests(text: str) -> str:
+    """sha256 hex digests in `text` cut to their first 12 characters."""
+    return _SHA256.sub(r"\1...", text)

@@ -1,0 +1,48 @@
+"""No secret leaves the server: URLs are shown without credentials, inputs by a prefix."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.redact import clip, redact_url, short_digests
+from app.main import create_app
+from tests.app.conftest import make_settings
+from tests.redis_server import free_port
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2@redis:6379/0", "redis://***@redis:6379/0"),
+        ("redis://user:hunter2@10.0.0.5/1", "redis://***@10.0.0.5/1"),
+        ("rediss://default:hunter2@[::1]:6380/0", "rediss://***@[::1]:6380/0"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("redis://:pw@host:notaport/0", "<a URL that cannot be parsed>"),
+    ],
+)
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_clip_and_digests():
+    assert clip("one") == "'one'"
+    assert clip("x" * 100) == f"{'x' * 40!r}... (100 characters)"
+    digest = "ab" * 32
+    assert short_digests(f"sha256 is {digest}, meta says {digest}") == (
+        "sha256 is abababababab..., meta says abababababab..."
+    )
+
+
+def test_the_redis_password_is_never_shown(store, capfd):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = make_settings(store, SESSION_BACKEND="redis", REDIS_URL=url)
+    with TestClient(create_app(settings)) as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and ready.headers["retry-after"]
+        assert f"redis://***@127.0.0.1:{url.rsplit(':', 1)[1]}" in ready.json()["problem"]
+        r = c.post("/v1/sessions", json={})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "***@127.0.0.1" in r.json()["detail"]
+        for text in (ready.text, r.text):
+            assert "hunter2" not in text
+    assert "hunter2" not in capfd.readouterr().err
