@@ -12,10 +12,11 @@ import torch
 from fastapi import FastAPI
 
 from app.api.fastpath import FastPath
-from app.api.routes import health, models, predict, sessions
+from app.api.routes import completions, health, models, predict, sessions
 from app.core.config import Settings
 from app.core.errors import NotReady, install_error_handlers
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.core.openai_errors import install_openai_error_handlers
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
 from app.pages import install_pages
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
     install_error_handlers(app)
-    for module in (health, models, predict, sessions):
+    install_openai_error_handlers(app)  # after ours: it wraps them
+    for module in (health, models, predict, sessions, completions):
         app.include_router(module.router)
     install_pages(app)
     if settings.FAST_PATH:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
-from starlette.responses import StreamingResponse
 
+from app.api.sse import EventStream
 from app.core.errors import ServiceError
 from app.schemas.predict import ContinuationResponse
 from app.serving.service import OnWord
@@ -16,41 +16,47 @@ from app.serving.service import OnWord
 
 async def event_stream(
     run: Callable[[OnWord], Coroutine[Any, Any, ContinuationResponse]],
-) -> StreamingResponse:
-    """Run a continuation in a task of its own, its words queued as they come, and wait for
+) -> EventStream:
+    """Run a continuation in a task of its own, its words encoded as they come, and wait for
     the first word, so a request that fails validation gets its HTTP error status instead of
     a stream. If the client goes away, closing the stream cancels the task (which releases
     the session); a stream never read still ends, as max_words is bounded."""
-    queue: asyncio.Queue[tuple[str, float] | None] = asyncio.Queue()
-    task = asyncio.create_task(run(lambda word, prob: queue.put_nowait((word, prob))))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
+    ready: list[bytes] = []
+    stream = EventStream()
+
+    def on_word(word: str, prob: float) -> None:
+        ready.append(event({"word": word, "prob": prob}))
+        stream.wake()
+
+    task = asyncio.create_task(run(on_word))
+    task.add_done_callback(lambda _: stream.wake())
+    stream._dirty = False
     try:
-        first = await queue.get()
+        await stream.wait()  # the first word, or the end
     except asyncio.CancelledError:
         task.cancel()
         raise
-    if first is None and task.exception() is not None:
+    if not ready and task.done() and not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
 
-    async def sse() -> AsyncIterator[bytes]:
-        item = first
-        try:
-            while item is not None:
-                yield event({"word": item[0], "prob": item[1]})
-                item = await queue.get()
-            if (error := task.exception()) is not None:  # the status is sent: say it here
-                detail = error.detail if isinstance(error, ServiceError) else "internal error"
-                yield event({"error": detail})
-            else:
-                yield event({"finish_reason": task.result().finish_reason})
-        finally:
-            task.cancel()
+    def render() -> tuple[bytes, bool]:
+        data = b"".join(ready)
+        ready.clear()
+        if not task.done():
+            return data, False
+        error = task.exception() if not task.cancelled() else None
+        if error is not None:  # the status is sent: say it here
+            detail = error.detail if isinstance(error, ServiceError) else "internal error"
+            return data + event({"error": detail}), True
+        return data + event({"finish_reason": task.result().finish_reason}), True
 
-    return StreamingResponse(sse(), media_type="text/event-stream", headers=SSE_HEADERS)
+    async def close() -> None:
+        task.cancel()
 
-
-# Proxies must not buffer the stream (nginx honours X-Accel-Buffering).
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    stream.render_events = render
+    stream.on_close = close
+    stream.wake()
+    return stream
 
 
 def event(data: dict[str, object]) -> bytes:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from starlette.responses import StreamingResponse
 
 from app.api.deps import ServiceDep
 from app.api.streaming import event_stream
@@ -69,7 +68,7 @@ async def session_next_word(
 )
 async def session_continuation(
     session_id: str, req: SessionContinuationRequest, service: ServiceDep
-) -> SessionContinuationResponse | StreamingResponse:
+) -> SessionContinuationResponse | Response:
     """Continue from the session's state; the generated words advance it."""
     if req.stream:
         return await event_stream(
