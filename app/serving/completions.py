@@ -17,7 +17,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,11 @@ class Choice:
 class Prompt:
     text: str  # as the response echoes it
     ids: list[int]
-    pieces: list[str]  # each token's text as it reads in `text` (spaces before it included)
+
+    @property
+    def pieces(self) -> list[str]:
+        """Each token's text as it reads in `text` (the spaces before it included)."""
+        return pieces(self.text)
 
 
 @dataclass
@@ -237,6 +241,9 @@ class CompletionService:
         temperature = 1.0 if req.temperature is None else req.temperature
         shared_rng = random.Random() if temperature > 0 and req.seed is None else GREEDY_RNG
         single = frozenset(seq[0] for seq in word_stops if len(seq) == 1)
+        multi = [s for s in word_stops if len(s) > 1]
+        presence, frequency = req.presence_penalty or 0.0, req.frequency_penalty or 0.0
+        itos = lm.vocab.itos
         choices = []
         for p, prompt in enumerate(prompts):
             score = top >= 0 and echo
@@ -255,12 +262,12 @@ class CompletionService:
                     stop=single,
                     feed_last=session_id is not None,
                     forced=forced,
-                    word_stops=[s for s in word_stops if len(s) > 1],
+                    word_stops=multi,
                     string_stops=string_stops,
-                    itos=lm.vocab.itos,
+                    itos=itos,
                     bias=bias,
-                    presence=req.presence_penalty or 0.0,
-                    frequency=req.frequency_penalty or 0.0,
+                    presence=presence,
+                    frequency=frequency,
                     keep_top=top,
                 )
                 choices.append(Choice(p, gen))
@@ -283,7 +290,7 @@ class CompletionService:
         for item in raw:
             if isinstance(item, str):
                 ids = self.service.encode(lm, item, need_words=not session)
-                out.append(Prompt(item, ids, pieces(item)))
+                out.append(Prompt(item, ids))
             else:
                 out.append(self.token_prompt(lm, item, session))
         return out
@@ -299,7 +306,7 @@ class CompletionService:
         if not ids and not session:
             raise BadText("text has no words: give at least one word of the model's vocabulary")
         text = " ".join(lm.vocab.decode(ids))
-        return Prompt(text, list(ids), pieces(text))
+        return Prompt(text, list(ids))
 
     def stops(
         self, lm: LoadedModel, stop: str | list[str] | None
@@ -510,10 +517,6 @@ class CompletionService:
             "text_offset": offsets,
         }
 
-    # -- streaming -----------------------------------------------------------------------
-    def chunks(self, plan: Plan) -> ChunkWriter:
-        return ChunkWriter(self, plan)
-
 
 def top_dict(itos: tuple[str, ...], top: list[tuple[int, float]]) -> dict[str, float]:
     return {" " + itos[i]: logprob(p) for i, p in top}
@@ -612,6 +615,3 @@ class ChunkWriter:
     def usage(self) -> dict[str, Any]:
         body = self.completions.body(self.plan)
         return {**self.head, "choices": [], "usage": body["usage"]}
-
-
-Wake = Callable[[], None]
