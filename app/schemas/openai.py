@@ -36,12 +36,30 @@ class CompletionRequest(BaseModel):
         16, ge=0, description="words to generate at most (0 with `echo`: only score the prompt)"
     )
     temperature: float | None = Field(
-        None, ge=0, le=2, allow_inf_nan=False, description="1 if absent, as OpenAI; 0 is greedy"
+        None,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
+        description="1 if absent, as OpenAI; 0 is greedy",
+        examples=[0.7],
     )
-    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    n: int | None = Field(None, ge=1, le=128, description="choices per prompt (1 if absent)")
+    top_p: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="sample among the likeliest words holding this mass",
+        examples=[0.9],
+    )
+    n: int | None = Field(
+        None, ge=1, le=128, description="choices per prompt (1 if absent)", examples=[2]
+    )
     best_of: int | None = Field(
-        None, ge=1, le=128, description="samples per prompt; the n likeliest are returned"
+        None,
+        ge=1,
+        le=128,
+        description="samples per prompt; the n likeliest are returned",
+        examples=[4],
     )
     stop: str | list[str] | None = Field(
         None,
@@ -51,28 +69,54 @@ class CompletionRequest(BaseModel):
     )
     seed: int | None = Field(None, description="makes sampling reproducible", examples=[42])
     logprobs: int | None = Field(
-        None, ge=0, description="the log-probabilities of the likeliest words at each position"
+        None,
+        ge=0,
+        description="the log-probabilities of the likeliest words at each position",
+        examples=[2],
     )
     echo: bool | None = Field(False, description="return the prompt too, scored with `logprobs`")
     stream: bool | None = Field(False, description="Server-Sent Events, one chunk per word")
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(
+        None,
+        description="with stream: `include_usage` adds a usage chunk at the end",
+        examples=[{"include_usage": True}],
+    )
     logit_bias: dict[str, float] | None = Field(
         None,
         description="added to the logits of tokens, keyed by token id (as OpenAI) or by word; "
         "-100 bans a word, 100 forces it",
         examples=[{"hundred": -100}],
     )
-    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
-    user: str | None = Field(None, description="an end-user id: logged")
-    suffix: str | None = Field(None, description="not supported: a left-to-right model")
+    presence_penalty: float | None = Field(
+        None,
+        ge=-2,
+        le=2,
+        allow_inf_nan=False,
+        description="subtracted from the logit of every word generated so far",
+        examples=[0.5],
+    )
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2,
+        le=2,
+        allow_inf_nan=False,
+        description="times its count, subtracted from the logit of each word generated so far",
+        examples=[0.5],
+    )
+    user: str | None = Field(None, description="an end-user id: logged", examples=["user-1234"])
+    suffix: str | None = Field(
+        None, description="not supported: a left-to-right model", examples=[None]
+    )
     # extensions
     session_id: str | None = Field(
         None,
         description="extension: feed the prompt into this session and advance it with the "
         "generated words (also the X-Session-ID header)",
+        examples=[None],
     )
-    top_k: int | None = Field(None, ge=1, description="extension: sample among the k likeliest")
+    top_k: int | None = Field(
+        None, ge=1, description="extension: sample among the k likeliest", examples=[10]
+    )
 
 
 class CompletionLogprobs(BaseModel):
