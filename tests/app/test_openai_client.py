@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.app.conftest import VARIANTS
 from tests.app.server_process import AppProcess
 
 PROMPT = "one thousand one hundred one , one thousand one hundred two ,"
@@ -18,7 +19,7 @@ PROMPT = "one thousand one hundred one , one thousand one hundred two ,"
 
 @pytest.fixture(scope="module")
 def server(store):
-    app = AppProcess(store, LOG_LEVEL="warning").start()
+    app = AppProcess(store, LOG_LEVEL="warning", DEFAULT_MODEL="gru").start()
     yield app.base
     app.kill()
 
@@ -27,7 +28,7 @@ def test_the_readme_example(server):
     client = openai.OpenAI(
         base_url=f"{server}/v1", api_key="none", _strict_response_validation=True, max_retries=0
     )
-    assert [m.id for m in client.models.list()] == ["gru", "gru-cell", "gru-custom"]
+    assert [m.id for m in client.models.list()] == list(VARIANTS)
     c = client.completions.create(model="gru", prompt="one, two, three,", max_tokens=5)
     assert c.choices[0].finish_reason in ("stop", "length") and c.usage is not None
     assert c.usage.prompt_tokens == 6 and 1 <= c.usage.completion_tokens <= 5
