@@ -17,10 +17,11 @@ from app.api.edge import BoundedRequests
 from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
-from app.api.routes import health, models, predict, sessions
+from app.api.routes import completions, health, models, predict, sessions
 from app.core.config import Settings
 from app.core.errors import NotReady, install_error_handlers
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.core.openai_errors import install_openai_error_handlers
 from app.core.security import ApiKeys
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
@@ -132,8 +133,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
     install_error_handlers(app)
+    install_openai_error_handlers(app)  # after ours: it wraps them
     app.include_router(health.router)
-    for module in (models, predict, sessions):  # every /v1 route needs a key, when keys are on
+    # every /v1 route needs a key, when keys are on
+    for module in (models, predict, sessions, completions):
         app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
     install_pages(app)
     install_openapi(app, settings)

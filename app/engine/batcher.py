@@ -56,6 +56,10 @@ class Generation:
             return max(range(len(row)), key=row.__getitem__)
         return sample(row, self.temperature, self.top_k, self.top_p, self.rng)
 
+    def stops(self, word: int) -> bool:
+        """Whether `word`, just chosen, ends the generation (it is neither returned nor fed)."""
+        return word in self.stop
+
 
 @dataclass(eq=False, slots=True)
 class Job:
@@ -258,7 +262,7 @@ class StepBatcher:
             job.future.set_result(None)
             return 0
         word = gen.choose(row)
-        if word in gen.stop:
+        if gen.stops(word):
             gen.finish = "stop"
             job.future.set_result(None)
             return 0

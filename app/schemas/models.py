@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
+from app.schemas.openai import OpenAIModel
 
-class ModelInfo(BaseModel):
+
+class ModelInfo(OpenAIModel):
+    """Our model fields, and OpenAI's (id, object, created, owned_by) for its clients."""
+
     name: str = Field(examples=["gru"])
     variant: str = Field(description="architecture: gru, gru-cell or gru-custom", examples=["gru"])
     version: int = Field(description="checkpoint version in the store", examples=[1])
@@ -17,6 +23,8 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    object: Literal["list"] = Field("list", description="OpenAI's list shape: see `data`")
+    data: list[OpenAIModel] = Field(description="the models as OpenAI's clients read them")
     models: list[ModelInfo]
     default: str = Field(examples=["gru"])
 

@@ -21,6 +21,7 @@ from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.schemas.common import WordProb
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
+from app.schemas.openai import OpenAIModel
 from app.schemas.predict import (
     ContinuationRequest,
     ContinuationResponse,
@@ -57,8 +58,19 @@ class Delivery(Protocol):
         """Return once every word heard so far has been sent."""
 
 
+OWNED_BY = "human-numbers"  # OpenAI's `owned_by` of our models
+
+
 def timestamp(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
+
+
+def checkpoint_created(meta: dict[str, Any]) -> int:
+    """When a checkpoint was written, in Unix seconds (0 if meta.json does not say)."""
+    try:
+        return int(datetime.fromisoformat(str(meta["created"])).timestamp())
+    except (KeyError, ValueError):
+        return 0
 
 
 class PredictionService:
@@ -79,6 +91,9 @@ class PredictionService:
     def model_info(self, lm: LoadedModel) -> ModelInfo:
         ckpt = lm.checkpoint
         return ModelInfo(
+            id=lm.name,
+            created=checkpoint_created(ckpt.meta),
+            owned_by=OWNED_BY,
             name=lm.name,
             variant=ckpt.config.variant,
             version=ckpt.ref.version,
@@ -93,7 +108,8 @@ class PredictionService:
 
     def list_models(self) -> ModelList:
         models = [self.model_info(lm) for _, lm in sorted(self.registry.models.items())]
-        return ModelList(models=models, default=self.registry.default)
+        data = [OpenAIModel(id=m.id, created=m.created, owned_by=m.owned_by) for m in models]
+        return ModelList(data=data, models=models, default=self.registry.default)
 
     def get_model(self, name: str) -> ModelDetail:
         lm = self.model(name)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 
 from app.api.deps import ServiceDep
 from app.api.streaming import event_stream
@@ -31,7 +31,7 @@ async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWo
 )
 async def create_continuation(
     req: ContinuationRequest, service: ServiceDep
-) -> ContinuationResponse | StreamingResponse:
+) -> ContinuationResponse | Response:
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
         return await event_stream(lambda on_word: service.continuation(req, on_word))

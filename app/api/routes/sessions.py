@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from starlette.responses import StreamingResponse
 
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.streaming import event_stream
@@ -80,7 +79,7 @@ async def session_next_word(
 )
 async def session_continuation(
     session_id: str, req: SessionContinuationRequest, service: ServiceDep, owner: OwnerDep
-) -> SessionContinuationResponse | StreamingResponse:
+) -> SessionContinuationResponse | Response:
     """Continue from the session's state; the generated words advance it. A stream that the
     client leaves stops there: the session keeps the words that were sent, no more."""
     if req.stream:

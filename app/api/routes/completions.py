@@ -1,0 +1,154 @@
+"""`POST /v1/completions`: OpenAI's legacy completions protocol, over our engine."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header
+from starlette.responses import Response
+
+from app.api.deps import OwnerDep, ServiceDep
+from app.api.sse import EventStream
+from app.schemas.common import TEXT_EXAMPLE
+from app.schemas.openai import CompletionRequest, CompletionResponse, OpenAIErrorResponse
+from app.serving.completions import ChunkWriter, CompletionService, Plan
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+EXAMPLES: dict[str, Any] = {
+    "batch": {
+        "summary": "a batch of prompts, greedy",
+        "value": {
+            "model": "gru",
+            "prompt": ["one thousand one hundred one ,", "seven thousand ninety ,"],
+            "max_tokens": 6,
+            "temperature": 0,
+            "stop": [","],
+        },
+    },
+    "stream": {
+        "summary": "a stream, sampled, with its usage",
+        "value": {
+            "model": "gru",
+            "prompt": TEXT_EXAMPLE,
+            "max_tokens": 12,
+            "temperature": 0.7,
+            "seed": 42,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    },
+    "echo": {
+        "summary": "score a text (lm-evaluation-harness's likelihood call)",
+        "value": {
+            "prompt": "one hundred one , one hundred two",
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": 1,
+        },
+    },
+    "session": {
+        "summary": "continue a session (extension)",
+        "value": {
+            "prompt": "five ,",
+            "max_tokens": 5,
+            "temperature": 0,
+            "session_id": "<an id from POST /v1/sessions>",
+        },
+    },
+}
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIErrorResponse, "description": what}
+    for code, what in {
+        400: "a request the protocol refuses: an unknown field, a value out of range",
+        404: "unknown model or session",
+        409: "the session's state does not fit its model",
+        413: "prompt too long",
+        422: "an unknown word or token id in the prompt",
+        429: "at capacity (see Retry-After)",
+        503: "not ready, or shutting down",
+    }.items()
+}
+STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or with `stream: true` Server-Sent Events: one "
+        "`data: <completion chunk>` per word, a last chunk per choice with its finish_reason, "
+        "the usage chunk if asked (`choices: []`), then `data: [DONE]`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    responses={**STREAM, **ERRORS},
+    openapi_extra={"requestBody": {"content": {"application/json": {"examples": EXAMPLES}}}},
+)
+async def create_completion(
+    req: CompletionRequest,
+    service: ServiceDep,
+    owner: OwnerDep,
+    x_session_id: Annotated[str | None, Header(description="a session to continue")] = None,
+) -> Response:
+    """OpenAI's completions: prompts continued word by word, logprobs, echo, streams."""
+    completions = CompletionService(service)
+    plan = completions.plan(req, x_session_id)
+    if not req.stream:
+        return json_response(await completions.run(plan, owner))
+    return await stream(completions, plan, owner)
+
+
+async def stream(completions: CompletionService, plan: Plan, owner: str) -> EventStream:
+    """Start the choices, then stream them; a session stays leased until the stream ends."""
+    stack = contextlib.AsyncExitStack()
+    lease = None
+    if plan.session_id is not None:
+        lease = await stack.enter_async_context(
+            completions.service.sessions.lease(plan.session_id, owner)
+        )
+        try:
+            completions.check_session(plan, lease)
+        except BaseException:
+            await stack.aclose()
+            raise
+    events = EventStream()
+    writer = ChunkWriter(completions, plan)
+    for c in plan.choices:
+        c.gen.on_word = lambda *_: events.wake()
+    try:
+        completions.start(plan, lease)
+    except BaseException:
+        await stack.aclose()
+        raise
+    for c in plan.choices:
+        if c.job is not None:
+            c.job.future.add_done_callback(lambda _: events.wake())
+    include_usage = bool(plan.req.stream_options and plan.req.stream_options.include_usage)
+
+    def render() -> tuple[bytes, bool]:
+        out = []
+        for i in range(len(plan.choices)):
+            for chunk in writer.ready(i):
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        if not all(writer.finished):
+            return b"".join(out), False
+        if include_usage:
+            out.append(b"data: " + orjson.dumps(writer.usage()) + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        return b"".join(out), True
+
+    async def close() -> None:
+        completions.release(plan, lease)
+        await stack.aclose()
+
+    events.render_events = render
+    events.on_close = close
+    return events

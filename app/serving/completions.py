@@ -1,0 +1,618 @@
+"""OpenAI's legacy completions over the same engine as /v1/continuation.
+
+Every choice (a prompt, n or best_of times) is one generation of the step batcher, so the
+choices of a request, and those of every other request, advance together in one batch. The
+probabilities are the engine's own rows: `logprobs` are the natural logs of what
+/v1/continuation returns as `probs`, and greedy is its greedy. Echo scoring feeds the prompt
+one word a pass, each word "chosen" as the prompt says, so its probabilities come out of the
+same rows. Stop strings are matched on the generated text, as OpenAI does: a word or a sequence
+of words at word boundaries, any other string as a substring of the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core.errors import BadText
+from app.core.openai_errors import InvalidRequest
+from app.core.security import ANONYMOUS
+from app.engine.batcher import Generation, Job
+from app.engine.registry import LoadedModel
+from app.engine.sampling import top_words
+from app.schemas.openai import CompletionRequest
+from app.serving.service import PredictionService
+from app.serving.sessions import Lease
+from model_store import split_words
+
+log = logging.getLogger("app.completions")
+
+MAX_STOPS = 4  # OpenAI's limit
+MIN_LOGPROB = -9999.0  # log(0) as JSON can carry it (vLLM's choice)
+GREEDY_RNG = random.Random(0)  # never drawn from: temperature 0 is argmax
+_TOKEN_RE = re.compile(r"[^\s,]+|,")  # the tokenizer's, with positions
+
+
+def logprob(p: float) -> float:
+    return math.log(p) if p > 0 else MIN_LOGPROB
+
+
+@dataclass(slots=True)
+class CompletionGeneration(Generation):
+    """A generation with OpenAI's options: forced prompt words (echo scoring), stop strings
+    on the text, logit bias and penalties, top log-probabilities."""
+
+    forced: list[int] = field(default_factory=list)  # prompt ids to score before generating
+    word_stops: list[tuple[int, ...]] = field(default_factory=list)
+    string_stops: list[str] = field(default_factory=list)
+    itos: tuple[str, ...] = ()
+    bias: list[float] | None = None  # added to the logits, by id
+    presence: float = 0.0
+    frequency: float = 0.0
+    keep_top: int = -1  # top log-probabilities to keep per word (-1: none)
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)  # generated words so far
+    text: str = ""  # the generated text so far (with string stops only)
+    cut: int = -1  # words dropped from the end by a stop sequence
+    cut_text: str | None = None  # the text up to a stop string, when one matched
+
+    def choose(self, row: list[float]) -> int:
+        if len(self.words) < len(self.forced):  # scoring the prompt: its next word
+            word = self.forced[len(self.words)]
+            if self.keep_top >= 0:
+                self.tops.append(top_words(row, self.keep_top))
+            return word
+        if self.keep_top >= 0:
+            self.tops.append(top_words(row, self.keep_top))
+        if self.bias is not None or self.counts:
+            row = self.adjusted(row)
+        if self.temperature == 0:
+            word = max(range(len(row)), key=row.__getitem__)
+        else:
+            word = Generation.choose(self, row)
+        if self.presence or self.frequency:
+            self.counts[word] = self.counts.get(word, 0) + 1
+        return word
+
+    def adjusted(self, row: list[float]) -> list[float]:
+        """The row with OpenAI's logit bias and penalties applied (in probability space:
+        p * exp(bias - count * frequency - presence)), normalized."""
+        add = list(self.bias) if self.bias is not None else [0.0] * len(row)
+        for word, count in self.counts.items():
+            add[word] -= count * self.frequency + self.presence
+        out = [p * math.exp(a) if p > 0 else 0.0 for p, a in zip(row, add, strict=True)]
+        total = sum(out)
+        return [p / total for p in out] if total > 0 else row
+
+    def stops(self, word: int) -> bool:
+        n = len(self.words) - len(self.forced)  # words generated so far
+        if n < 0:
+            return False
+        if word in self.stop:
+            self._drop_top()
+            return True
+        for seq in self.word_stops:
+            k = len(seq)
+            if (
+                k - 1 <= n
+                and seq[-1] == word
+                and tuple(self.words[len(self.words) - k + 1 :]) == seq[:-1]
+            ):
+                self.cut = k - 1
+                self._drop_top()
+                return True
+        if self.string_stops:
+            before = len(self.text)
+            text = self.text + " " + self.itos[word]
+            for s in self.string_stops:
+                at = text.find(s, max(0, before - len(s) + 1))
+                if at >= 0:
+                    self.cut_text = text[:at]
+                    self._drop_top()
+                    return True
+            self.text = text
+        return False
+
+    def _drop_top(self) -> None:
+        if self.keep_top >= 0:
+            self.tops.pop()
+
+    # -- the result ----------------------------------------------------------------------
+    def generated(self) -> tuple[list[int], list[float]]:
+        """The generated words and their probabilities, stop sequences left out."""
+        k = len(self.forced)
+        end = len(self.words) - max(self.cut, 0)
+        return self.words[k:end], self.probs[k:end]
+
+    def generated_text(self) -> str:
+        if self.cut_text is not None:
+            return self.cut_text
+        words, _ = self.generated()
+        return "".join(" " + self.itos[w] for w in words)
+
+
+@dataclass(slots=True)
+class Choice:
+    """One sample of one prompt."""
+
+    prompt: int  # index of its prompt
+    gen: CompletionGeneration
+    slot: int = -1
+    job: Job | None = None
+    index: int = 0  # in the response
+
+
+@dataclass
+class Prompt:
+    text: str  # as the response echoes it
+    ids: list[int]
+
+    @property
+    def pieces(self) -> list[str]:
+        """Each token's text as it reads in `text` (the spaces before it included)."""
+        return pieces(self.text)
+
+
+@dataclass
+class Plan:
+    """A checked completion request: its model, prompts and choices, not yet run."""
+
+    req: CompletionRequest
+    lm: LoadedModel
+    prompts: list[Prompt]
+    choices: list[Choice]
+    n: int
+    best_of: int
+    max_tokens: int
+    top: int  # logprobs (-1: none)
+    echo: bool
+    session_id: str | None
+    id: str = field(default_factory=lambda: f"cmpl-{secrets.token_hex(16)}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def fingerprint(self) -> str:
+        ckpt = self.lm.checkpoint
+        return f"{ckpt.name}-v{ckpt.ref.version}-{ckpt.sha256[:12]}"
+
+
+class CompletionService:
+    """Plans, runs and renders completions; handed the PredictionService for its models,
+    sessions and checks."""
+
+    def __init__(self, service: PredictionService):
+        self.service = service
+
+    # -- checks --------------------------------------------------------------------------
+    def plan(self, req: CompletionRequest, session_header: str | None = None) -> Plan:
+        """Check everything a request asks before anything runs (a bad one changes nothing)."""
+        svc = self.service
+        if req.suffix:
+            raise InvalidRequest(
+                "suffix is not supported: these models only continue a text left to right",
+                "suffix",
+            )
+        session_id = req.session_id or session_header
+        if req.session_id and session_header and req.session_id != session_header:
+            raise InvalidRequest(
+                "session_id and the X-Session-ID header name different sessions", "session_id"
+            )
+        lm = svc.model(req.model)
+        n = req.n or 1
+        best_of = req.best_of or n
+        if best_of < n:
+            raise InvalidRequest(f"best_of is {best_of}; it must be at least n ({n})", "best_of")
+        if req.stream and best_of > n:
+            raise InvalidRequest("best_of cannot be used with stream", "best_of")
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        if max_tokens > svc.settings.MAX_WORDS:
+            raise InvalidRequest(
+                f"max_tokens is {max_tokens}; this server generates at most "
+                f"{svc.settings.MAX_WORDS} (MAX_WORDS)",
+                "max_tokens",
+            )
+        echo = bool(req.echo)
+        if max_tokens == 0 and not echo:
+            raise InvalidRequest(
+                "max_tokens is 0: ask for at least 1 word, or set echo to score the prompt",
+                "max_tokens",
+            )
+        words = len(lm.vocab.words)
+        top = -1 if req.logprobs is None else req.logprobs
+        if top > words:
+            raise InvalidRequest(
+                f"logprobs is {top}; it must be between 0 and {words} (the vocabulary's words)",
+                "logprobs",
+            )
+        svc.check_top_k(lm, req.top_k)
+        prompts = self.prompts(lm, req.prompt, session_id is not None)
+        if session_id is not None and (len(prompts) > 1 or best_of > 1):
+            raise InvalidRequest(
+                "a session continues one text: give one prompt and n = best_of = 1", "n"
+            )
+        word_stops, string_stops = self.stops(lm, req.stop)
+        bias = self.logit_bias(lm, req.logit_bias)
+        temperature = 1.0 if req.temperature is None else req.temperature
+        shared_rng = random.Random() if temperature > 0 and req.seed is None else GREEDY_RNG
+        single = frozenset(seq[0] for seq in word_stops if len(seq) == 1)
+        multi = [s for s in word_stops if len(s) > 1]
+        presence, frequency = req.presence_penalty or 0.0, req.frequency_penalty or 0.0
+        itos = lm.vocab.itos
+        choices = []
+        for p, prompt in enumerate(prompts):
+            score = top >= 0 and echo
+            forced = prompt.ids[0 if session_id else 1 :] if score else []
+            for k in range(best_of):
+                if req.seed is not None:
+                    rng = random.Random(req.seed if k == 0 else f"{req.seed}/{k}")
+                else:
+                    rng = shared_rng
+                gen = CompletionGeneration(
+                    max_words=len(forced) + max_tokens,
+                    temperature=temperature,
+                    top_k=req.top_k,
+                    top_p=req.top_p,
+                    rng=rng,
+                    stop=single,
+                    feed_last=session_id is not None,
+                    forced=forced,
+                    word_stops=multi,
+                    string_stops=string_stops,
+                    itos=itos,
+                    bias=bias,
+                    presence=presence,
+                    frequency=frequency,
+                    keep_top=top,
+                )
+                choices.append(Choice(p, gen))
+        if req.user:
+            log.info("completion for user %r: %d choices", req.user[:64], len(choices))
+        return Plan(req, lm, prompts, choices, n, best_of, max_tokens, top, echo, session_id)
+
+    def prompts(
+        self, lm: LoadedModel, prompt: str | list[str] | list[int] | list[list[int]], session: bool
+    ) -> list[Prompt]:
+        if isinstance(prompt, str):
+            raw: list[str | list[int]] = [prompt]
+        elif prompt and isinstance(prompt[0], int):
+            raw = [prompt]
+        else:
+            raw = list(prompt)  # type: ignore[arg-type]
+        if not raw:
+            raise InvalidRequest("prompt is an empty list: give at least one prompt", "prompt")
+        out = []
+        for item in raw:
+            if isinstance(item, str):
+                ids = self.service.encode(lm, item, need_words=not session)
+                out.append(Prompt(item, ids))
+            else:
+                out.append(self.token_prompt(lm, item, session))
+        return out
+
+    def token_prompt(self, lm: LoadedModel, ids: list[int], session: bool) -> Prompt:
+        allowed = set(lm.vocab.encode(" ".join([*lm.vocab.words, "xxbos"])))
+        for pos, i in enumerate(ids):
+            if i not in allowed:
+                raise BadText(
+                    f"token id {i} at position {pos} is not a word of model {lm.name!r} "
+                    f"(GET /v1/models/{lm.name} lists its vocabulary by id)"
+                )
+        if not ids and not session:
+            raise BadText("text has no words: give at least one word of the model's vocabulary")
+        text = " ".join(lm.vocab.decode(ids))
+        return Prompt(text, list(ids))
+
+    def stops(
+        self, lm: LoadedModel, stop: str | list[str] | None
+    ) -> tuple[list[tuple[int, ...]], list[str]]:
+        """Word sequences (matched on words) and other strings (matched on the text)."""
+        given = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(given) > MAX_STOPS:
+            raise InvalidRequest(
+                f"stop has {len(given)} strings; it takes at most {MAX_STOPS}", "stop"
+            )
+        word_stops, string_stops = [], []
+        for s in given:
+            if not s:
+                raise InvalidRequest("stop strings cannot be empty", "stop")
+            tokens = split_words(s)
+            if (
+                tokens
+                and s.strip() == " ".join(tokens)
+                and all(t in lm.vocab.words for t in tokens)
+            ):
+                word_stops.append(tuple(lm.vocab.stoi[t] for t in tokens))
+            else:
+                string_stops.append(s)
+        return word_stops, string_stops
+
+    def logit_bias(self, lm: LoadedModel, bias: dict[str, float] | None) -> list[float] | None:
+        if not bias:
+            return None
+        out = [0.0] * len(lm.vocab)
+        words = set(lm.vocab.words)
+        for key, value in bias.items():
+            if not -100 <= value <= 100:
+                raise InvalidRequest(
+                    f"logit_bias of {key!r} is {value}; it must be between -100 and 100",
+                    "logit_bias",
+                )
+            if key.isdigit():
+                i = int(key)
+                if i >= len(lm.vocab) or lm.vocab.itos[i] not in words:
+                    raise InvalidRequest(
+                        f"logit_bias: token id {i} is not a word of model {lm.name!r}",
+                        "logit_bias",
+                    )
+            elif key.strip().lower() in words:
+                i = lm.vocab.stoi[key.strip().lower()]
+            else:
+                raise InvalidRequest(
+                    f"logit_bias: {key!r} is neither a token id nor a word of model {lm.name!r}",
+                    "logit_bias",
+                )
+            out[i] += value
+        return out
+
+    # -- running -------------------------------------------------------------------------
+    def start(self, plan: Plan, lease: Lease | None = None) -> None:
+        """Submit every choice to the engine (one job each, all in the same batches)."""
+        batcher = plan.lm.batcher
+        applied = self.service.applied(lease) if lease is not None else None
+        try:
+            for c in plan.choices:
+                ids = plan.prompts[c.prompt].ids
+                feed = ids[: len(ids) - len(c.gen.forced)]
+                if lease is not None:
+                    c.slot = lease.slot
+                else:
+                    c.slot = batcher.slots.alloc()
+                if c.gen.max_words == 0:  # echo of a one-word prompt, nothing to generate
+                    if lease is not None and feed:
+                        c.job = batcher.submit(c.slot, feed, top_k=1, on_applied=applied)
+                    c.gen.finish = "length"
+                    continue
+                c.job = batcher.submit(c.slot, feed, gen=c.gen, on_applied=applied)
+        except BaseException:
+            self.release(plan, lease)
+            raise
+
+    def release(self, plan: Plan, lease: Lease | None) -> None:
+        """Cancel what still runs (the batcher drops it) and give back the slots."""
+        for c in plan.choices:
+            if c.job is not None and not c.job.future.done():
+                c.job.future.cancel()
+            if c.slot >= 0 and lease is None:
+                plan.lm.batcher.slots.free(c.slot)
+            c.slot = -1
+
+    async def wait(self, plan: Plan) -> None:
+        for c in plan.choices:
+            if c.job is not None:
+                await c.job.future
+
+    async def run(self, plan: Plan, owner: str = ANONYMOUS) -> dict[str, Any]:
+        """Run a non-streamed completion; the response body."""
+        if plan.session_id is None:
+            self.start(plan)
+            try:
+                await self.wait(plan)
+            finally:
+                self.release(plan, None)
+            return self.body(plan)
+        async with self.service.sessions.lease(plan.session_id, owner) as lease:
+            self.check_session(plan, lease)
+            self.start(plan, lease)
+            try:
+                await self.wait(plan)
+            finally:
+                self.release(plan, lease)
+        return self.body(plan)
+
+    def check_session(self, plan: Plan, lease: Lease) -> None:
+        if lease.model.name != plan.lm.name:
+            if plan.req.model is not None:
+                raise InvalidRequest(
+                    f"session {lease.id} runs model {lease.model.name!r}, not {plan.lm.name!r}",
+                    "model",
+                )
+            # no model named: the session's; plan again for its vocabulary
+            plan.lm = lease.model
+            fresh = self.plan(plan.req.model_copy(update={"model": lease.model.name}), lease.id)
+            plan.prompts, plan.choices = fresh.prompts, fresh.choices
+        if not plan.prompts[0].ids and not lease.tokens_seen:
+            raise BadText("the session has seen no word yet: give a text to continue from")
+        if not lease.tokens_seen:  # the first word of a fresh state has no probability
+            for c in plan.choices:
+                if c.gen.keep_top >= 0 and plan.echo:
+                    c.gen.forced = c.gen.forced[1:]
+                    c.gen.max_words -= 1
+
+    # -- rendering -----------------------------------------------------------------------
+    def body(self, plan: Plan) -> dict[str, Any]:
+        ranked = self.ranked(plan)
+        prompt_tokens = sum(len(p.ids) for p in plan.prompts)
+        completion_tokens = sum(len(c.gen.generated()[0]) for c in plan.choices)
+        return {
+            "id": plan.id,
+            "object": "text_completion",
+            "created": plan.created,
+            "model": plan.lm.name,
+            "system_fingerprint": plan.fingerprint,
+            "choices": [self.choice_body(plan, c) for c in ranked],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def ranked(self, plan: Plan) -> list[Choice]:
+        """The n choices of each prompt (the likeliest n of best_of), indexed in order."""
+        if plan.best_of == plan.n:
+            chosen = plan.choices
+        else:
+            chosen = []
+            for p in range(len(plan.prompts)):
+                mine = plan.choices[p * plan.best_of : (p + 1) * plan.best_of]
+                mine.sort(key=lambda c: -sum(map(logprob, c.gen.generated()[1])))
+                chosen += mine[: plan.n]
+        for i, c in enumerate(chosen):
+            c.index = i
+        return chosen
+
+    def choice_body(self, plan: Plan, c: Choice) -> dict[str, Any]:
+        gen = c.gen
+        text = gen.generated_text()
+        prompt = plan.prompts[c.prompt]
+        if plan.echo:
+            text = prompt.text + text
+        return {
+            "index": c.index,
+            "text": text,
+            "logprobs": self.logprobs(plan, c) if plan.top >= 0 else None,
+            "finish_reason": gen.finish,
+        }
+
+    def logprobs(self, plan: Plan, c: Choice) -> dict[str, Any]:
+        gen, itos = c.gen, plan.lm.vocab.itos
+        tokens: list[str] = []
+        token_logprobs: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        at = 0
+        if plan.echo:
+            prompt = plan.prompts[c.prompt]
+            scored = len(gen.forced)
+            first = len(prompt.ids) - scored  # tokens with no probability (0 or 1)
+            for i, piece in enumerate(prompt.pieces):
+                tokens.append(piece)
+                offsets.append(at)
+                at += len(piece)
+                if i < first:
+                    token_logprobs.append(None)
+                    tops.append(None)
+                else:
+                    token_logprobs.append(logprob(gen.probs[i - first]))
+                    tops.append(top_dict(itos, gen.tops[i - first]))
+        words, probs = gen.generated()
+        k = len(gen.forced)
+        for j, (w, p) in enumerate(zip(words, probs, strict=True)):
+            piece = " " + itos[w]
+            tokens.append(piece)
+            offsets.append(at)
+            at += len(piece)
+            token_logprobs.append(logprob(p))
+            tops.append(top_dict(itos, gen.tops[k + j]))
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        }
+
+
+def top_dict(itos: tuple[str, ...], top: list[tuple[int, float]]) -> dict[str, float]:
+    return {" " + itos[i]: logprob(p) for i, p in top}
+
+
+def pieces(text: str) -> list[str]:
+    """Each token's text in `text`, from the end of the one before (so they join into
+    `text`); the last takes the text's trailing spaces."""
+    out, end = [], 0
+    for m in _TOKEN_RE.finditer(text):
+        out.append(text[end : m.end()])
+        end = m.end()
+    if out:
+        out[-1] += text[end:]
+    return out
+
+
+class ChunkWriter:
+    """Renders a streamed completion: one chunk per word as its choice's words become final
+    (a word that a stop sequence may still take back waits), a last chunk per choice with its
+    finish_reason, the usage chunk if asked, then [DONE]."""
+
+    def __init__(self, completions: CompletionService, plan: Plan):
+        self.completions = completions
+        self.plan = plan
+        self.sent = [0] * len(plan.choices)  # generated words sent, per choice
+        self.sent_text = [0] * len(plan.choices)  # characters of the text sent
+        self.finished = [False] * len(plan.choices)
+        self.echoed = [not plan.echo] * len(plan.choices)
+        self.head = {
+            "id": plan.id,
+            "object": "text_completion",
+            "created": plan.created,
+            "model": plan.lm.name,
+            "system_fingerprint": plan.fingerprint,
+        }
+        hold = max((len(s) for s in plan.choices[0].gen.string_stops), default=1) - 1
+        self.hold_chars = hold
+        self.hold_words = max((len(s) - 1 for s in plan.choices[0].gen.word_stops), default=0)
+
+    def chunk(self, index: int, text: str, lp: dict[str, Any] | None, finish: str | None) -> dict:
+        return {
+            **self.head,
+            "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}],
+        }
+
+    def ready(self, i: int) -> Iterator[dict[str, Any]]:
+        """The chunks choice i can send now."""
+        plan, c = self.plan, self.plan.choices[i]
+        gen, itos = c.gen, plan.lm.vocab.itos
+        k = len(gen.forced)
+        done = c.job is None or c.job.future.done()
+        if not self.echoed[i]:
+            if not done and len(gen.words) < k:
+                return
+            self.echoed[i] = True
+            lp = None
+            if plan.top >= 0:
+                full = self.completions.logprobs(plan, c)
+                n = len(plan.prompts[c.prompt].ids)
+                lp = {key: value[:n] for key, value in full.items()}
+            yield self.chunk(i, plan.prompts[c.prompt].text, lp, None)
+        if done:
+            words, probs = gen.generated()
+            final = len(words)
+        else:
+            words, probs = gen.words[k:], gen.probs[k:]
+            final = max(0, len(words) - self.hold_words)
+            if self.hold_chars:  # the last words a stop string may still cut into
+                chars = 0
+                while final > 0 and chars < self.hold_chars:
+                    final -= 1
+                    chars += 1 + len(itos[words[final]])
+        for j in range(self.sent[i], final):
+            piece = " " + itos[words[j]]
+            lp = None
+            if plan.top >= 0:
+                lp = {
+                    "tokens": [piece],
+                    "token_logprobs": [logprob(probs[j])],
+                    "top_logprobs": [top_dict(itos, gen.tops[k + j])],
+                    "text_offset": [self.offset(i) + self.sent_text[i]],
+                }
+            self.sent_text[i] += len(piece)
+            yield self.chunk(i, piece, lp, None)
+        self.sent[i] = max(self.sent[i], final)
+        if done and not self.finished[i]:
+            self.finished[i] = True
+            rest = gen.generated_text()[self.sent_text[i] :]  # a stop string's cut word
+            yield self.chunk(i, rest, None, gen.finish or "length")
+
+    def offset(self, i: int) -> int:
+        c = self.plan.choices[i]
+        return len(self.plan.prompts[c.prompt].text) if self.plan.echo else 0
+
+    def usage(self) -> dict[str, Any]:
+        body = self.completions.body(self.plan)
+        return {**self.head, "choices": [], "usage": body["usage"]}
