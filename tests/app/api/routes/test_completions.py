@@ -385,3 +385,38 @@ def test_swagger_documents_the_route_with_examples(http):
     assert {"batch", "stream", "echo"} <= set(examples)
     assert "text/event-stream" in op["responses"]["200"]["content"]
     assert spec["paths"]["/v1/models"]["get"]
+
+
+def test_api_keys_guard_completions_and_their_sessions(store):
+    """With keys on, the client's api_key is the Bearer key: a wrong one raises the client's
+    AuthenticationError (OpenAI's error shape), and another key's session is not found."""
+    keys = ("key-of-alice-0123456789", "key-of-bob-0123456789ab")
+    settings = make_settings(store, DEFAULT_MODEL="gru", API_KEYS=",".join(keys))
+    with TestClient(create_app(settings)) as http:
+
+        def client(key: str) -> openai.OpenAI:
+            return openai.OpenAI(
+                base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0
+            )
+
+        with pytest.raises(openai.AuthenticationError) as e:
+            complete(client("not-a-key-of-this-server"), prompt="one ,", max_tokens=1)
+        assert e.value.status_code == 401
+        assert "key" in e.value.message
+        r = http.post("/v1/completions", json={"prompt": "one ,", "max_tokens": 1})
+        assert r.status_code == 401 and set(r.json()["error"]) >= {"message", "type", "code"}
+
+        alice, bob = client(keys[0]), client(keys[1])
+        created = http.post(
+            "/v1/sessions",
+            json={"model": "gru", "text": "one ,"},
+            headers={"Authorization": f"Bearer {keys[0]}"},
+        )
+        assert created.status_code == 201, created.text
+        sid = created.json()["session_id"]
+        out = complete(alice, prompt="two ,", max_tokens=1, extra_body={"session_id": sid})
+        assert out.choices[0].text
+        with pytest.raises(openai.NotFoundError):
+            complete(bob, prompt="two ,", max_tokens=1, extra_body={"session_id": sid})
+        seen = http.get(f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {keys[0]}"})
+        assert seen.json()["tokens_seen"] == 5  # alice's words and her one word, bob's none
