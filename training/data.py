@@ -33,6 +33,11 @@ ONES = [
 TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 TRAIN_RANGE = range(1, 8000)  # 1 .. 7,999
 VALID_RANGE = range(8001, 10000)  # 8,001 .. 9,999 (8,000 is in neither file)
+# A split of train.txt alone that stands in for train/valid when choosing a design: training on
+# 1..6,999 leaves "seven" unseen as a thousands word in 7,001..7,999, as "eight" and "nine" are
+# in valid.txt. valid.txt is for evaluation only, never for choosing among runs.
+PROXY_TRAIN_RANGE = range(1, 7000)
+PROXY_VALID_RANGE = range(7001, 8000)
 
 
 def number_words(n: int) -> str:
@@ -106,3 +111,14 @@ def load_data(folder: Path | str | None = None) -> HumanNumbers:
     train_tokens, valid_tokens = tokenize_file(train_text), tokenize_file(valid_text)
     fingerprint = hashlib.sha256((train_text + "\0" + valid_text).encode()).hexdigest()
     return HumanNumbers(train_tokens, valid_tokens, Vocab.build(train_tokens), fingerprint, source)
+
+
+def proxy_data() -> HumanNumbers:
+    """train.txt split in two (PROXY_TRAIN_RANGE, PROXY_VALID_RANGE), with train.txt's
+    vocabulary: design choices are judged on this, never on valid.txt."""
+    train_text, valid_text = file_text(PROXY_TRAIN_RANGE), file_text(PROXY_VALID_RANGE)
+    vocab = Vocab.build(tokenize_file(file_text(TRAIN_RANGE)))
+    fingerprint = hashlib.sha256((train_text + "\0" + valid_text).encode()).hexdigest()
+    return HumanNumbers(
+        tokenize_file(train_text), tokenize_file(valid_text), vocab, fingerprint, "proxy"
+    )

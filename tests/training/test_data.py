@@ -1,6 +1,13 @@
 import pytest
 
-from training.data import file_text, load_data, number_words, tokenize_file, write_data
+from training.data import (
+    file_text,
+    load_data,
+    number_words,
+    proxy_data,
+    tokenize_file,
+    write_data,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +90,17 @@ def test_missing_files_are_named(tmp_path):
 
 def test_tokenize_joins_lines_with_commas():
     assert tokenize_file("one \ntwo \n\n") == ["xxbos", "one", ",", "two"]
+
+
+def test_the_proxy_split_holds_out_a_thousands_word_of_train_txt(data):
+    """Training on 1..6,999 and evaluating on 7,001..7,999: "seven" is a thousands word only
+    in the evaluation part, as "eight" and "nine" are in valid.txt; no valid.txt token is used."""
+    proxy = proxy_data()
+    assert proxy.vocab.itos == data.vocab.itos
+    train_text = " ".join(proxy.train_tokens)
+    assert (
+        "seven thousand" not in train_text and "six thousand nine hundred ninety nine" in train_text
+    )
+    assert proxy.valid_tokens[:4] == ["xxbos", "seven", "thousand", "one"]
+    assert proxy.valid_tokens[-6:] == ["seven", "thousand", "nine", "hundred", "ninety", "nine"]
+    assert len(proxy.train_tokens) + len(proxy.valid_tokens) < len(data.train_tokens)
