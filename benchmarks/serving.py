@@ -8,7 +8,8 @@ Prints, measured side by side in one run:
   and 256 connections, next to GET /health on the same server, batching on and off;
 - continuation words/s with 256 concurrent streams of 100 words, batched vs not;
 - server RSS with 0 and 100,000 idle sessions;
-- session next-word at 64 connections with the Redis store (one and two replicas) vs memory.
+- session next-word at 64 connections with the Redis store (one and two replicas) vs memory;
+- session next-word at 64 connections with API keys on (`Authorization: Bearer`) vs off.
 Needs `wrk` and `redis-server` (Debian packages). Trains a `gru` checkpoint into a temp
 store unless --store.
 """
@@ -112,13 +113,14 @@ def wrk(url: str, conns: int, duration: float, script: Path | None = None) -> di
     }
 
 
-def lua_sessions(ids: list[str], folder: Path) -> Path:
+def lua_sessions(ids: list[str], folder: Path, key: str | None = None) -> Path:
     path = folder / "sessions.lua"
     quoted = ",".join(f'"{i}"' for i in ids)
+    auth = f', ["Authorization"] = "Bearer {key}"' if key else ""
     path.write_text(
         f"local ids = {{{quoted}}}\n"
         "local i = 0\n"
-        'local headers = {["Content-Type"] = "application/json"}\n'
+        f'local headers = {{["Content-Type"] = "application/json"{auth}}}\n'
         "request = function()\n"
         "  i = i + 1\n"
         "  local id = ids[(i % #ids) + 1]\n"
@@ -144,8 +146,9 @@ def lua_create(n: int, folder: Path) -> Path:
     return path
 
 
-async def create_sessions(base: str, n: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+async def create_sessions(base: str, n: int, key: str | None = None) -> list[str]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as c:
         ids: list[str] = []
         for start in range(0, n, 100):
             rs = await asyncio.gather(
@@ -291,6 +294,37 @@ def redis_table(store: Path, args: argparse.Namespace, tmp: Path) -> None:
         )
 
 
+BENCH_KEY = "bench-key-0123456789abcdef"
+
+
+def keys_table(store: Path, args: argparse.Namespace, tmp: Path) -> None:
+    """Session next-word at 64 connections: API keys off vs on, one server each, same run."""
+    rows = []
+    for label, env, key in (
+        ("keys off", {}, None),
+        (
+            "keys on",
+            {"API_KEYS": f"{BENCH_KEY},another-key-0123456789", "MAX_SESSIONS_PER_KEY": "100000"},
+            BENCH_KEY,
+        ),
+    ):
+        with Server(store, **env) as srv:
+            ids = asyncio.run(create_sessions(srv.base, args.sessions, key))
+            script = lua_sessions(ids, tmp, key)
+            wrk(srv.base, 16, 1, script)  # warm-up
+            r = wrk(srv.base, 64, args.duration, script)
+            rows.append((label, r))
+            print(f"  {label}: {r['rps']:.0f} req/s", flush=True)
+    off = rows[0][1]["rps"]
+    print(f"\nsession next-word, 64 connections, {args.sessions:,} sessions, API keys off vs on:")
+    for label, r in rows:
+        print(
+            f"  {label:<8} {r['rps']:>8.0f} req/s  p50 {r['p50']:>6.2f} ms  p99 {r['p99']:>6.2f} ms"
+            f"  {r['rps'] / off:.2f}x keys off"
+            + (f"  ({r['errors']} non-2xx)" if r["errors"] else "")
+        )
+
+
 def train_store(folder: Path) -> Path:
     subprocess.run(
         [
@@ -351,7 +385,9 @@ def main() -> None:
     p.add_argument("--words", type=int, default=100)
     p.add_argument("--idle-sessions", type=int, default=100_000)
     p.add_argument(
-        "--parts", default="serving,memory,redis", help="comma-separated: serving, memory, redis"
+        "--parts",
+        default="serving,memory,redis,keys",
+        help="comma-separated: serving, memory, redis, keys",
     )
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -373,6 +409,8 @@ def main() -> None:
             serving_report(serving_table(store, args, tmp), args)
         if "redis" in args.parts:
             redis_table(store, args, tmp)
+        if "keys" in args.parts:
+            keys_table(store, args, tmp)
         if "memory" in args.parts:
             before, after, n = memory(store, args, tmp)
             print(
