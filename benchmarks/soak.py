@@ -177,6 +177,17 @@ async def soak_run(
     return rss
 
 
+def listed_sessions(base: str) -> int:
+    """Sessions that GET /v1/sessions lists, all pages."""
+    n, cursor = 0, None
+    while True:
+        params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{base}/v1/sessions", params=params, timeout=30).json()
+        n += len(page["sessions"])
+        if not (cursor := page["next_cursor"]):
+            return n
+
+
 def soak(store_name: str, model_store: Path, args: argparse.Namespace, tmp: Path) -> bool:
     env = {
         "SESSION_TTL_SECONDS": str(args.ttl),
@@ -201,6 +212,7 @@ def soak(store_name: str, model_store: Path, args: argparse.Namespace, tmp: Path
                 live_after = live_sessions(srv.base)
             reclaimed_in = args.ttl + min(30.0, args.ttl) + 10 - (wait_until - time.monotonic())
             rss_idle = srv.rss_mib()
+            listed = listed_sessions(srv.base)
     minute = min(60.0, took / 2)
     first = [m for t, m in rss if t < minute]
     last = [m for t, m in rss if t >= rss[-1][0] - minute]
@@ -220,10 +232,11 @@ def soak(store_name: str, model_store: Path, args: argparse.Namespace, tmp: Path
     )
     print(
         f"  sessions: created {tally.created:,}, deleted {tally.deleted:,}, live at the end "
-        f"{live_end:,}; live {live_after:,} {reclaimed_in:.0f} s later (TTL + sweep)"
+        f"{live_end:,}; live {live_after:,} {reclaimed_in:.0f} s later (TTL + sweep), "
+        f"GET /v1/sessions then lists {listed:,}"
     )
     flat = abs(last_mean / first_mean - 1) <= 0.05
-    ok = errors == 0 and flat and live_after == 0
+    ok = errors == 0 and flat and live_after == 0 and listed == 0
     print(f"  goal (0 errors, RSS flat within 5%, all reclaimed): {'met' if ok else 'NOT met'}")
     return ok
 
