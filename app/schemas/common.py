@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_TOP_K = 40  # the vocabulary of the data set (GET /v1/models/{name} lists it)
 
@@ -12,6 +14,18 @@ class Strict(BaseModel):
     and take JSON types as they are: `"5"` is not an integer, `0` is not a boolean."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: `2.0` is the integer 2, as JSON Schema reads it (and as the
+    OpenAPI document declares `integer`); `2.5`, `"2"` and `true` stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+"""An integer field of a request: strict, except that an integral number like `2.0` counts."""
 
 
 class WordProb(BaseModel):
@@ -40,10 +54,22 @@ def errors(*codes: int) -> dict[int | str, dict[str, object]]:
     return {c: {"model": ErrorDetail, "description": what[c]} for c in codes}
 
 
+def sse_event(data: str) -> dict[str, object]:
+    """The schema of one Server-Sent Event, as OpenAPI reads `schema` of `text/event-stream`
+    (3.2's `itemSchema`): the event's fields, `data` a line of text."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "string", "description": data}},
+    }
+
+
 STREAM_RESPONSE: dict[int | str, dict[str, object]] = {
     200: {
         "description": "JSON, or with `stream: true` Server-Sent Events: one "
         '`data: {"word": ..., "prob": ...}` per word, then `data: {"finish_reason": ...}`',
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {"schema": sse_event("a JSON object: a word, or the end")}
+        },
     }
 }

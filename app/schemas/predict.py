@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import MAX_TOP_K, TEXT_EXAMPLE, Strict, WordProb
+from app.schemas.common import MAX_TOP_K, TEXT_EXAMPLE, Int, Strict, WordProb
 
 TopK = Field(
     5,
@@ -24,7 +24,7 @@ class NextWordRequest(Strict):
         description="words of the vocabulary, commas allowed", examples=[TEXT_EXAMPLE]
     )
     model: str | None = ModelName
-    top_k: int = TopK
+    top_k: Int = TopK
 
 
 class NextWordResponse(BaseModel):
@@ -36,7 +36,7 @@ class NextWordResponse(BaseModel):
 
 
 class GenerationOptions(Strict):
-    max_words: int = Field(20, ge=1, description="words to generate at most", examples=[12])
+    max_words: Int = Field(20, ge=1, description="words to generate at most", examples=[12])
     temperature: float = Field(
         0.0,
         ge=0,
@@ -44,7 +44,7 @@ class GenerationOptions(Strict):
         description="0 is greedy; higher samples more freely",
         examples=[0.0],
     )
-    top_k: int | None = Field(
+    top_k: Int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="sample among the k likeliest words", examples=[10]
     )
     top_p: float | None = Field(
@@ -55,7 +55,7 @@ class GenerationOptions(Strict):
         description="sample among the likeliest words holding this mass",
         examples=[0.9],
     )
-    seed: int | None = Field(
+    seed: Int | None = Field(
         None, ge=0, le=2**63 - 1, description="makes sampling reproducible", examples=[42]
     )
     stop: list[StopWord] = Field(

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from app.schemas.common import TEXT_EXAMPLE, Strict, WordProb
+from app.schemas.common import TEXT_EXAMPLE, Int, Strict, WordProb
 from app.schemas.predict import ContinuationResponse, GenerationOptions, ModelName, TopK
 
 
@@ -13,7 +13,7 @@ class SessionCreateRequest(Strict):
     text: str = Field(
         "", description="words to feed at once (may be empty)", examples=["one, two,"]
     )
-    top_k: int = TopK
+    top_k: Int = TopK
 
 
 class SessionInfo(BaseModel):
@@ -38,7 +38,7 @@ class SessionCreated(SessionInfo):
 
 class SessionNextWordRequest(Strict):
     text: str = Field("", description="words to feed first (may be empty)", examples=[TEXT_EXAMPLE])
-    top_k: int = TopK
+    top_k: Int = TopK
 
 
 class SessionNextWordResponse(SessionInfo):

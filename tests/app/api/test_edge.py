@@ -153,7 +153,8 @@ def test_errors_quote_a_short_prefix_of_any_input(client):
     ("body", "field"),
     [
         ({"text": "one", "top_k": "5"}, "top_k"),
-        ({"text": "one", "top_k": 5.0}, "top_k"),
+        ({"text": "one", "top_k": 5.5}, "top_k"),
+        ({"text": "one", "top_k": True}, "top_k"),
         ({"text": "one", "stream": 0}, "stream"),
         ({"text": "one", "temperature": "0.5"}, "temperature"),
         ({"text": "one", "stop": [""]}, "stop"),
@@ -164,6 +165,14 @@ def test_strict_types_and_bounds(client, body, field):
     r = client.post("/v1/continuation", json=body)
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"][:2] == ["body", field]
+
+
+def test_an_integral_number_is_an_integer(client):
+    """JSON has one number type: 2.0 is 2, as the schema's `integer` reads it."""
+    r = client.post("/v1/next-word", json={"text": "one ,", "top_k": 2.0})
+    assert r.status_code == 200 and len(r.json()["next"]) == 2
+    r = client.post("/v1/continuation", json={"text": "one ,", "max_words": 3.0, "seed": 7.0})
+    assert r.status_code == 200 and len(r.json()["words"]) == 3
 
 
 def test_the_fuzzer_finding_answers_and_the_model_goes_on(client):
