@@ -7,8 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import compile_path
 
 from app.core.redact import QUOTE_CHARS
 
@@ -124,5 +128,23 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"detail": validation_details(exc.errors())}, 422)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405 and (allow := allowed_methods(request)) is not None:
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
+        return await http_exception_handler(request, exc)
+
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+def allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI document lists for this path. Starlette's 405 names those of
+    the first route that matched the path alone, so `PUT /v1/sessions` would say
+    `Allow: POST` though `GET /v1/sessions` exists too. None for an undocumented path."""
+    path = request.scope.get("path", "")
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(path):
+            return ", ".join(sorted(method.upper() for method in operations))
+    return None
