@@ -3,7 +3,9 @@
 FastAPI documents what each route declares. Some answers come from the layers around the
 routes, for every route alike: 400 (a body that is not JSON text), 413 (a body past
 MAX_BODY_BYTES), 503 (not ready, or a store unreachable); 422 is either one message (a string)
-or pydantic's list of field errors. And a few bounds are settings, known at app creation.
+or pydantic's list of field errors. And a few bounds are settings, known at app creation,
+as is whether the server has API keys: without any, the document declares neither the bearer
+scheme nor 401, which such a server never answers.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.core.config import Settings
+from app.core.openai_errors import OPENAI_PATHS
 
 ERROR = {"$ref": "#/components/schemas/ErrorDetail"}
+OPENAI_ERROR = {"$ref": "#/components/schemas/OpenAIErrorResponse"}  # OPENAI_PATHS answer this
 FIELD_ERROR = {
     "title": "FieldError",
     "type": "object",
@@ -74,22 +78,34 @@ def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     for name, schema in schemas.items():
         if name.endswith("Request") and "text" in schema["properties"]:
             schema["properties"]["text"]["maxLength"] = settings.MAX_TEXT_CHARS
+    keyed = settings.API_KEYS is not None or settings.API_KEYS_FILE is not None
+    if not keyed:
+        spec["components"].pop("securitySchemes", None)
     for path, operations in spec["paths"].items():
+        openai = path in OPENAI_PATHS
+        error = OPENAI_ERROR if openai else ERROR
         for op in operations.values():
             responses = op["responses"]
-            if "422" in responses or "requestBody" in op:
+            if not keyed:
+                op.pop("security", None)
+                responses.pop("401", None)
+            elif openai and "401" in responses:
+                responses["401"] = _error(responses["401"]["description"], error)
+            # an OpenAI route declares its own errors (400 and 422 included) in OpenAI's shape
+            if not openai and ("422" in responses or "requestBody" in op):
                 responses["422"] = _error(
                     "bad input: an unknown word, an empty text, an option out of range "
                     "(a message), or fields that fail validation (a list)",
                     {"$ref": "#/components/schemas/ValidationProblem"},
                 )
-            if "requestBody" in op:
+            if "requestBody" in op and not openai:
                 responses["400"] = _error("the body cannot be read as JSON text (not UTF-8)")
                 responses.setdefault("413", _error("text or request body too long"))
             if path.startswith("/v1/"):
                 responses["503"] = _error(
                     "not ready, shutting down, the model's engine stopped, or the session "
                     "store unreachable",
+                    error,
                     headers=RETRY_AFTER,
                 )
             if "429" in responses:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.sse import EventStream
-from app.schemas.common import TEXT_EXAMPLE
+from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse, OpenAIErrorResponse
 from app.serving.completions import ChunkWriter, CompletionService, Plan
 
@@ -77,7 +77,9 @@ STREAM: dict[int | str, dict[str, Any]] = {
         "description": "JSON, or with `stream: true` Server-Sent Events: one "
         "`data: <completion chunk>` per word, a last chunk per choice with its finish_reason, "
         "the usage chunk if asked (`choices: []`), then `data: [DONE]`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {"schema": sse_event("a completion chunk (JSON), or [DONE]")}
+        },
     }
 }
 
