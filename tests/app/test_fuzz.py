@@ -1,0 +1,102 @@
+"""Schemathesis against the real server: every operation of the OpenAPI document, with every
+check, through the examples, coverage, fuzzing and stateful phases (sessions created, read,
+fed, continued, deleted in the orders the links allow), from a fixed seed.
+
+What schemathesis is told beyond the document is in FUZZ_CONFIG below, each line with why.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.app.server_process import AppProcess
+
+SEED = 1
+MAX_EXAMPLES = 50
+WORKERS = 2
+BOUND_SECONDS = 150  # a run; about 10 s on 2 shared cores
+
+# `schemathesis.toml`, written to the test's own folder.
+FUZZ_CONFIG = """\
+# Schema-invalid input must be refused with a 4xx that says why. Beyond the defaults
+# (400 401 403 404 406 422 428), a text over `maxLength` (MAX_TEXT_CHARS) gets 413, the
+# status the document lists for "text too long".
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 406, 413, 422, 428]
+
+# Schema-valid input may still be refused for what a JSON Schema cannot say: a text of words
+# outside the vocabulary (422), or a model or session id that does not exist (404).
+[checks.positive_data_acceptance]
+expected-statuses = ["2XX", 404, 422]
+
+# OpenAI's protocol answers 400 (invalid_request_error) to what its schema cannot say either,
+# such as several prompts for one session.
+[[operations]]
+include-path = "/v1/completions"
+checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 404, 422]
+"""
+
+
+def run_schemathesis(base: str, tmp_path: Path, *extra: str) -> tuple[int, str, float]:
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(FUZZ_CONFIG)
+    cmd = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{base}/openapi.json",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--checks",
+        "all",
+        "--seed",
+        str(SEED),
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--workers",
+        str(WORKERS),
+        "--request-timeout",
+        "20",
+        "--generation-database",
+        "none",
+        "--no-shrink",
+        *extra,
+    ]
+    started = time.monotonic()
+    r = subprocess.run(
+        cmd,
+        cwd=tmp_path,  # its .schemathesis and .hypothesis folders: here, not in the repository
+        capture_output=True,
+        text=True,
+        timeout=BOUND_SECONDS + 30,
+    )
+    return r.returncode, r.stdout + r.stderr, time.monotonic() - started
+
+
+KEY = "fuzz-key-0123456789abcdef"
+
+
+@pytest.fixture(params=[False, True], ids=["no-keys", "api-keys"])
+def server(store: Path, request: pytest.FixtureRequest):
+    """The server as deployed: without API keys, or with one (schemathesis then also checks
+    that /v1 refuses requests without it, or with another)."""
+    env = {"ACCESS_LOG": "false", **({"API_KEYS": KEY} if request.param else {})}
+    app = AppProcess(store, **env).start()
+    yield app, request.param
+    app.kill()
+
+
+def test_schemathesis_finds_nothing(server: tuple[AppProcess, bool], tmp_path: Path):
+    app, keyed = server
+    auth = ["--header", f"Authorization: Bearer {KEY}"] if keyed else []
+    code, output, seconds = run_schemathesis(app.base, tmp_path, *auth)
+    assert code == 0, output
+    assert " passed" in output and "Seed: 1" in output, output
+    assert seconds < BOUND_SECONDS, output
