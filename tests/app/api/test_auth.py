@@ -157,6 +157,19 @@ def test_the_openapi_document_declares_the_bearer_scheme(client):
                 assert "401" in op["responses"], path
 
 
+def test_without_keys_the_document_declares_no_auth(store):
+    with TestClient(create_app(make_settings(store))) as c:
+        doc = c.get("/openapi.json").json()
+    assert "securitySchemes" not in doc["components"]
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            assert "security" not in op and "401" not in op["responses"]
+    errors = doc["paths"]["/v1/completions"]["post"]["responses"]
+    for code in ("400", "422", "503"):
+        schema = errors[code]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/OpenAIErrorResponse"}, code
+
+
 def test_keys_are_neither_stored_nor_logged(store, redis_server, caplog):
     prefix = "authtest"
     settings = Settings(

@@ -167,6 +167,16 @@ def test_strict_types_and_bounds(client, body, field):
     assert r.json()["detail"][0]["loc"][:2] == ["body", field]
 
 
+def test_405_allows_every_method_of_the_path(client):
+    for path, allow in [
+        ("/v1/sessions", "GET, POST"),
+        ("/v1/sessions/abc", "DELETE, GET"),
+        ("/v1/next-word", "POST"),
+    ]:
+        r = client.put(path)
+        assert r.status_code == 405 and r.headers["allow"] == allow, path
+
+
 def test_an_integral_number_is_an_integer(client):
     """JSON has one number type: 2.0 is 2, as the schema's `integer` reads it."""
     r = client.post("/v1/next-word", json={"text": "one ,", "top_k": 2.0})
