@@ -159,3 +159,25 @@ def test_a_state_of_the_wrong_shape_is_a_409(two, shared):
         again = c.post(f"/v1/sessions/{sid}/next-word", json={"text": "two"})
         assert again.status_code == 409
         assert c.delete(f"/v1/sessions/{sid}").status_code == 204
+
+
+def test_a_redis_restart_leaves_no_stale_pooled_connection(store, tmp_path):
+    """The reproduction: a pool warmed by concurrent requests, Redis restarted, then 32
+    concurrent requests: before the reconnect-and-retry, some got 503 from dead pooled
+    connections while /ready said 200. Now every one succeeds."""
+    server = RedisServer(tmp_path / "redis").start()
+    app = AppProcess(store, SESSION_BACKEND="redis", REDIS_URL=server.url).start()
+
+    def create(c):
+        return c.post("/v1/sessions", json={"text": "one , two"}).status_code
+
+    try:
+        with app.client() as c, concurrent.futures.ThreadPoolExecutor(32) as pool:
+            assert list(pool.map(lambda _: create(c), range(32))) == [201] * 32  # a warm pool
+            server.stop()
+            server.start()  # same port, a new process: every pooled connection is dead
+            assert c.get("/ready").status_code == 200
+            assert list(pool.map(lambda _: create(c), range(32))) == [201] * 32
+    finally:
+        app.kill()
+        server.stop()
