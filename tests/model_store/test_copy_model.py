@@ -121,16 +121,6 @@ def test_padded_batch_row_equals_the_row_alone():
             torch.testing.assert_close(logp[i], out[0, -1], atol=1e-5, rtol=0)
 
 
-def test_forward_keeps_no_state():
-    model = make_model(8)
-    x = torch.randint(0, 40, (2, 5))
-    with torch.no_grad():
-        a, _ = model(x)
-        model(torch.randint(0, 40, (2, 7)))
-        b, _ = model(x)
-    assert torch.equal(a, b)
-
-
 def test_gradients_are_finite_where_nothing_can_be_copied():
     model = make_model(9).train()
     x = torch.randint(0, 40, (4, 12))

@@ -55,7 +55,7 @@ def test_token_by_token_equals_the_whole_window(variant):
     torch.testing.assert_close(step_h, h, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [*VARIANTS, "gru-copy"])
 def test_forward_keeps_no_state(variant):
     model = build_model(ModelConfig(variant)).eval()
     x = torch.randint(0, 40, (2, 5))
