@@ -1,12 +1,15 @@
 """The step batcher: continuous batching of every sequence of one model.
 
-A job feeds token ids into a slot's state and then either returns the next-word
+A job feeds token ids into a sequence's state and then either returns the next-word
 distribution (a step) or goes on generating words, each fed back in (a generation). One loop
-per model takes every job that is ready, runs ONE batched forward (gather the slots' states,
+per model takes every job that is ready, runs ONE batched forward (gather the sequences' states,
 advance them, scatter them back), picks the next word of every generating job in the same
 pass, and resolves the jobs that are done. Jobs that arrive meanwhile join the next pass;
 generations advance together, one word per pass, and leave the batch when they finish. Long
 inputs are fed `prefill_chunk` ids per pass, so one long text does not pad everyone's batch.
+
+The batcher owns the sequences' states (a `SlotPool`); callers `open` a `Sequence` handle and
+never see where its state is.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import torch
 
 from app.core.errors import AtCapacity, EngineFailure, NotReady
 from app.engine.sampling import sample, top_words
+from app.engine.sequences import ExportedState, Sequence, SequenceClosed
 from app.engine.slots import SlotPool
-from model_store import HumanNumbersLM, Vocab
+from model_store import HumanNumbersLM, StateSpec, Vocab
 
 Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
 log = logging.getLogger("app.engine")
@@ -63,7 +67,7 @@ class Generation:
 
 @dataclass(eq=False, slots=True)
 class Job:
-    slot: int
+    seq: Sequence
     feed: list[int]  # ids still to feed
     future: asyncio.Future[object]
     top_k: int = 0  # a step answers its top_k words
@@ -110,7 +114,10 @@ class StepBatcher:
         self.vocab = vocab
         self.device = device
         self.config = config or BatcherConfig()
-        self.slots = SlotPool(model.state_spec, device, zero=model.init_state(1, device))
+        self.spec: dict[str, StateSpec] = model.state_spec
+        self._pool = SlotPool(self.spec, device, zero=model.init_state(1, device))
+        self.zero_export = ExportedState.pack(self._pool.zero_state, self.spec)
+        self.layout = (self.zero_export.dtype, self.zero_export.shape)  # texts of its layout
         self.stats = BatchStats()
         # Tokens a user cannot type (fastai's special tokens, the filler) are never predicted.
         allowed = set(vocab.words)
@@ -157,15 +164,34 @@ class StepBatcher:
             await asyncio.wait([self._task])  # however it ended, it raises nothing here
         self._fail_all(NotReady("the server is shutting down"))
 
+    # -- sequences -------------------------------------------------------------------------
+    def open(self, saved: ExportedState | None = None) -> Sequence:
+        """A new sequence at the zero state, or at an exported one (LayoutMismatch if it does
+        not fit this model's layout: nothing is opened then)."""
+        state = saved.unpack(self.spec) if saved is not None else None
+        seq = Sequence(self, self._pool.alloc())
+        if state is not None:
+            self._pool.write(seq.row, state)
+        return seq
+
+    @property
+    def open_sequences(self) -> int:
+        return self._pool.in_use
+
     # -- requests --------------------------------------------------------------------------
     def submit(
         self,
-        slot: int,
+        seq: Sequence,
         feed: list[int],
         top_k: int = 0,
         gen: Generation | None = None,
         on_applied: Applied | None = None,
     ) -> Job:
+        """Queue a job: feed `feed` into `seq`'s state, then answer the `top_k` next words,
+        or go on generating with `gen`. Its future resolves with the answer (None for a
+        generation, whose words are in `gen`)."""
+        assert seq._engine is self, "a sequence of another model"
+        _ = seq.row  # a closed sequence raises SequenceClosed
         if self.failure is not None:
             raise NotReady(self.failure)
         if self._closed:
@@ -175,30 +201,10 @@ class StepBatcher:
                 f"the server is at capacity ({len(self._queue)} jobs queued): retry shortly"
             )
         future = asyncio.get_running_loop().create_future()
-        job = Job(slot, feed, future, top_k, gen, on_applied)
+        job = Job(seq, feed, future, top_k, gen, on_applied)
         self._queue.append(job)
         self._has_work.set()
         return job
-
-    async def step(
-        self, slot: int, ids: list[int], top_k: int, on_applied: Applied | None = None
-    ) -> list[tuple[int, float]]:
-        """Feed `ids` into `slot`'s state; the `top_k` likeliest next words (id, prob).
-
-        `on_applied` hears of every piece of ids as soon as the state holds it, even if the
-        caller is cancelled meanwhile, so bookkeeping never drifts from the state itself.
-        """
-        job = self.submit(slot, ids, top_k=top_k, on_applied=on_applied)
-        result: list[tuple[int, float]] = await job.future  # type: ignore[assignment]
-        return result
-
-    async def generate(
-        self, slot: int, ids: list[int], gen: Generation, on_applied: Applied | None = None
-    ) -> Generation:
-        """Feed `ids`, then generate words (fed back in) until a stop word or max_words."""
-        job = self.submit(slot, ids, gen=gen, on_applied=on_applied)
-        await job.future
-        return gen
 
     # -- the loop --------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -210,8 +216,12 @@ class StepBatcher:
             batch: list[Job] = []
             while self._queue and len(batch) < cfg.max_batch:
                 job = self._queue.popleft()
-                if not job.future.done():  # a cancelled caller's job is dropped, never applied
-                    batch.append(job)
+                if job.future.done():  # a cancelled caller's job is dropped, never applied
+                    continue
+                if job.seq.closed:  # its row may be another sequence's by now
+                    fail(job, SequenceClosed("the sequence was closed before its job ran"))
+                    continue
+                batch.append(job)
             if batch:
                 self._running = batch
                 try:
@@ -281,11 +291,12 @@ class StepBatcher:
     def _forward(self, batch: list[Job]) -> tuple[list[list[float] | None], int]:
         """One batched forward: gather, advance, scatter. For each job whose ids are all fed
         now, its next-word probabilities (None for a job with more to feed); the ids fed."""
-        assert len({j.slot for j in batch}) == len(batch), "a slot appears twice in a batch"
+        at = [j.seq._row for j in batch]
+        assert len(set(at)) == len(at), "a sequence appears twice in a batch"
         chunk = self.config.prefill_chunk
         pieces = [job.feed[:chunk] for job in batch]  # job.feed shrinks once the states hold them
-        slots = torch.tensor([j.slot for j in batch], device=self.device)
-        state = self.slots.gather(slots)  # each part (B, *shape)
+        slots = torch.tensor(at, device=self.device)
+        state = self._pool.gather(slots)  # each part (B, *shape); pending resets done first
         width = max(len(p) for p in pieces)
         if width:
             fed = [i for i, p in enumerate(pieces) if p]
@@ -310,7 +321,7 @@ class StepBatcher:
             logits[:, self._banned] = float("-inf")
             probs = torch.softmax(logits.float(), dim=-1).tolist()
         if width:
-            self.slots.scatter(slots, state)  # nothing changes before this line
+            self._pool.scatter(slots, state)  # nothing changes before this line
         for job, piece in zip(batch, pieces, strict=True):
             job.feed = job.feed[len(piece) :]
             if piece and job.on_applied is not None:

@@ -2,7 +2,8 @@
 
 A model declares its per-sequence state as named parts of fixed shape and dtype
 (`HumanNumbersLM.state_spec`); the pool keeps one (capacity, *shape) tensor per part, and each
-live sequence owns the same row of every part.
+live sequence owns the same row of every part. The pool is the engine's own: callers hold a
+`Sequence` handle (app.engine.sequences), never a row.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from model_store import State, StateSpec
 class SlotPool:
     """Per-part state tensors on the model's device; each live sequence owns a row (slot).
 
-    Grows by `chunk` rows when full; a freed row goes back to the free list and is reset to the
-    model's zero state (`zero`, one row of `init_state`) when taken again.
+    Grows by `chunk` rows when full. A row that is freed or reset is not zeroed at once: it is
+    marked *pending*, reads as the model's zero state (`zero`, one row of `init_state`), and all
+    pending rows are reset together, one `index_copy_` per part, before the next `gather`. So
+    opening a sequence costs no tensor op, and a batch of 256 short-lived sequences costs one
+    reset per part instead of 256.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class SlotPool:
             name: torch.zeros(0, *s.shape, dtype=s.dtype, device=device) for name, s in spec.items()
         }
         self._free: list[int] = []
+        self._pending: set[int] = set()  # rows that hold stale values and read as zero
         self.in_use = 0
 
     @property
@@ -56,48 +61,52 @@ class SlotPool:
         self._free.extend(range(old + self.chunk - 1, old - 1, -1))  # lowest row on top
 
     def alloc(self) -> int:
-        """A row holding the zero state."""
+        """A row holding the zero state (new rows are zero; freed ones are pending)."""
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self.zero(slot)
         self.in_use += 1
         return slot
 
     def free(self, slot: int) -> None:
         assert 0 <= slot < self.capacity, f"slot {slot} out of range"
         self._free.append(slot)
+        self._pending.add(slot)  # zeroed with the others before the next gather
         self.in_use -= 1
 
     def zero(self, slot: int) -> None:
+        self._pending.add(slot)
+
+    def flush(self) -> None:
+        """Reset every pending row to the zero state: one batched copy per part."""
+        if not self._pending:
+            return
+        rows = torch.tensor(sorted(self._pending), device=self.device)
         for name, part in self.parts.items():
-            part[slot].copy_(self.zero_state[name])
+            part.index_copy_(0, rows, self.zero_state[name].expand(len(rows), *part.shape[1:]))
+        self._pending.clear()
 
     def read(self, slot: int) -> State:
         """A copy of one row of every part."""
+        if slot in self._pending:
+            return {name: zero.clone() for name, zero in self.zero_state.items()}
         return {name: part[slot].clone() for name, part in self.parts.items()}
 
     def write(self, slot: int, state: State) -> None:
         """Set one row of every part; the parts must be exactly the declared ones."""
         assert state.keys() == self.parts.keys(), f"parts {sorted(state)} != {sorted(self.parts)}"
+        self._pending.discard(slot)  # or the next flush would wipe what is written now
         for name, part in self.parts.items():
             part[slot].copy_(state[name])
 
     def gather(self, slots: Tensor) -> State:
         """Rows `slots` of every part, batched: (B, *shape) each."""
+        self.flush()
         return {name: part.index_select(0, slots) for name, part in self.parts.items()}
 
     def scatter(self, slots: Tensor, state: State) -> None:
         for name, part in self.parts.items():
             part.index_copy_(0, slots, state[name])
-
-    @property
-    def bytes_per_sequence(self) -> int:
-        return (
-            sum(p[0].numel() * p.element_size() for p in self.parts.values())
-            if self.capacity
-            else 0
-        )
 
 
 def describe(spec: dict[str, StateSpec]) -> tuple[str, str]:

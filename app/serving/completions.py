@@ -27,6 +27,7 @@ from app.core.security import ANONYMOUS
 from app.engine.batcher import Generation, Job
 from app.engine.registry import LoadedModel
 from app.engine.sampling import top_words
+from app.engine.sequences import Sequence
 from app.schemas.openai import CompletionRequest
 from app.serving.service import PredictionService
 from app.serving.sessions import Lease
@@ -144,7 +145,7 @@ class Choice:
 
     prompt: int  # index of its prompt
     gen: CompletionGeneration
-    slot: int = -1
+    seq: Sequence | None = None  # the lease's, or its own (closed when done)
     job: Job | None = None
     index: int = 0  # in the response
 
@@ -370,28 +371,25 @@ class CompletionService:
             for c in plan.choices:
                 ids = plan.prompts[c.prompt].ids
                 feed = ids[: len(ids) - len(c.gen.forced)]
-                if lease is not None:
-                    c.slot = lease.slot
-                else:
-                    c.slot = batcher.slots.alloc()
+                c.seq = lease.seq if lease is not None else batcher.open()
                 if c.gen.max_words == 0:  # echo of a one-word prompt, nothing to generate
                     if lease is not None and feed:
-                        c.job = batcher.submit(c.slot, feed, top_k=1, on_applied=applied)
+                        c.job = c.seq.submit(feed, top_k=1, on_applied=applied)
                     c.gen.finish = "length"
                     continue
-                c.job = batcher.submit(c.slot, feed, gen=c.gen, on_applied=applied)
+                c.job = c.seq.submit(feed, gen=c.gen, on_applied=applied)
         except BaseException:
             self.release(plan, lease)
             raise
 
     def release(self, plan: Plan, lease: Lease | None) -> None:
-        """Cancel what still runs (the batcher drops it) and give back the slots."""
+        """Cancel what still runs (the batcher drops it) and close the choices' sequences."""
         for c in plan.choices:
             if c.job is not None and not c.job.future.done():
                 c.job.future.cancel()
-            if c.slot >= 0 and lease is None:
-                plan.lm.batcher.slots.free(c.slot)
-            c.slot = -1
+            if c.seq is not None and lease is None:
+                c.seq.close()
+            c.seq = None
 
     async def wait(self, plan: Plan) -> None:
         for c in plan.choices:

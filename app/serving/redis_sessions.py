@@ -21,8 +21,9 @@ compare-and-set on a version: a streamed continuation sends its words before it 
 state back, and a word sent cannot be taken back to retry. With the lock nothing is retried,
 and requests to one session apply one at a time, in the order they get it. Within a replica
 they first queue on an asyncio lock (FIFO), so Redis sees contention only across replicas.
-While leased, the state sits in a slot of the model's batcher like any other session's, so
-a step still batches every session that is ready, whichever store it lives in.
+While leased, the state is opened as a sequence of the model's engine like any other
+session's, so a step still batches every session that is ready, whichever store it lives in.
+The store keeps the state as the engine exports it (bytes and their layout), never a row.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from app.core.errors import NotReady, StateMismatch
 from app.core.redact import clip, redact_url
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel, ModelRegistry
-from app.engine.slots import describe, from_bytes, to_bytes
+from app.engine.sequences import ExportedState, LayoutMismatch, Sequence
 from app.serving.sessions import (
     LAST_WORDS,
     Lease,
@@ -234,11 +235,11 @@ class ScriptBatcher:
 
 @dataclass(eq=False)
 class RedisLease:
-    """A session leased from Redis: its state copied into a slot for the request."""
+    """A session leased from Redis: its state opened as a sequence for the request."""
 
     id: str
     model: LoadedModel
-    slot: int
+    seq: Sequence
     owner: str
     tokens_seen: int
     last_words: list[str]
@@ -252,7 +253,7 @@ class RedisLease:
         self.dirty = True
 
     def reset(self) -> None:
-        self.model.batcher.slots.zero(self.slot)
+        self.seq.reset()
         self.tokens_seen, self.last_words, self.dirty = 0, [], True
 
 
@@ -340,9 +341,7 @@ class RedisSessionStore(SessionStore):
     async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
-        spec = model.batcher.slots.spec
-        zero = to_bytes(model.batcher.slots.zero_state, spec)
-        dtype, shape = describe(spec)
+        zero = model.batcher.zero_export
         indexes = [self._index(model.name)] + [
             self._index(n) for n in sorted(self.registry.models) if n != model.name
         ]
@@ -353,9 +352,9 @@ class RedisSessionStore(SessionStore):
                 [
                     sid,
                     model.name,
-                    zero,
-                    dtype,
-                    shape,
+                    zero.data,
+                    zero.dtype,
+                    zero.shape,
                     now_ms,
                     int(self.ttl_s * 1000),
                     self.max_sessions,
@@ -404,7 +403,6 @@ class RedisSessionStore(SessionStore):
                 lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
             )
             raise
-        slots = lease.model.batcher.slots
         written = False
         try:
             yield lease
@@ -418,7 +416,7 @@ class RedisSessionStore(SessionStore):
                     await self._call(
                         lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
                     )
-            slots.free(lease.slot)
+            lease.seq.close()
 
     async def _take(self, sid: str, token: str, owner: str) -> list[bytes]:
         """Lease the session in Redis, waiting while another replica holds it."""
@@ -449,39 +447,23 @@ class RedisSessionStore(SessionStore):
             raise StateMismatch(
                 f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
             )
-        spec = model.batcher.slots.spec
-        dtype, shape = describe(spec)
-        stored = fields["shape"].decode()
-        problem = None
-        if fields["dtype"].decode() != dtype or stored != shape:
-            problem = f"a state of shape ({stored}) {fields['dtype'].decode()}"
-        else:
-            try:
-                state = from_bytes(fields["state"], spec)
-            except ValueError as e:
-                problem = f"a damaged state ({e})"
-        if problem is not None:
+        saved = ExportedState(fields["dtype"].decode(), fields["shape"].decode(), fields["state"])
+        counters = (int(fields["tokens"]), json.loads(fields["last"]), int(fields["created"]))
+        used = int(fields["used"]) / 1000
+        try:
+            seq = model.batcher.open(saved)  # the last step: nothing can fail once it is open
+        except LayoutMismatch as e:
+            dtype, shape = e.layout
             raise StateMismatch(
-                f"session {clip(sid)} holds {problem}, "
+                f"session {clip(sid)} holds {e.problem}, "
                 f"but model {name!r} now has states of shape ({shape}) {dtype}: "
                 "the model was replaced; delete the session and start a new one"
-            )
-        slot = model.batcher.slots.alloc()
-        model.batcher.slots.write(slot, state)
-        return RedisLease(
-            sid,
-            model,
-            slot,
-            owner,
-            int(fields["tokens"]),
-            json.loads(fields["last"]),
-            int(fields["created"]) / 1000,
-            used=int(fields["used"]) / 1000,
-        )
+            ) from None
+        tokens, last, created = counters
+        return RedisLease(sid, model, seq, owner, tokens, last, created / 1000, used=used)
 
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
-        slots = lease.model.batcher.slots
-        state = to_bytes(slots.read(lease.slot), slots.spec)
+        state = lease.seq.export().data
         now_ms = int(time.time() * 1000)
         done = await self._call(
             lambda: self._batch.call(

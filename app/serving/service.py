@@ -19,6 +19,7 @@ from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
+from app.engine.sequences import ExportedState
 from app.schemas.common import WordProb
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
 from app.schemas.openai import OpenAIModel
@@ -41,7 +42,7 @@ from app.schemas.sessions import (
     SessionNextWordResponse,
 )
 from app.serving.sessions import Lease, SessionRecord, SessionStore
-from model_store import State, UnknownWord, split_words
+from model_store import UnknownWord, split_words
 
 OnWord = Callable[[str, float], None]  # hears each generated word as it comes (streams)
 log = logging.getLogger("app.service")
@@ -182,11 +183,11 @@ class PredictionService:
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text, need_words=True)
-        slot = lm.batcher.slots.alloc()
+        seq = lm.batcher.open()
         try:
-            top = await lm.batcher.step(slot, ids, req.top_k)
+            top = await seq.step(ids, req.top_k)
         finally:
-            lm.batcher.slots.free(slot)
+            seq.close()
         return NextWordResponse(
             model=lm.name, tokens=lm.vocab.decode(ids), next=self.next_list(lm, top)
         )
@@ -197,11 +198,11 @@ class PredictionService:
         lm = self.model(req.model)
         gen = self.generation(lm, req, feed_last=False, on_word=on_word)
         ids = self.encode(lm, req.text, need_words=True)
-        slot = lm.batcher.slots.alloc()
+        seq = lm.batcher.open()
         try:
-            await lm.batcher.generate(slot, ids, gen)
+            await seq.generate(ids, gen)
         finally:
-            lm.batcher.slots.free(slot)
+            seq.close()
         return ContinuationResponse(**generated(lm, gen))
 
     # -- sessions ----------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class PredictionService:
         """Feed ids (maybe none) into the session; its top words, [] if it saw no word yet."""
         if not ids and not lease.tokens_seen:
             return []
-        top = await lease.model.batcher.step(lease.slot, ids, top_k, self.applied(lease))
+        top = await lease.seq.step(ids, top_k, self.applied(lease))
         return self.next_list(lease.model, top)
 
     async def create_session(
@@ -297,11 +298,11 @@ class PredictionService:
             if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
             if stream is None:
-                await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
+                await lease.seq.generate(ids, gen, self.applied(lease))
             else:
-                before = Rewind(lm.batcher.slots.read(lease.slot), lease)
+                before = Rewind(lease.seq.export(), lease)
                 try:
-                    await lm.batcher.generate(lease.slot, ids, gen, self.applied(lease))
+                    await lease.seq.generate(ids, gen, self.applied(lease))
                     await stream.drained()
                 except BaseException:
                     await self._keep_sent(lease, before, ids + gen.words[: stream.sent])
@@ -314,12 +315,12 @@ class PredictionService:
         """Back to the state before the continuation, then feed its text and the words sent
         (feeding in pieces or whole gives the same state: that is the engine's invariant)."""
         lease.reset()
-        lease.model.batcher.slots.write(lease.slot, before.state)
+        lease.seq.restore(before.state)
         lease.tokens_seen, lease.last_words = before.tokens_seen, before.last_words
         if not feed:
             return
         try:
-            await lease.model.batcher.step(lease.slot, feed, 1, self.applied(lease))
+            await lease.seq.step(feed, 1, self.applied(lease))
         except Exception as e:  # it keeps the state from before the request
             log.warning("session %s: the words sent could not be kept: %s", lease.id, e)
 
@@ -327,7 +328,7 @@ class PredictionService:
 class Rewind:
     """A session as it was before a request."""
 
-    def __init__(self, state: State, lease: Lease):
+    def __init__(self, state: ExportedState, lease: Lease):
         self.state = state
         self.tokens_seen = lease.tokens_seen
         self.last_words = list(lease.last_words)

@@ -3,7 +3,8 @@
 `SessionStore` is the interface the service uses; `MemorySessionStore` keeps sessions in
 this process (the default), `app.serving.redis_sessions.RedisSessionStore` in Redis, shared
 by replicas. A request works on a session through a *lease*: while it is held, the
-session's state sits in a slot of its model's batcher and no other request touches it.
+session's state is an open sequence of its model's engine (`lease.seq`) and no other request
+touches it. A store never sees where the engine keeps that state.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from app.core.errors import AtCapacity, UnknownSession
 from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel
+from app.engine.sequences import Sequence
 
 LAST_WORDS = 10  # words of its text a session remembers for display
 
@@ -53,11 +55,11 @@ class SessionRecord:
 
 
 class Lease(Protocol):
-    """A session held by one request: its state is in `slot` of `model`'s batcher."""
+    """A session held by one request: its state is the open sequence `seq` of `model`."""
 
     id: str
     model: LoadedModel
-    slot: int
+    seq: Sequence
     tokens_seen: int
     last_words: list[str]
 
@@ -136,7 +138,7 @@ def server_full(max_sessions: int) -> AtCapacity:
 class Session:
     id: str
     model: LoadedModel
-    slot: int
+    seq: Sequence  # open while the session lives
     owner: str
     created: float
     last_used: float
@@ -161,7 +163,7 @@ class Session:
         self.last_words = (self.last_words + words)[-LAST_WORDS:]
 
     def reset(self) -> None:
-        self.model.batcher.slots.zero(self.slot)
+        self.seq.reset()
         self.tokens_seen, self.last_words = 0, []
 
 
@@ -213,8 +215,7 @@ class MemorySessionStore(SessionStore):
                 raise server_full(self.max_sessions)
             self._drop(victim)
         now = self.clock()
-        slot = model.batcher.slots.alloc()
-        session = Session(secrets.token_urlsafe(16), model, slot, owner, now, now)
+        session = Session(secrets.token_urlsafe(16), model, model.batcher.open(), owner, now, now)
         self._sessions[session.id] = session
         self._owned.setdefault(owner, SortedList()).add(session.id)
         return session
@@ -306,7 +307,7 @@ class MemorySessionStore(SessionStore):
     def _drop(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
             session.alive = False
-            session.model.batcher.slots.free(session.slot)
+            session.seq.close()
             owned = self._owned[session.owner]
             owned.remove(session.id)
             if not owned:

@@ -76,16 +76,15 @@ def test_a_callback_that_raises_fails_its_job_only(store):
     async def scenario(c):
         lm = app.state.service.registry.models["gru"]
         batcher = lm.batcher
-        slot = batcher.slots.alloc()
-        other = batcher.slots.alloc()
+        seq, other = batcher.open(), batcher.open()
 
         def broken(_ids):
             raise ValueError("bookkeeping broke")
 
         ids = lm.vocab.encode("one , two")
         results = await asyncio.gather(
-            batcher.step(slot, ids, 3, on_applied=broken),
-            batcher.step(other, ids, 3),
+            seq.step(ids, 3, on_applied=broken),
+            other.step(ids, 3),
             return_exceptions=True,
         )
         return results, await c.post("/v1/next-word", json={"text": "one"})

@@ -23,7 +23,26 @@ def test_alloc_free_reuse_and_growth():
     pool.free(a)
     assert pool.in_use == 2
     again = pool.alloc()
-    assert again == a and torch.equal(pool.read(again)["h"], torch.zeros(1, 4))  # zeroed on reuse
+    assert again == a and torch.equal(pool.read(again)["h"], torch.zeros(1, 4))  # zero on reuse
+
+
+def test_freed_rows_are_reset_together_before_the_next_gather():
+    pool = SlotPool(SPEC, torch.device("cpu"), chunk=4)
+    rows = [pool.alloc() for _ in range(4)]
+    for r in rows:
+        pool.write(r, {"h": torch.full((1, 4), float(r + 1))})
+    pool.free(rows[0])
+    pool.free(rows[2])
+    pool.zero(rows[3])
+    # nothing was copied yet: the rows still hold their values, but read as the zero state
+    assert pool.parts["h"][rows[0], 0, 0] == 1 and pool.parts["h"][rows[3], 0, 0] == 4
+    assert torch.equal(pool.read(rows[3])["h"], torch.zeros(1, 4))
+    reused = pool.alloc()  # rows[2], still pending
+    pool.write(rows[3], {"h": torch.full((1, 4), 9.0)})  # a write after a reset is kept
+    got = pool.gather(torch.tensor(rows))
+    assert got["h"][:, 0, 0].tolist() == [0.0, 2.0, 0.0, 9.0]
+    assert reused == rows[2] and torch.equal(pool.read(reused)["h"], torch.zeros(1, 4))
+    assert pool.parts["h"][rows[0]].eq(0).all()  # reset in the batched flush, though free
 
 
 def test_read_is_a_copy():

@@ -73,7 +73,7 @@ def test_pieces_equal_the_whole_under_concurrency(store, backend, variant, batch
             if backend["SESSION_BACKEND"] != "memory":
                 continue
             # the state itself equals the model run over the whole text at once
-            state = lm.batcher.slots.read(service.sessions.get(sid).slot)
+            state = service.sessions.get(sid).seq.state()
             ids = torch.tensor([lm.vocab.encode(" ".join(words))])
             with torch.no_grad():
                 _, h = lm.checkpoint.model(ids)

@@ -13,18 +13,23 @@ import torch
 
 from app.core.errors import AtCapacity, UnknownSession
 from app.core.security import ANONYMOUS
-from app.engine.slots import SlotPool
+from app.engine.batcher import StepBatcher
+from app.engine.sequences import ExportedState
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.sessions import MemorySessionStore, SessionStore
-from model_store import StateSpec
+from model_store import ModelConfig, Vocab, build_model
 
 A, B = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"  # two API keys' owner ids
 
 
 @pytest.fixture
 def model():
-    pool = SlotPool({"h": StateSpec((1, 4), torch.float32)}, torch.device("cpu"), chunk=8)
-    return SimpleNamespace(name="m", batcher=SimpleNamespace(slots=pool), device=pool.device)
+    """A model whose state is one (1, 4) float32 part, served by a real (never started)
+    engine: the stores open, export and close its sequences."""
+    vocab = Vocab(("xxunk", "one", ","))
+    lm = build_model(ModelConfig("gru", vocab_size=len(vocab), hidden=4))
+    batcher = StepBatcher(lm, vocab, torch.device("cpu"), name="m")
+    return SimpleNamespace(name="m", batcher=batcher, device=batcher.device)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -77,14 +82,16 @@ def test_a_lease_keeps_its_work_and_describe_shows_it(make, model):
         assert (r.model, r.tokens_seen, r.last_words) == ("m", 0, [])
         assert r.expires_at == pytest.approx(r.created + 100, abs=0.01)
         async with store.lease(r.id, A) as lease:
-            model.batcher.slots.write(lease.slot, {"h": torch.full((1, 4), 0.5)})
+            lease.seq.restore(
+                ExportedState.pack({"h": torch.full((1, 4), 0.5)}, model.batcher.spec)
+            )
             lease.saw(["one", ","])
         async with store.lease(r.id, A) as lease:
             assert lease.tokens_seen == 2 and lease.last_words == ["one", ","]
-            assert torch.equal(model.batcher.slots.read(lease.slot)["h"], torch.full((1, 4), 0.5))
+            assert torch.equal(lease.seq.state()["h"], torch.full((1, 4), 0.5))
         got = await store.describe(r.id, A)
         assert (got.tokens_seen, got.last_words, got.created) == (2, ["one", ","], r.created)
-        assert model.batcher.slots.in_use == (1 if isinstance(store, MemorySessionStore) else 0)
+        assert model.batcher.open_sequences == (1 if isinstance(store, MemorySessionStore) else 0)
 
     run(make, scenario)
 
