@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving                 # full run (about 10 minutes on 2 cores)
     python -m benchmarks.serving --duration 3 --idle-sessions 20000   # quicker
+    python -m benchmarks.serving --models gru gru-copy --parts models,memory
 
 Prints, measured side by side in one run:
 - requests/s and p50/p99 latency of session next-word over 1,000 live sessions at 1, 16, 64
@@ -9,9 +10,12 @@ Prints, measured side by side in one run:
 - continuation words/s with 256 concurrent streams of 100 words, batched vs not;
 - server RSS with 0 and 100,000 idle sessions;
 - session next-word at 64 connections with the Redis store (one and two replicas) vs memory;
-- session next-word at 64 connections with API keys on (`Authorization: Bearer`) vs off.
-Needs `wrk` and `redis-server` (Debian packages). Trains a `gru` checkpoint into a temp
-store unless --store.
+- session next-word at 64 connections with API keys on (`Authorization: Bearer`) vs off;
+- with several --models: session next-word at 64 connections of each model on one server,
+  driven in turn, and the RSS of 100,000 idle sessions of each.
+Needs `wrk` and `redis-server` (Debian packages). Trains the --models (`gru` by default) into
+a temp store unless --store. The first of --models is the server's default model, which the
+parts that name no model measure.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,12 +136,12 @@ def lua_sessions(ids: list[str], folder: Path, key: str | None = None) -> Path:
     return path
 
 
-def lua_create(n: int, folder: Path) -> Path:
-    path = folder / "create.lua"
+def lua_create(n: int, folder: Path, model: str) -> Path:
+    path = folder / f"create-{model}.lua"
     path.write_text(
         "local made = 0\n"
         'wrk.method = "POST"\n'
-        'wrk.body = "{}"\n'
+        f'wrk.body = \'{{"model": "{model}"}}\'\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
         "response = function(status)\n"
         "  made = made + 1\n"
@@ -147,16 +151,16 @@ def lua_create(n: int, folder: Path) -> Path:
     return path
 
 
-async def create_sessions(base: str, n: int, key: str | None = None) -> list[str]:
+async def create_sessions(
+    base: str, n: int, key: str | None = None, model: str | None = None
+) -> list[str]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"text": "one ,", **({"model": model} if model else {})}
     async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as c:
         ids: list[str] = []
         for start in range(0, n, 100):
             rs = await asyncio.gather(
-                *(
-                    c.post("/v1/sessions", json={"text": "one ,"})
-                    for _ in range(min(100, n - start))
-                )
+                *(c.post("/v1/sessions", json=body) for _ in range(min(100, n - start)))
             )
             ids += [r.json()["session_id"] for r in rs]
         return ids
@@ -218,11 +222,14 @@ def serving_table(store: Path, args: argparse.Namespace, tmp: Path) -> dict[str,
     return results
 
 
-def memory(store: Path, args: argparse.Namespace, tmp: Path) -> tuple[float, float, int]:
+def memory(
+    store: Path, args: argparse.Namespace, tmp: Path, model: str
+) -> tuple[float, float, int]:
+    """Server RSS before and after `--idle-sessions` sessions of `model` that saw no text."""
     with Server(store, MAX_SESSIONS=str(args.idle_sessions * 2), ACCESS_LOG="false") as srv:
         wrk(f"{srv.base}/health", 4, 1)
         before = srv.rss_mib()
-        script = lua_create(args.idle_sessions, tmp)
+        script = lua_create(args.idle_sessions, tmp, model)
         while live_sessions(srv.base) < args.idle_sessions:
             wrk(f"{srv.base}/v1/sessions", 32, 120, script)
         n = live_sessions(srv.base)
@@ -295,6 +302,40 @@ def redis_table(store: Path, args: argparse.Namespace, tmp: Path) -> None:
         )
 
 
+def models_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3) -> None:
+    """Session next-word at 64 connections for each of --models, on one server: the models
+    are driven in turn, `rounds` times, so a load from elsewhere on the machine falls on all
+    alike; means over the rounds, each against the first model."""
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in args.models}
+    with Server(store) as srv:
+        scripts = {}
+        for m in args.models:
+            ids = asyncio.run(create_sessions(srv.base, args.sessions, model=m))
+            scripts[m] = lua_sessions(ids, tmp / f"model-{m}")
+            wrk(srv.base, 16, 1, scripts[m])  # warm-up
+        for i in range(rounds):
+            for m in args.models:
+                runs[m].append(wrk(srv.base, 64, args.duration, scripts[m]))
+            line = ", ".join(f"{m} {runs[m][-1]['rps']:.0f}" for m in args.models)
+            print(f"  round {i + 1}: {line} req/s", flush=True)
+    first = sum(r["rps"] for r in runs[args.models[0]]) / rounds
+    print(
+        f"\nsession next-word, 64 connections, {args.sessions:,} sessions of each model, "
+        f"{rounds} rounds of {args.duration:g} s each, in turn, one server:"
+    )
+    for m, rs in runs.items():
+        rps = sum(r["rps"] for r in rs) / rounds
+        ratios = " ".join(
+            f"{r['rps'] / f['rps']:.2f}" for r, f in zip(rs, runs[args.models[0]], strict=True)
+        )
+        errors = sum(r["errors"] for r in rs)
+        print(
+            f"  {m:<12} {rps:>8.0f} req/s (mean)  p99 {max(r['p99'] for r in rs):>6.2f} ms "
+            f"(worst round)  {rps / first:.2f}x {args.models[0]} (rounds: {ratios})"
+            + (f"  ({errors} non-2xx)" if errors else "")
+        )
+
+
 BENCH_KEY = "bench-key-0123456789abcdef"
 
 
@@ -345,22 +386,23 @@ def keys_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3
         )
 
 
-def train_store(folder: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "train",
-            "--variant",
-            "gru",
-            "--store",
-            str(folder),
-            "--no-progress",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+def train_store(folder: Path, variants: Sequence[str] = ("gru",)) -> Path:
+    for variant in variants:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training",
+                "train",
+                "--variant",
+                variant,
+                "--store",
+                str(folder),
+                "--no-progress",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return folder
 
 
@@ -405,9 +447,15 @@ def main() -> None:
     p.add_argument("--words", type=int, default=100)
     p.add_argument("--idle-sessions", type=int, default=100_000)
     p.add_argument(
+        "--models",
+        nargs="+",
+        default=["gru"],
+        help="models to measure (the first is the server's default); trained unless --store",
+    )
+    p.add_argument(
         "--parts",
-        default="serving,memory,redis,keys",
-        help="comma-separated: serving, memory, redis, keys",
+        default="serving,memory,redis,keys,models",
+        help="comma-separated: serving, memory, redis, keys, models (with 2+ --models)",
     )
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -415,7 +463,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        store = args.store or train_store(tmp / "store")
+        store = args.store or train_store(tmp / "store", args.models)
+        os.environ.setdefault("DEFAULT_MODEL", args.models[0])  # the servers' default
         import torch
 
         device = os.environ.get("DEVICE", "auto")
@@ -431,13 +480,19 @@ def main() -> None:
             redis_table(store, args, tmp)
         if "keys" in args.parts:
             keys_table(store, args, tmp)
+        if "models" in args.parts and len(args.models) > 1:
+            models_table(store, args, tmp)
         if "memory" in args.parts:
-            before, after, n = memory(store, args, tmp)
-            print(
-                f"\nRSS: {before:.1f} MiB with 0 sessions, {after:.1f} MiB with {n:,} idle "
-                f"sessions: +{after - before:.1f} MiB ({(after - before) * 2**20 / n:.0f} "
-                "bytes/session)"
-            )
+            print()
+            for model in args.models:
+                before, after, n = memory(store, args, tmp, model)
+                added = after - before
+                print(
+                    f"RSS, {model}: {before:.1f} MiB with 0 sessions, {after:.1f} MiB with "
+                    f"{n:,} idle sessions: +{added:.1f} MiB ({added * 2**20 / n:.0f} "
+                    f"bytes/session; {added * 100_000 / n:.1f} MiB per 100,000)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
