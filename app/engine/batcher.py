@@ -190,8 +190,9 @@ class StepBatcher:
         """Queue a job: feed `feed` into `seq`'s state, then answer the `top_k` next words,
         or go on generating with `gen`. Its future resolves with the answer (None for a
         generation, whose words are in `gen`)."""
-        assert seq._engine is self, "a sequence of another model"
-        _ = seq.row  # a closed sequence raises SequenceClosed
+        if seq._row < 0 or seq._engine is not self:  # refused before anything is queued
+            assert seq._engine is self, "a sequence of another model"
+            raise seq.closed_error()
         if self.failure is not None:
             raise NotReady(self.failure)
         if self._closed:
@@ -218,7 +219,7 @@ class StepBatcher:
                 job = self._queue.popleft()
                 if job.future.done():  # a cancelled caller's job is dropped, never applied
                     continue
-                if job.seq.closed:  # its row may be another sequence's by now
+                if job.seq._row < 0:  # closed: its row may be another sequence's by now
                     fail(job, SequenceClosed("the sequence was closed before its job ran"))
                     continue
                 batch.append(job)

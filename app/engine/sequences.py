@@ -80,10 +80,13 @@ class Sequence:
     def row(self) -> int:
         """Where the state is, for the engine alone; SequenceClosed once closed."""
         if self._row < 0:
-            raise SequenceClosed(
-                f"a closed sequence of model {self._engine.name!r} was used: open a new one"
-            )
+            raise self.closed_error()
         return self._row
+
+    def closed_error(self) -> SequenceClosed:
+        return SequenceClosed(
+            f"a closed sequence of model {self._engine.name!r} was used: open a new one"
+        )
 
     def submit(
         self,
@@ -103,7 +106,7 @@ class Sequence:
         `on_applied` hears of every piece of ids as soon as the state holds it, even if the
         caller is cancelled meanwhile, so bookkeeping never drifts from the state itself.
         """
-        job = self.submit(ids, top_k=top_k, on_applied=on_applied)
+        job = self._engine.submit(self, ids, top_k, None, on_applied)
         result: list[tuple[int, float]] = await job.future  # type: ignore[assignment]
         return result
 
@@ -111,7 +114,7 @@ class Sequence:
         self, ids: list[int], gen: Generation, on_applied: Applied | None = None
     ) -> Generation:
         """Feed `ids`, then generate words (fed back in) until a stop word or max_words."""
-        job = self.submit(ids, gen=gen, on_applied=on_applied)
+        job = self._engine.submit(self, ids, 0, gen, on_applied)
         await job.future
         return gen
 
