@@ -27,6 +27,18 @@ def _integral(value: object) -> object:
 Int = Annotated[int, BeforeValidator(_integral)]
 """An integer field of a request: strict, except that an integral number like `2.0` counts."""
 
+TopP = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="sample among the likeliest words holding this mass",
+        examples=[0.9],
+    ),
+]
+"""Nucleus sampling's mass, the same field in our API and in OpenAI's."""
+
 
 class WordProb(BaseModel):
     word: str = Field(description="a word of the vocabulary", examples=["hundred"])

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import TEXT_EXAMPLE
+from app.schemas.common import TEXT_EXAMPLE, TopP
 
 
 class StreamOptions(BaseModel):
@@ -43,14 +43,7 @@ class CompletionRequest(BaseModel):
         description="1 if absent, as OpenAI; 0 is greedy",
         examples=[0.7],
     )
-    top_p: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        allow_inf_nan=False,
-        description="sample among the likeliest words holding this mass",
-        examples=[0.9],
-    )
+    top_p: TopP = None
     n: int | None = Field(
         None, ge=1, le=128, description="choices per prompt (1 if absent)", examples=[2]
     )

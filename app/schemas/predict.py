@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import MAX_TOP_K, TEXT_EXAMPLE, Int, Strict, WordProb
+from app.schemas.common import MAX_TOP_K, TEXT_EXAMPLE, Int, Strict, TopP, WordProb
 
 TopK = Field(
     5,
@@ -47,14 +47,7 @@ class GenerationOptions(Strict):
     top_k: Int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="sample among the k likeliest words", examples=[10]
     )
-    top_p: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        allow_inf_nan=False,
-        description="sample among the likeliest words holding this mass",
-        examples=[0.9],
-    )
+    top_p: TopP = None
     seed: Int | None = Field(
         None, ge=0, le=2**63 - 1, description="makes sampling reproducible", examples=[42]
     )
