@@ -8,6 +8,10 @@ live sequence owns the same row of every part. The pool is the engine's own: cal
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -17,11 +21,13 @@ from model_store import State, StateSpec
 class SlotPool:
     """Per-part state tensors on the model's device; each live sequence owns a row (slot).
 
-    Grows by `chunk` rows when full. A row that is freed or reset is not zeroed at once: it is
-    marked *pending*, reads as the model's zero state (`zero`, one row of `init_state`), and all
-    pending rows are reset together, one `index_copy_` per part, before the next `gather`. So
-    opening a sequence costs no tensor op, and a batch of 256 short-lived sequences costs one
-    reset per part instead of 256.
+    Rows are handed out from the free list, else the next never-used row; when none is left
+    the pool grows by half (`chunk` rows at least), so n rows are copied O(log n) times in all.
+    Rows are not written when handed out: a new, freed or reset row is marked *pending*, reads
+    as the model's zero state (`zero`, one row of `init_state`), and all pending rows are reset
+    together, one `index_copy_` per part, before the next `gather`. So opening a sequence costs
+    no tensor op, a batch of 256 short-lived sequences costs one reset per part instead of 256,
+    and rows never used cost no memory (on the CPU the OS maps `torch.empty`'s pages lazily).
     """
 
     def __init__(
@@ -43,9 +49,10 @@ class SlotPool:
             for name, s in spec.items()
         }
         self.parts: State = {
-            name: torch.zeros(0, *s.shape, dtype=s.dtype, device=device) for name, s in spec.items()
+            name: torch.empty(0, *s.shape, dtype=s.dtype, device=device) for name, s in spec.items()
         }
         self._free: list[int] = []
+        self._used = 0  # rows below this were handed out at least once
         self._pending: set[int] = set()  # rows that hold stale values and read as zero
         self.in_use = 0
 
@@ -55,16 +62,24 @@ class SlotPool:
 
     def _grow(self) -> None:
         old = self.capacity
+        new = old + max(self.chunk, old // 2)
         for name, part in self.parts.items():
-            extra = self.zero_state[name].expand(self.chunk, *part.shape[1:])
-            self.parts[name] = torch.cat([part, extra])
-        self._free.extend(range(old + self.chunk - 1, old - 1, -1))  # lowest row on top
+            grown = torch.empty(new, *part.shape[1:], dtype=part.dtype, device=self.device)
+            grown[:old] = part
+            self.parts[name] = grown
+        if self.device.type == "cpu":
+            release_freed_memory()
 
     def alloc(self) -> int:
-        """A row holding the zero state (new rows are zero; freed ones are pending)."""
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
+        """A row reading as the zero state (it is pending until the next gather)."""
+        if self._free:
+            slot = self._free.pop()  # pending since it was freed
+        else:
+            if self._used == self.capacity:
+                self._grow()
+            slot = self._used
+            self._used += 1
+            self._pending.add(slot)
         self.in_use += 1
         return slot
 
@@ -107,6 +122,25 @@ class SlotPool:
     def scatter(self, slots: Tensor, state: State) -> None:
         for name, part in self.parts.items():
             part.index_copy_(0, slots, state[name])
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator may not hoard, or not trim
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the blocks the pool's previous tensors leave behind back to the OS. Growing copies
+    every part into a larger tensor; glibc keeps freed blocks below its adaptive mmap
+    threshold in its heap. In process, 100,000 gru-copy rows (1,409 bytes each) held 215 MiB
+    when grown 1,024 at a time without this, and 145 MiB grown by half with it."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def describe(spec: dict[str, StateSpec]) -> tuple[str, str]:

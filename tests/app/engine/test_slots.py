@@ -59,7 +59,9 @@ def test_parts_keep_their_dtypes_and_the_models_zero_state():
     slots = [pool.alloc() for _ in range(3)]  # grows once
     for name, spec in model.state_spec.items():
         assert pool.parts[name].dtype == spec.dtype and pool.parts[name].shape[1:] == spec.shape
-    assert (pool.parts["ids"] == -1).all()  # the model's zero state: no history, not zeros
+    got = pool.gather(torch.tensor(slots))  # new rows are written (reset) only now
+    assert (got["ids"] == -1).all()  # the model's zero state: no history, not zeros
+    assert (pool.parts["ids"][slots] == -1).all()
     state = {
         "h": torch.randn(1, 8),
         "keys": torch.randn(3, 2),
@@ -90,3 +92,20 @@ def test_bytes_round_trip_and_layout():
         from_bytes(data[:-1], PARTS)
     assert describe(SPEC) == ("float32", "1,4")  # the seed models' stored format is unchanged
     assert describe(PARTS) == ("parts", "h:float32:1,3;ids:int64:2;seen:bool:1")
+
+
+def test_growing_keeps_every_row_and_hands_out_each_row_once():
+    model = build_model(ModelConfig("gru", hidden=4))
+    pool = SlotPool(model.state_spec, torch.device("cpu"), zero=model.init_state(1), chunk=2)
+    slots, written = [], {}
+    for i in range(40):  # grows by half (2 at least) several times, with rows written between
+        slot = pool.alloc()
+        slots.append(slot)
+        written[slot] = torch.full((1, 4), float(i))
+        pool.write(slot, {"h": written[slot]})
+    assert sorted(slots) == list(range(40)) and pool.capacity < 80
+    got = pool.gather(torch.tensor(slots))["h"]
+    assert all(torch.equal(got[i], written[s]) for i, s in enumerate(slots))
+    pool.free(slots[5])
+    again = pool.alloc()
+    assert again == slots[5] and torch.equal(pool.read(again)["h"], torch.zeros(1, 4))
