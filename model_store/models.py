@@ -238,7 +238,7 @@ class CopyGRU(HumanNumbersLM):
         """(B, T) ids -> (B, T, H) outputs and (B, L, H) state (rows read lengths[b] ids)."""
         emb = self.i_h(x)
         h0 = h.transpose(0, 1).contiguous()
-        if lengths is None or bool((lengths == x.shape[1]).all()):
+        if lengths is None:
             out, h_n = self.rnn(emb, h0)
         else:
             packed = nn.utils.rnn.pack_padded_sequence(
@@ -255,32 +255,38 @@ class CopyGRU(HumanNumbersLM):
         x[:, 0]), then the keys of the window's positions but the last (position j followed by
         x[:, j+1]): keys (B, K+T, D) and ids (B, K+T), -1 where nothing is known."""
         pending = self.key(state["h"][:, -1]).unsqueeze(1)  # (B, 1, D)
-        keys = torch.cat([state["keys"], pending, self.key(out[:, :-1])], dim=1)
         first = torch.where(state["seen"], x[:, :1], -1)
+        if x.shape[1] == 1:  # a serving step: no window keys (skips a Linear on nothing)
+            return torch.cat([state["keys"], pending], 1), torch.cat([state["ids"], first], 1)
+        keys = torch.cat([state["keys"], pending, self.key(out[:, :-1])], dim=1)
         ids = torch.cat([state["ids"], first, x[:, 1:]], dim=1)
         return keys, ids
 
-    def _keep(self, keys: Tensor, ids: Tensor, n: Tensor, h: Tensor) -> State:
-        """The new state of rows that read n[b] ids: the K entries before the pending one."""
+    def _keep(self, keys: Tensor, ids: Tensor, n: Tensor | None, h: Tensor) -> State:
+        """The new state of rows that read n[b] ids (all of them: None): the K entries before
+        the pending one."""
         k = self.config.copy_window
-        index = n.to(ids.device).unsqueeze(1) + torch.arange(k, device=ids.device)  # (B, K)
-        return {
-            "h": h,
-            "keys": keys.gather(1, index.unsqueeze(2).expand(-1, -1, keys.shape[2])),
-            "ids": ids.gather(1, index),
-            "seen": torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device),
-        }
+        if n is None:  # every row read the whole window: a slice, no gather
+            t = keys.shape[1] - k
+            keys, ids = keys[:, t:], ids[:, t:]
+        else:
+            index = n.to(ids.device).unsqueeze(1) + torch.arange(k, device=ids.device)  # (B, K)
+            keys = keys.gather(1, index.unsqueeze(2).expand(-1, -1, keys.shape[2]))
+            ids = ids.gather(1, index)
+        seen = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
+        return {"h": h, "keys": keys, "ids": ids, "seen": seen}
 
-    def _mix(self, out: Tensor, keys: Tensor, ids: Tensor, allowed: Tensor) -> Tensor:
+    def _mix(self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor) -> Tensor:
         """Log-probabilities (B, T, V) of (B, T, H) outputs over a (B, C, D) history whose
-        entry c position t may copy where allowed[b, t, c]."""
+        entry c position t may not copy where blocked[b, t, c]."""
         q = self.query(out)  # (B, T, D)
-        scores = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores = (q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])).masked_fill_(
+            blocked, float("-inf")
+        )  # (B, T, C)
         attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
-        copy = torch.zeros(*out.shape[:2], self.config.vocab_size, device=out.device)
         index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
-        copy = copy.scatter_add(2, index, attn[..., :-1].exp())  # masked entries add exp(-inf)=0
+        copy = out.new_zeros(*out.shape[:2], self.config.vocab_size)
+        copy.scatter_add_(2, index, attn[..., :-1].exp())  # blocked entries add exp(-inf) = 0
         vocab = torch.log_softmax(self.h_o(self.bn(out)), dim=2) + attn[..., -1:]
         # In probability space: p = gate * p_vocab + sum of the copied entries' weights. The
         # floor keeps log() finite (and its gradient zero) for words not in the history.
@@ -297,20 +303,21 @@ class CopyGRU(HumanNumbersLM):
             torch.arange(keys.shape[1], device=x.device) - torch.arange(t, device=x.device)[:, None]
         )
         band = (offset >= 1) & (offset <= self.config.copy_window)  # (T, C)
-        allowed = band & (ids >= 0).unsqueeze(1)
-        logp = self._mix(out, keys, ids, allowed)
-        return logp, self._keep(keys, ids, torch.full((b,), t, device=x.device), h)
+        blocked = ~band | (ids < 0).unsqueeze(1)
+        logp = self._mix(out, keys, ids, blocked)
+        return logp, self._keep(keys, ids, None, h)
 
     def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
-        n = torch.full((x.shape[0],), x.shape[1]) if lengths is None else lengths
+        if lengths is not None and bool((lengths == x.shape[1]).all()):
+            lengths = None
         out, h = self._recur(x, state["h"], lengths)
         keys, ids = self._history(x, out, state)
-        return self._keep(keys, ids, n, h)
+        return self._keep(keys, ids, lengths, h)
 
     def head_state(self, state: State) -> Tensor:
         out = state["h"][:, -1:]  # (B, 1, H): the output of the last position
         ids = state["ids"]
-        return self._mix(out, state["keys"], ids, (ids >= 0).unsqueeze(1))[:, 0]
+        return self._mix(out, state["keys"], ids, (ids < 0).unsqueeze(1))[:, 0]
 
     def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
         raise NotImplementedError("gru-copy's state is more than h: use advance_state")

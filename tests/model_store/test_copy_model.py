@@ -129,3 +129,20 @@ def test_gradients_are_finite_where_nothing_can_be_copied():
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_one_token_steps_equal_the_forward():
+    """The serving step (one id a row; no lengths, or lengths that are all 1) is the training
+    forward, one position at a time, across many turns of the window."""
+    model = make_model(10)
+    torch.manual_seed(11)
+    x = torch.randint(0, 40, (3, 3 * K + 2))
+    with torch.no_grad():
+        whole, whole_state = model(x)
+        state = model.init_state(3)
+        for t in range(x.shape[1]):
+            lengths = torch.ones(3, dtype=torch.long) if t % 2 else None
+            state = model.advance_state(x[:, t : t + 1], state, lengths)
+            torch.testing.assert_close(model.head_state(state), whole[:, t], atol=1e-6, rtol=0)
+    for name, part in whole_state.items():
+        torch.testing.assert_close(state[name], part, atol=1e-6, rtol=0)

@@ -1,0 +1,116 @@
+"""One serving step of each model, in process: `gru` against `gru-copy`, side by side.
+
+    python -m benchmarks.step [--store store] [--rows 64] [--rounds 7]
+
+The engine's step for B sessions that each feed one word: `advance_state(x (B, 1), state)`,
+`head_state(state)`, a softmax of what it returns. Timed in rounds that alternate the models,
+so the load of a shared machine falls on both; prints the median milliseconds a step of each,
+their ratio, and the largest difference between the step's output and the training forward's
+(the serving path must compute the same function). `--with-state` also times the state's
+gather from and scatter into a pool of 4,096 sequences, as the engine does around a step.
+Models come from `--store` when given (the latest checkpoint of each), else are built
+untrained from their recipes (the cost of a step does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from model_store import (
+    HumanNumbersLM,
+    ModelConfig,
+    build_model,
+    list_checkpoints,
+    load_checkpoint,
+)
+from training.loop import RECIPES
+
+MODELS = ("gru", "gru-copy")
+POOL = 4096  # sequences in the state pool of --with-state
+
+
+def load(name: str, store: Path | None) -> HumanNumbersLM:
+    if store is not None:
+        refs = [r for r in list_checkpoints(store) if r.name == name]
+        if not refs:
+            raise SystemExit(f"no checkpoint {name!r} in {store}")
+        return load_checkpoint(refs[-1]).model.eval()
+    r = RECIPES[name]
+    config = ModelConfig(name, hidden=r.hidden, n_layers=r.n_layers, copy_window=r.copy_window)
+    return build_model(config).eval()
+
+
+def stepper(model: HumanNumbersLM, rows: int, with_state: bool) -> tuple[Callable[[], None], float]:
+    """A step of `rows` sessions with a history, and the largest |difference| between its
+    output and the training forward's over the same text."""
+    torch.manual_seed(0)
+    vocab = model.config.vocab_size
+    text = torch.randint(0, vocab, (rows, 31))
+    with torch.inference_mode():
+        whole, _ = model(text)
+        _, state = model(text[:, :-1])
+        x = text[:, -1:]
+        logits = model.head_state(model.advance_state(x, state, None))
+        ref = torch.log_softmax(whole[:, -1], -1)  # the seed models return logits
+        diff = float((torch.log_softmax(logits, -1) - ref).abs().max())
+        pool = {n: p.new_zeros(POOL, *p.shape[1:]) for n, p in state.items()}
+        slots = torch.randperm(POOL)[:rows]
+
+    def step() -> None:
+        s = {n: p.index_select(0, slots) for n, p in pool.items()} if with_state else state
+        new = model.advance_state(x, s, None)
+        torch.softmax(model.head_state(new).float(), dim=-1)
+        if with_state:
+            for n, p in pool.items():
+                p.index_copy_(0, slots, new[n])
+
+    return step, diff
+
+
+def ms_per_step(step: Callable[[], None], repeat: int) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for _ in range(repeat):
+            step()
+        return (time.perf_counter() - start) / repeat * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--store", type=Path, default=None)
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--repeat", type=int, default=300, help="steps a round")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--with-state", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    steps, diffs = {}, {}
+    for name in MODELS:
+        steps[name], diffs[name] = stepper(load(name, args.store), args.rows, args.with_state)
+        ms_per_step(steps[name], 50)  # warm up
+    times: dict[str, list[float]] = {name: [] for name in MODELS}
+    for _ in range(args.rounds):
+        for name in MODELS:
+            times[name].append(ms_per_step(steps[name], args.repeat))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.rows} rows x 1 token"
+        + (", state gathered/scattered" if args.with_state else "")
+        + f", median of {args.rounds} rounds of {args.repeat} steps"
+    )
+    print(f"{'model':<10}{'ms/step':>9}{'min':>8}{'max':>8}{'max |diff|':>12}")
+    for name in MODELS:
+        t = times[name]
+        print(f"{name:<10}{med[name]:>9.3f}{min(t):>8.3f}{max(t):>8.3f}{diffs[name]:>12.1e}")
+    print(f"gru-copy / gru: {med['gru-copy'] / med['gru']:.2f}x the time a step")
+
+
+if __name__ == "__main__":
+    main()
