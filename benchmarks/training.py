@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 from dataclasses import replace
@@ -26,8 +27,8 @@ import torch
 
 from model_store import count_parameters, resolve_device
 from training.cli import ALL_VARIANTS
-from training.data import load_data, proxy_data
-from training.evaluation import breakdown
+from training.data import PROXY_VALID_RANGE, VALID_RANGE, load_data, proxy_data
+from training.evaluation import breakdown, counts_on
 from training.loop import RECIPES, train
 
 SEED_NOTEBOOK = {"gru": 0.774, "gru-cell": 0.745, "gru-custom": 0.685}
@@ -45,18 +46,35 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=None, dest="n_layers")
     p.add_argument("--copy-window", type=int, default=None)
     p.add_argument("--key-size", type=int, default=None)
+    p.add_argument("--reset", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--sessions", type=int, default=200, help="counting check: sessions a seed")
+    p.add_argument("--run", type=int, default=25, help="counting check: numbers a session")
     args = p.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
     overrides = {
         f: getattr(args, f)
-        for f in ("epochs", "lr", "hidden", "n_layers", "copy_window", "key_size")
+        for f in (
+            "epochs",
+            "lr",
+            "hidden",
+            "n_layers",
+            "copy_window",
+            "key_size",
+            "reset",
+        )
         if getattr(args, f) is not None
     }
     data = proxy_data() if args.proxy else load_data()
+    # The counting check of benchmarks/counting.py, in process, on the evaluated numbers: the
+    # next number after four (greedy, exactly right), and sessions fed two numbers counting on.
+    numbers = PROXY_VALID_RANGE if args.proxy else VALID_RANGE
+    rng = random.Random(0)
+    next_starts = [rng.randint(numbers[0], numbers[-1] - 4) for _ in range(args.sessions)]
+    run_starts = [rng.randint(numbers[0], numbers[-1] - args.run - 1) for _ in range(args.sessions)]
     device = resolve_device(args.device)
     print(
         f"torch {torch.__version__}, device {device}, {platform.processor() or platform.machine()}"
@@ -68,11 +86,12 @@ def main() -> None:
     print(
         f"{head[0]:<12}"
         + "".join(f"{h:>9}" for h in head[1:])
-        + f"{'params':>9}{'s/ep':>7}{'s/run':>7}"
+        + f"{'next #':>8}{f'count {args.run}':>10}{'params':>9}{'s/ep':>7}{'s/run':>7}"
     )
     for variant in args.variants:
         recipe = replace(RECIPES[variant], device=args.device, **overrides)
         accs, ones, commas, thousands, spe, runs = [], [], [], [], [], []
+        nexts, perfect = [], 0
         params = 0
         for seed in seeds:
             start = time.perf_counter()
@@ -84,11 +103,16 @@ def main() -> None:
             ones.append(b.one_stream)
             commas.append(b.after_comma)
             thousands.append(b.thousand)
+            nexts.append(statistics.mean(counts_on(result.model, data.vocab, next_starts, 4, 1)))
+            counted = counts_on(result.model, data.vocab, run_starts, 2, args.run)
+            perfect += sum(c == args.run for c in counted)
             if len(seeds) > 1:
                 print(
                     f"  seed {seed}: {b.accuracy:.4f}, one stream {b.one_stream:.4f}"
                     f" ({round((1 - b.one_stream) * (len(data.valid_tokens) - 1))} errors)"
-                    f", {runs[-1]:.1f} s",
+                    f", next number {nexts[-1]:.1%}"
+                    f", {sum(c == args.run for c in counted)}/{len(counted)} sessions count"
+                    f" {args.run}, {runs[-1]:.1f} s",
                     flush=True,
                 )
             params = count_parameters(result.model)
@@ -99,6 +123,7 @@ def main() -> None:
             f"{variant:<12}{nb:>9}"
             + "".join(f"{v:>9.4f}" for v in figures)
             + f"{statistics.mean(commas):>9.4f}{statistics.mean(thousands):>9.4f}"
+            + f"{statistics.mean(nexts):>8.1%}{f'{perfect}/{len(seeds) * len(run_starts)}':>10}"
             + f"{params:>9,}{statistics.mean(spe):>7.2f}"
             + f"{statistics.mean(runs):>7.1f}",
             flush=True,

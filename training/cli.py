@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--copy-window", type=positive_int, help="gru-copy: K positions")
     common.add_argument("--key-size", type=positive_int, help="gru-copy: key size D")
     common.add_argument("--wd", type=float, help="AdamW weight decay")
+    common.add_argument(
+        "--reset", type=float, help="share of rows whose state is zeroed before a window"
+    )
     common.add_argument("--seed", type=int)
     common.add_argument("--device", choices=("auto", "cpu", "cuda"))
     common.add_argument(
@@ -97,6 +100,7 @@ OVERRIDABLE = (
     "copy_window",
     "key_size",
     "wd",
+    "reset",
     "seed",
     "device",
     "max_steps",

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from model_store import HumanNumbersLM, State, Vocab
 from training.batches import LMBatches
+from training.data import number_words
 
 MAX_POSITION = 6  # a number has at most 6 words (positions 0-5), then its "," (6)
 
@@ -69,3 +70,43 @@ def breakdown(model: HumanNumbersLM, vocab: Vocab, ids: list[int]) -> Breakdown:
         one_stream=float(right1.float().mean()),
         by_position=[_mean(pos == p, right1) for p in range(MAX_POSITION + 1)],
     )
+
+
+def number_text(numbers: range) -> str:
+    """Numbers as a user types them to the service: each followed by ", "."""
+    return "".join(f"{number_words(n)}, " for n in numbers)
+
+
+@torch.no_grad()
+def counts_on(
+    model: HumanNumbersLM, vocab: Vocab, starts: list[int], fed: int, run: int
+) -> list[int]:
+    """The service's counting check, in process: a session fed the numbers s .. s+fed-1
+    (from the zero state) continues greedily, one number after another; how many of the next
+    `run` numbers it gets right in a row, for each start s.
+
+    Greedy generation equals the true stream up to its first mistake, so one teacher-forced
+    forward over prompt + true continuation finds that mistake: no step-by-step decoding.
+    Words a user may not type (the special tokens but xxbos) are never chosen, as in the engine.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    comma = vocab.stoi[","]
+    allowed = set(vocab.encode(" ".join([*vocab.words, "xxbos"])))
+    banned = torch.tensor([i for i in range(len(vocab)) if i not in allowed], dtype=torch.long)
+    prompts = [vocab.encode(number_text(range(s, s + fed))) for s in starts]
+    truths = [vocab.encode(number_text(range(s + fed, s + fed + run))) for s in starts]
+    width = max(len(p) + len(t) for p, t in zip(prompts, truths, strict=True))
+    x = torch.zeros(len(starts), width, dtype=torch.long)
+    for i, (p, t) in enumerate(zip(prompts, truths, strict=True)):
+        x[i, : len(p) + len(t)] = torch.tensor(p + t)  # right padding: causal, so harmless
+    logits, _ = model(x.to(device))
+    logits[..., banned.to(device)] = float("-inf")
+    pred = logits.argmax(-1).cpu()
+    right = []
+    for i, (p, t) in enumerate(zip(prompts, truths, strict=True)):
+        guess = pred[i, len(p) - 1 : len(p) - 1 + len(t)]  # position j predicts x[j + 1]
+        wrong = (guess != torch.tensor(t)).nonzero()
+        end = int(wrong[0]) if len(wrong) else len(t)
+        right.append(t[:end].count(comma))  # numbers finished (their "," right) before it
+    return right

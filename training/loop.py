@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from model_store import HumanNumbersLM, ModelConfig, State, build_model, resolve_device
@@ -30,6 +31,9 @@ class TrainConfig:
     copy_window: int = 16  # gru-copy only: K
     key_size: int = 16  # gru-copy only: D
     wd: float = 0.01  # AdamW's decoupled weight decay
+    # Share of rows whose state is zeroed before a window: the model learns to pick up a
+    # stream mid-way from nothing, as a session does (the text it is fed starts anywhere).
+    reset: float = 0.0
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int | None = None  # stop each epoch after this many batches (tests, smoke runs)
@@ -83,6 +87,15 @@ def table_row(row: dict[str, float]) -> str:
         format_time(row["seconds"]),
     ]
     return "".join(f"{c:<12}" for c in cells).rstrip()
+
+
+def restart_rows(model: HumanNumbersLM, state: State, rows: Tensor) -> State:
+    """The state with the (B,) bool `rows` set back to the zero state."""
+    zero = model.init_state(1, rows.device)
+    return {
+        name: torch.where(rows.view(-1, *[1] * (part.dim() - 1)), zero[name], part)
+        for name, part in state.items()
+    }
 
 
 @torch.no_grad()
@@ -147,6 +160,8 @@ def train(
             lr, mom = schedule.at(step)
             for group in opt.param_groups:
                 group["lr"], group["betas"] = lr, (mom, group["betas"][1])
+            if config.reset > 0 and h is not None:
+                h = restart_rows(model, h, torch.rand(x.shape[0], device=device) < config.reset)
             logits, h = model(x, h)
             h = {name: part.detach() for name, part in h.items()}
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())

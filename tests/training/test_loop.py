@@ -94,3 +94,19 @@ def test_gru_copy_learns_to_copy_on_a_short_schedule(data):
     assert b.after_comma >= 0.9, b
     assert b.thousand >= 0.9, b
     assert b.accuracy >= 0.85, b
+
+
+def test_restart_rows_zeroes_only_the_chosen_rows():
+    from model_store import ModelConfig, build_model
+    from training.loop import restart_rows
+
+    model = build_model(ModelConfig("gru-copy", hidden=16, copy_window=4, key_size=4)).eval()
+    with torch.no_grad():
+        _, state = model(torch.randint(0, 40, (3, 9)))
+    rows = torch.tensor([False, True, False])
+    out = restart_rows(model, state, rows)
+    zero = model.init_state(1)
+    for name, part in out.items():
+        assert torch.equal(part[1], zero[name][0]), name  # ids -1, seen False, the rest 0
+        assert torch.equal(part[0], state[name][0]) and torch.equal(part[2], state[name][2])
+    assert out["ids"][1].eq(-1).all() and not bool(state["ids"][1].eq(-1).all())

@@ -1,0 +1,48 @@
+"""The in-process counting check finds a session's first mistake, as the service would."""
+
+import torch
+
+from model_store import ModelConfig
+from model_store.models import HumanNumbersLM
+from training.data import number_words
+from training.evaluation import counts_on
+
+
+class Peeker(HumanNumbersLM):
+    """Ranks first the id that follows each position of its input (it reads ahead: an oracle
+    under teacher forcing), except where that id is `wrong_at`: there `instead` comes first
+    and the true id second."""
+
+    def __init__(self, vocab_size: int, wrong_at: int, instead: int):
+        super().__init__(ModelConfig(vocab_size=vocab_size))
+        self.wrong_at, self.instead = wrong_at, instead
+
+    def forward(self, x, state=None):
+        truth = torch.cat([x[:, 1:], x[:, -1:]], dim=1)  # the last position predicts nothing
+        wrong = torch.where(truth == self.wrong_at, self.instead, truth)
+        one_hot = torch.nn.functional.one_hot
+        v = self.config.vocab_size
+        return one_hot(truth, v).float() + 2 * one_hot(wrong, v).float(), {}
+
+
+def test_counts_on_stops_at_the_first_wrong_number(data):
+    v = data.vocab
+    model = Peeker(len(v), wrong_at=v.stoi["hundred"], instead=v.stoi["thousand"])
+    starts = [8001, 8095, 8097, 8098, 8099, 9997]
+    # fed 2 numbers, then 3 to get right: a number with "hundred" in it is the first mistake
+    got = counts_on(model, v, [s for s in starts if s + 4 <= 9999], fed=2, run=3)
+    want = []
+    for s in [s for s in starts if s + 4 <= 9999]:
+        nexts = [number_words(n) for n in range(s + 2, s + 5)]
+        want.append(next((i for i, w in enumerate(nexts) if "hundred" in w), 3))
+    assert got == want and want == [3, 3, 1, 0, 0]  # 8,100 is the first number with "hundred"
+
+
+def test_counts_on_never_chooses_a_special_token(data):
+    """The engine never generates a word a user may not type: neither does the check."""
+    v = data.vocab
+    model = Peeker(len(v), wrong_at=v.stoi["hundred"], instead=v.stoi["xxpad"])
+    # xxpad ranks first where "hundred" is next, the truth second: banned, so all right
+    assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [4, 4]
+    model.instead = v.stoi["thousand"]  # a word a user may type: a mistake
+    assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [1, 0]
