@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--copy-window", type=int, default=None)
     p.add_argument("--key-size", type=int, default=None)
     p.add_argument("--reset", type=float, default=None)
+    p.add_argument("--wd", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--sessions", type=int, default=200, help="counting check: sessions a seed")
@@ -65,6 +66,7 @@ def main() -> None:
             "copy_window",
             "key_size",
             "reset",
+            "wd",
         )
         if getattr(args, f) is not None
     }

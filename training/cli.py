@@ -7,6 +7,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from model_store import VARIANTS, save_checkpoint
 from training.data import load_data, write_data
 from training.loop import RECIPES, train
@@ -69,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with real train.txt/valid.txt (generated when absent)",
     )
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 is faster on a CPU other jobs share",
+    )
 
     t = sub.add_parser("train", parents=[common], help="train one variant")
     t.add_argument("--variant", choices=sorted(VARIANTS), required=True)
@@ -108,6 +116,8 @@ OVERRIDABLE = (
 
 
 def run_training(args: argparse.Namespace, variant: str, name: str) -> None:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     given = {f: getattr(args, f) for f in OVERRIDABLE if getattr(args, f) is not None}
     config = replace(RECIPES[variant], **given)
     data = load_data(args.data)
