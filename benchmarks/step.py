@@ -6,7 +6,7 @@ The engine's step for B sessions that each feed one word: `advance_state(x (B, 1
 `head_state(state)`, a softmax of what it returns. Timed in rounds that alternate the models,
 so the load of a shared machine falls on both; prints the median milliseconds a step of each,
 their ratio, and the largest difference between the step's output and the training forward's
-(the serving path must compute the same function). `--with-state` also times the state's
+in probability (the serving path must compute the same function). `--with-state` also times the state's
 gather from and scatter into a pool of 4,096 sequences, as the engine does around a step.
 Models come from `--store` when given (the latest checkpoint of each), else are built
 untrained from their recipes (the cost of a step does not depend on the weights).
@@ -48,7 +48,7 @@ def load(name: str, store: Path | None) -> HumanNumbersLM:
 
 def stepper(model: HumanNumbersLM, rows: int, with_state: bool) -> tuple[Callable[[], None], float]:
     """A step of `rows` sessions with a history, and the largest |difference| between its
-    output and the training forward's over the same text."""
+    next-word probabilities and the training forward's over the same text."""
     torch.manual_seed(0)
     vocab = model.config.vocab_size
     text = torch.randint(0, vocab, (rows, 31))
@@ -57,8 +57,8 @@ def stepper(model: HumanNumbersLM, rows: int, with_state: bool) -> tuple[Callabl
         _, state = model(text[:, :-1])
         x = text[:, -1:]
         logits = model.head_state(model.advance_state(x, state, None))
-        ref = torch.log_softmax(whole[:, -1], -1)  # the seed models return logits
-        diff = float((torch.log_softmax(logits, -1) - ref).abs().max())
+        ref = torch.softmax(whole[:, -1], -1)  # what the engine makes of either
+        diff = float((torch.softmax(logits, -1) - ref).abs().max())
         pool = {n: p.new_zeros(POOL, *p.shape[1:]) for n, p in state.items()}
         slots = torch.randperm(POOL)[:rows]
 
@@ -105,7 +105,7 @@ def main() -> None:
         + (", state gathered/scattered" if args.with_state else "")
         + f", median of {args.rounds} rounds of {args.repeat} steps"
     )
-    print(f"{'model':<10}{'ms/step':>9}{'min':>8}{'max':>8}{'max |diff|':>12}")
+    print(f"{'model':<10}{'ms/step':>9}{'min':>8}{'max':>8}{'max |dp|':>12}")
     for name in MODELS:
         t = times[name]
         print(f"{name:<10}{med[name]:>9.3f}{min(t):>8.3f}{max(t):>8.3f}{diffs[name]:>12.1e}")
