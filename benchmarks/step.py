@@ -5,9 +5,10 @@
 The engine's step for B sessions that each feed one word: `advance_state(x (B, 1), state)`,
 `head_state(state)`, a softmax of what it returns. Timed in rounds that alternate the models,
 so the load of a shared machine falls on both; prints the median milliseconds a step of each,
-their ratio, and the largest difference between the step's output and the training forward's
-in probability (the serving path must compute the same function). `--with-state` also times the state's
-gather from and scatter into a pool of 4,096 sequences, as the engine does around a step.
+their ratio, and the largest difference in probability between the step's output and the
+training forward's (the serving path must compute the same function). `--with-state` also
+times the state's gather from and scatter into a pool of 4,096 sequences, as the engine does
+around a step.
 Models come from `--store` when given (the latest checkpoint of each), else are built
 untrained from their recipes (the cost of a step does not depend on the weights).
 """
