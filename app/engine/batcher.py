@@ -30,6 +30,9 @@ from app.engine.slots import SlotPool
 from model_store import HumanNumbersLM, StateSpec, Vocab
 
 Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
+# A row of the batch for one job: its next-word probabilities, or for a greedy generation its
+# likeliest word and that word's probability.
+Row = list[float] | tuple[int, float]
 log = logging.getLogger("app.engine")
 
 
@@ -54,6 +57,11 @@ class Generation:
     words: list[int] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
     finish: str | None = None  # "stop" or "length" once decided
+
+    def greedy(self) -> bool:
+        """Whether the next word is the likeliest of the row, as it is: the engine then picks
+        it for the whole batch at once, and `choose` is not called."""
+        return self.temperature == 0
 
     def choose(self, row: list[float]) -> int:
         if self.temperature == 0:
@@ -262,25 +270,29 @@ class StepBatcher:
                 self._queue.append(job)  # more to feed or generate: the next pass
         self.stats.record(len(batch), tokens, words)
 
-    def _advance(self, job: Job, row: list[float]) -> int:
-        """A job whose ids are all fed, with its next-word distribution: answer or go on.
-        How many words it generated (0 or 1)."""
+    def _advance(self, job: Job, row: Row) -> int:
+        """A job whose ids are all fed, with its next-word distribution (or, for a greedy
+        generation, its likeliest word): answer or go on. How many words it generated (0 or 1)."""
         gen = job.gen
         if gen is None:
-            job.future.set_result(top_words(row, job.top_k))
+            job.future.set_result(top_words(row, job.top_k))  # type: ignore[arg-type]
             return 0
         if gen.finish is not None:  # that was the last word being fed
             job.future.set_result(None)
             return 0
-        word = gen.choose(row)
+        if isinstance(row, tuple):
+            word, prob = row
+        else:
+            word = gen.choose(row)
+            prob = row[word]
         if gen.stops(word):
             gen.finish = "stop"
             job.future.set_result(None)
             return 0
         gen.words.append(word)
-        gen.probs.append(row[word])
+        gen.probs.append(prob)
         if gen.on_word is not None:
-            gen.on_word(word, row[word])
+            gen.on_word(word, prob)
         if len(gen.words) == gen.max_words:
             gen.finish = "length"
             if not gen.feed_last:
@@ -289,9 +301,10 @@ class StepBatcher:
         job.feed = [word]
         return 1
 
-    def _forward(self, batch: list[Job]) -> tuple[list[list[float] | None], int]:
+    def _forward(self, batch: list[Job]) -> tuple[list[Row | None], int]:
         """One batched forward: gather, advance, scatter. For each job whose ids are all fed
-        now, its next-word probabilities (None for a job with more to feed); the ids fed."""
+        now, its next-word probabilities, or its likeliest word and its probability if it
+        generates greedily (None for a job with more to feed); the ids fed."""
         at = [j.seq._row for j in batch]
         assert len(set(at)) == len(at), "a sequence appears twice in a batch"
         chunk = self.config.prefill_chunk
@@ -312,7 +325,7 @@ class StepBatcher:
                     x, {name: part[rows] for name, part in state.items()}, lengths
                 )
                 state = {name: part.index_copy(0, rows, new[name]) for name, part in state.items()}
-        probs: list[list[float]] = []
+        nexts: list[Row] = []
         if done := [i for i, job in enumerate(batch) if len(job.feed) <= chunk]:
             head = state
             if len(done) < len(batch):
@@ -320,7 +333,8 @@ class StepBatcher:
                 head = {name: part.index_select(0, index) for name, part in state.items()}
             logits = self.model.head_state(head)
             logits[:, self._banned] = float("-inf")
-            probs = torch.softmax(logits.float(), dim=-1).tolist()
+            probs = torch.softmax(logits.float(), dim=-1)
+            nexts = self._rows(probs, [batch[i].gen for i in done])
         if width:
             self._pool.scatter(slots, state)  # nothing changes before this line
         for job, piece in zip(batch, pieces, strict=True):
@@ -331,10 +345,25 @@ class StepBatcher:
                 except Exception as e:  # the state holds the piece; the caller failed
                     log.exception("model %r: a request's bookkeeping failed", self.name)
                     fail(job, EngineFailure(f"the request failed ({describe(e)})"))
-        out: list[list[float] | None] = [None] * len(batch)
-        for i, row in zip(done, probs, strict=True):
+        out: list[Row | None] = [None] * len(batch)
+        for i, row in zip(done, nexts, strict=True):
             out[i] = row
         return out, sum(len(p) for p in pieces)
+
+    @staticmethod
+    def _rows(probs: torch.Tensor, gens: list[Generation | None]) -> list[Row]:
+        """Each row's distribution as a list, or (its argmax, its prob) for a greedy
+        generation: one argmax over the batch instead of a Python max over each row, and no
+        list of the row (the first maximum, as Python's max takes, and the same float)."""
+        greedy = [gen is not None and gen.greedy() for gen in gens]
+        if not any(greedy):
+            return probs.tolist()
+        best_p, best = probs.max(dim=-1)
+        picks: list[Row] = list(zip(best.tolist(), best_p.tolist(), strict=True))
+        if all(greedy):
+            return picks
+        full = probs.tolist()
+        return [pick if g else row for pick, row, g in zip(picks, full, greedy, strict=True)]
 
 
 def fail(job: Job, error: Exception) -> None:

@@ -11,15 +11,18 @@ of words at word boundaries, any other string as a substring of the text.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import random
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import orjson
 
 from app.core.errors import BadText
 from app.core.openai_errors import InvalidRequest
@@ -63,6 +66,15 @@ class CompletionGeneration(Generation):
     text: str = ""  # the generated text so far (with string stops only)
     cut: int = -1  # words dropped from the end by a stop sequence
     cut_text: str | None = None  # the text up to a stop string, when one matched
+
+    def greedy(self) -> bool:
+        return (
+            self.temperature == 0
+            and self.keep_top < 0
+            and self.bias is None
+            and not self.counts
+            and len(self.words) >= len(self.forced)
+        )
 
     def choose(self, row: list[float]) -> int:
         if len(self.words) < len(self.forced):  # scoring the prompt: its next word
@@ -436,8 +448,6 @@ class CompletionService:
     # -- rendering -----------------------------------------------------------------------
     def body(self, plan: Plan) -> dict[str, Any]:
         ranked = self.ranked(plan)
-        prompt_tokens = sum(len(p.ids) for p in plan.prompts)
-        completion_tokens = sum(len(c.gen.generated()[0]) for c in plan.choices)
         return {
             "id": plan.id,
             "object": "text_completion",
@@ -445,11 +455,7 @@ class CompletionService:
             "model": plan.lm.name,
             "system_fingerprint": plan.fingerprint,
             "choices": [self.choice_body(plan, c) for c in ranked],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage(plan),
         }
 
     def ranked(self, plan: Plan) -> list[Choice]:
@@ -533,18 +539,54 @@ def pieces(text: str) -> list[str]:
     return out
 
 
-class ChunkWriter:
-    """Renders a streamed completion: one chunk per word as its choice's words become final
-    (a word that a stop sequence may still take back waits), a last chunk per choice with its
-    finish_reason, the usage chunk if asked, then [DONE]."""
+class Waker(Protocol):
+    """The stream a ChunkWriter renders for (app.api.sse.EventStream)."""
 
-    def __init__(self, completions: CompletionService, plan: Plan):
+    def wake(self, *_: object) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@functools.lru_cache(maxsize=64)
+def spaced_words(itos: tuple[str, ...]) -> list[bytes]:
+    """Each word's chunk text as JSON, preceded by its space: `" one"`."""
+    return [orjson.dumps(" " + word) for word in itos]
+
+
+NO_LOGPROBS = b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+
+class ChunkWriter:
+    """Renders a streamed completion as Server-Sent Events: one chunk per word as its choice's
+    words become final (a word that a stop sequence may still take back waits), a last chunk
+    per choice with its finish_reason, the usage chunk if asked, then [DONE]. A chunk is
+    preformatted bytes (the chunk's head and each word's text encoded once), byte for byte
+    what orjson makes of the chunk object.
+
+    The source of the stream's writer (app.api.sse): with a session, a client that leaves
+    stops the generation at once, and the session keeps the prompt and the words sent."""
+
+    def __init__(
+        self,
+        completions: CompletionService,
+        plan: Plan,
+        lease: Lease | None = None,
+        stack: contextlib.AsyncExitStack | None = None,
+    ):
         self.completions = completions
         self.plan = plan
-        self.sent = [0] * len(plan.choices)  # generated words sent, per choice
-        self.sent_text = [0] * len(plan.choices)  # characters of the text sent
-        self.finished = [False] * len(plan.choices)
-        self.echoed = [not plan.echo] * len(plan.choices)
+        self.lease = lease
+        self.stack = stack or contextlib.AsyncExitStack()
+        self.before = completions.service.rewind_point(lease) if lease is not None else None
+        n = len(plan.choices)
+        self.sent = [0] * n  # generated words rendered, per choice
+        self.sent_text = [0] * n  # characters of the text rendered
+        self.finished = [False] * n
+        self.unfinished = n
+        self.echoed = [not plan.echo] * n
+        self.delivered_words = 0  # the first choice's words the client was sent
+        self._rendered_words = 0
+        self.left = False
         self.head = {
             "id": plan.id,
             "object": "text_completion",
@@ -552,18 +594,36 @@ class ChunkWriter:
             "model": plan.lm.name,
             "system_fingerprint": plan.fingerprint,
         }
+        opening = b"data: " + orjson.dumps(self.head)[:-1] + b',"choices":[{"index":'
+        self.starts = [opening + str(i).encode() + b',"text":' for i in range(n)]
+        self.texts = spaced_words(plan.lm.vocab.itos)
         hold = max((len(s) for s in plan.choices[0].gen.string_stops), default=1) - 1
         self.hold_chars = hold
         self.hold_words = max((len(s) - 1 for s in plan.choices[0].gen.word_stops), default=0)
+        self.include_usage = bool(plan.req.stream_options and plan.req.stream_options.include_usage)
 
-    def chunk(self, index: int, text: str, lp: dict[str, Any] | None, finish: str | None) -> dict:
-        return {
-            **self.head,
-            "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}],
-        }
+    def start(self, events: Waker) -> None:
+        """Submit the choices; every word, and every choice's end, wakes `events`."""
+        for c in self.plan.choices:
+            c.gen.on_word = events.wake
+        self.completions.start(self.plan, self.lease)
+        for c in self.plan.choices:
+            if c.job is not None:
+                c.job.future.add_done_callback(lambda _: events.finish())
 
-    def ready(self, i: int) -> Iterator[dict[str, Any]]:
-        """The chunks choice i can send now."""
+    def chunk(self, i: int, text: str, lp: dict[str, Any] | None, finish: str | None) -> bytes:
+        return (
+            self.starts[i]
+            + orjson.dumps(text)
+            + b',"logprobs":'
+            + orjson.dumps(lp)
+            + b',"finish_reason":'
+            + orjson.dumps(finish)
+            + b"}]}\n\n"
+        )
+
+    def ready(self, i: int, out: list[bytes]) -> None:
+        """Append the chunks choice i can send now."""
         plan, c = self.plan, self.plan.choices[i]
         gen, itos = c.gen, plan.lm.vocab.itos
         k = len(gen.forced)
@@ -577,7 +637,7 @@ class ChunkWriter:
                 full = self.completions.logprobs(plan, c)
                 n = len(plan.prompts[c.prompt].ids)
                 lp = {key: value[:n] for key, value in full.items()}
-            yield self.chunk(i, plan.prompts[c.prompt].text, lp, None)
+            out.append(self.chunk(i, plan.prompts[c.prompt].text, lp, None))
         if done:
             words, probs = gen.generated()
             final = len(words)
@@ -589,28 +649,78 @@ class ChunkWriter:
                 while final > 0 and chars < self.hold_chars:
                     final -= 1
                     chars += 1 + len(itos[words[final]])
-        for j in range(self.sent[i], final):
-            piece = " " + itos[words[j]]
-            lp = None
-            if plan.top >= 0:
-                lp = {
-                    "tokens": [piece],
-                    "token_logprobs": [logprob(probs[j])],
-                    "top_logprobs": [top_dict(itos, gen.tops[k + j])],
-                    "text_offset": [self.offset(i) + self.sent_text[i]],
-                }
-            self.sent_text[i] += len(piece)
-            yield self.chunk(i, piece, lp, None)
-        self.sent[i] = max(self.sent[i], final)
+        sent = self.sent[i]
+        if final > sent:
+            if plan.top < 0:  # the common case: preformatted
+                start, texts = self.starts[i], self.texts
+                out += [start + texts[w] + NO_LOGPROBS for w in words[sent:final]]
+                self.sent_text[i] += sum(len(itos[w]) + 1 for w in words[sent:final])
+            else:
+                for j in range(sent, final):
+                    piece = " " + itos[words[j]]
+                    lp = {
+                        "tokens": [piece],
+                        "token_logprobs": [logprob(probs[j])],
+                        "top_logprobs": [top_dict(itos, gen.tops[k + j])],
+                        "text_offset": [self.offset(i) + self.sent_text[i]],
+                    }
+                    self.sent_text[i] += len(piece)
+                    out.append(self.chunk(i, piece, lp, None))
+            self.sent[i] = final
         if done and not self.finished[i]:
             self.finished[i] = True
+            self.unfinished -= 1
             rest = gen.generated_text()[self.sent_text[i] :]  # a stop string's cut word
-            yield self.chunk(i, rest, None, gen.finish or "length")
+            out.append(self.chunk(i, rest, None, gen.finish or "length"))
 
     def offset(self, i: int) -> int:
         c = self.plan.choices[i]
         return len(self.plan.prompts[c.prompt].text) if self.plan.echo else 0
 
     def usage(self) -> dict[str, Any]:
-        body = self.completions.body(self.plan)
-        return {**self.head, "choices": [], "usage": body["usage"]}
+        return {**self.head, "choices": [], "usage": usage(self.plan)}
+
+    # -- the stream's source (app.api.sse.EventSource) -----------------------------------------
+    def render(self) -> tuple[bytes, bool]:
+        out: list[bytes] = []
+        finished = self.finished
+        for i in range(len(finished)):
+            if not finished[i]:
+                self.ready(i, out)
+        self._rendered_words = self.sent[0]
+        if self.unfinished:
+            return b"".join(out), False
+        if self.include_usage:
+            out.append(b"data: " + orjson.dumps(self.usage()) + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        return b"".join(out), True
+
+    def delivered(self) -> None:
+        self.delivered_words = self._rendered_words
+
+    def leave(self) -> None:
+        """The client left: stop generating now."""
+        self.left = True
+        self.completions.release(self.plan, self.lease)
+
+    async def close(self) -> None:
+        """Close the sequences; a session cut short keeps its prompt and the words sent."""
+        try:
+            self.completions.release(self.plan, self.lease)
+            if self.left and self.lease is not None and self.before is not None:
+                c = self.plan.choices[0]
+                k = len(c.gen.forced)
+                feed = self.plan.prompts[0].ids + c.gen.words[k : k + self.delivered_words]
+                await self.completions.service.keep_sent(self.lease, self.before, feed)
+        finally:
+            await self.stack.aclose()
+
+
+def usage(plan: Plan) -> dict[str, int]:
+    prompt_tokens = sum(len(p.ids) for p in plan.prompts)
+    completion_tokens = sum(len(c.gen.generated()[0]) for c in plan.choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

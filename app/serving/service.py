@@ -9,7 +9,6 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -44,19 +43,20 @@ from app.schemas.sessions import (
 from app.serving.sessions import Lease, SessionRecord, SessionStore
 from model_store import UnknownWord, split_words
 
-OnWord = Callable[[str, float], None]  # hears each generated word as it comes (streams)
 log = logging.getLogger("app.service")
 
 
 class Delivery(Protocol):
-    """A stream's side of a session continuation: hears each word, counts those sent."""
+    """A stream's side of a continuation: shown the generation before it runs (it reads the
+    words as the engine appends them, and sets `gen.on_word` to hear of each), it counts the
+    words sent to the client."""
 
     sent: int  # words the client was sent so far
 
-    def __call__(self, word: str, prob: float) -> None: ...
+    def watch(self, itos: tuple[str, ...], gen: Generation) -> None: ...
 
     async def drained(self) -> None:
-        """Return once every word heard so far has been sent."""
+        """Return once every word generated so far has been sent."""
 
 
 OWNED_BY = "human-numbers"  # OpenAI's `owned_by` of our models
@@ -145,7 +145,7 @@ class PredictionService:
             raise BadText(f"top_k is {top_k}; it must be between 1 and {len(lm.vocab)}")
 
     def generation(
-        self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool, on_word: OnWord | None
+        self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool, stream: Delivery | None
     ) -> Generation:
         """The engine's generation for these options, once checked against model and settings."""
         if opts.max_words > self.settings.MAX_WORDS:
@@ -163,8 +163,7 @@ class PredictionService:
                     f"(GET /v1/models/{lm.name} lists them)"
                 )
             stop.add(lm.vocab.stoi[tokens[0]])
-        itos = lm.vocab.itos
-        return Generation(
+        gen = Generation(
             max_words=opts.max_words,
             temperature=opts.temperature,
             top_k=opts.top_k,
@@ -172,8 +171,10 @@ class PredictionService:
             rng=random.Random(opts.seed if opts.seed is not None else secrets.randbits(63)),
             stop=frozenset(stop),
             feed_last=feed_last,
-            on_word=(lambda i, p: on_word(itos[i], p)) if on_word else None,
         )
+        if stream is not None:
+            stream.watch(lm.vocab.itos, gen)
+        return gen
 
     def next_list(self, lm: LoadedModel, top: list[tuple[int, float]]) -> list[WordProb]:
         return [WordProb(word=lm.vocab.itos[i], prob=p) for i, p in top]
@@ -193,10 +194,10 @@ class PredictionService:
         )
 
     async def continuation(
-        self, req: ContinuationRequest, on_word: OnWord | None = None
+        self, req: ContinuationRequest, stream: Delivery | None = None
     ) -> ContinuationResponse:
         lm = self.model(req.model)
-        gen = self.generation(lm, req, feed_last=False, on_word=on_word)
+        gen = self.generation(lm, req, feed_last=False, stream=stream)
         ids = self.encode(lm, req.text, need_words=True)
         seq = lm.batcher.open()
         try:
@@ -293,25 +294,29 @@ class PredictionService:
         """
         async with self.sessions.lease(session_id, owner) as lease:
             lm = lease.model  # checks come first: a bad request changes nothing
-            gen = self.generation(lm, req, feed_last=True, on_word=stream)
+            gen = self.generation(lm, req, feed_last=True, stream=stream)
             ids = self.encode(lm, req.text)
             if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
             if stream is None:
                 await lease.seq.generate(ids, gen, self.applied(lease))
             else:
-                before = Rewind(lease.seq.export(), lease)
+                before = self.rewind_point(lease)
                 try:
                     await lease.seq.generate(ids, gen, self.applied(lease))
                     await stream.drained()
                 except BaseException:
-                    await self._keep_sent(lease, before, ids + gen.words[: stream.sent])
+                    await self.keep_sent(lease, before, ids + gen.words[: stream.sent])
                     raise
         return SessionContinuationResponse(
             **generated(lm, gen), session_id=lease.id, tokens_seen=lease.tokens_seen
         )
 
-    async def _keep_sent(self, lease: Lease, before: Rewind, feed: list[int]) -> None:
+    def rewind_point(self, lease: Lease) -> Rewind:
+        """The session as it is now, to come back to if a stream is cut short."""
+        return Rewind(lease.seq.export(), lease)
+
+    async def keep_sent(self, lease: Lease, before: Rewind, feed: list[int]) -> None:
         """Back to the state before the continuation, then feed its text and the words sent
         (feeding in pieces or whole gives the same state: that is the engine's invariant)."""
         lease.reset()

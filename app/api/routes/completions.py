@@ -112,45 +112,18 @@ async def stream(completions: CompletionService, plan: Plan, owner: str) -> Even
     """Start the choices, then stream them; a session stays leased until the stream ends."""
     stack = contextlib.AsyncExitStack()
     lease = None
-    if plan.session_id is not None:
-        lease = await stack.enter_async_context(
-            completions.service.sessions.lease(plan.session_id, owner)
-        )
-        try:
-            completions.check_session(plan, lease)
-        except BaseException:
-            await stack.aclose()
-            raise
-    events = EventStream()
-    writer = ChunkWriter(completions, plan)
-    for c in plan.choices:
-        c.gen.on_word = lambda *_: events.wake()
     try:
-        completions.start(plan, lease)
+        if plan.session_id is not None:
+            lease = await stack.enter_async_context(
+                completions.service.sessions.lease(plan.session_id, owner)
+            )
+            completions.check_session(plan, lease)
+        events = EventStream(completions.service.settings.SSE_FLUSH_MS / 1000)
+        writer = ChunkWriter(completions, plan, lease, stack)
+        writer.start(events)
     except BaseException:
-        await stack.aclose()
-        raise
-    for c in plan.choices:
-        if c.job is not None:
-            c.job.future.add_done_callback(lambda _: events.wake())
-    include_usage = bool(plan.req.stream_options and plan.req.stream_options.include_usage)
-
-    def render() -> tuple[bytes, bool]:
-        out = []
-        for i in range(len(plan.choices)):
-            for chunk in writer.ready(i):
-                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        if not all(writer.finished):
-            return b"".join(out), False
-        if include_usage:
-            out.append(b"data: " + orjson.dumps(writer.usage()) + b"\n\n")
-        out.append(b"data: [DONE]\n\n")
-        return b"".join(out), True
-
-    async def close() -> None:
         completions.release(plan, lease)
         await stack.aclose()
-
-    events.render_events = render
-    events.on_close = close
+        raise
+    events.source = writer
     return events

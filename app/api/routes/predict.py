@@ -34,5 +34,7 @@ async def create_continuation(
 ) -> ContinuationResponse | Response:
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
-        return await event_stream(lambda on_word: service.continuation(req, on_word))
+        return await event_stream(
+            lambda stream: service.continuation(req, stream), service.settings.SSE_FLUSH_MS / 1000
+        )
     return await service.continuation(req)

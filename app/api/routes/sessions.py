@@ -84,7 +84,8 @@ async def session_continuation(
     client leaves stops there: the session keeps the words that were sent, no more."""
     if req.stream:
         return await event_stream(
-            lambda stream: service.session_continuation(session_id, req, stream, owner)
+            lambda stream: service.session_continuation(session_id, req, stream, owner),
+            service.settings.SSE_FLUSH_MS / 1000,
         )
     return await service.session_continuation(session_id, req, owner=owner)
 

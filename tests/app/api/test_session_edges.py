@@ -71,6 +71,14 @@ def test_a_create_refused_by_a_full_queue_leaves_no_session(store, backend):
     assert 429 in statuses and 201 in statuses and set(statuses) == {201, 429}
 
 
+def word_of(e: dict) -> str:
+    """The word of a continuation event, or of a completion chunk (that has no finish yet)."""
+    if "choices" in e:
+        assert e["choices"][0]["finish_reason"] is None, e
+        return e["choices"][0]["text"].strip()
+    return e["word"]
+
+
 async def drive_stream(app, path: str, body: dict, keep: int) -> list[str]:
     """POST a streaming request straight through ASGI; after `keep` word events the client
     disconnects. The words the server handed over (its send returned), in order."""
@@ -108,18 +116,25 @@ async def drive_stream(app, path: str, body: dict, keep: int) -> list[str]:
         "server": ("test", 80),
     }
     await asyncio.wait_for(app(scope, receive, send), 30)
-    events = [orjson.loads(line[6:]) for c in got for line in c.split(b"\n") if line]
-    assert all("word" in e for e in events), events  # no finish event: it was cut short
-    return [e["word"] for e in events]
+    lines = [line[6:] for c in got for line in c.split(b"\n") if line]
+    assert b"[DONE]" not in lines
+    events = [orjson.loads(line) for line in lines]
+    assert all("finish_reason" not in e for e in events), events  # it was cut short
+    return [word_of(e) for e in events]
 
 
-def test_a_stream_the_client_leaves_stops_and_keeps_exactly_the_words_sent(store, backend):
+@pytest.mark.parametrize("route", ["continuation", "completions"])
+def test_a_stream_the_client_leaves_stops_and_keeps_exactly_the_words_sent(store, backend, route):
+    """Both stream routes, the session's own and OpenAI's with a session_id."""
     app = create_app(make_settings(store, MAX_WORDS=20_000, **backend))
 
     async def scenario(c: httpx.AsyncClient) -> None:
         sid = (await c.post("/v1/sessions", json={"text": PROMPT})).json()["session_id"]
-        body = {"max_words": 20_000, "stream": True}
-        words = await drive_stream(app, f"/v1/sessions/{sid}/continuation", body, keep=3)
+        if route == "continuation":
+            path, body = f"/v1/sessions/{sid}/continuation", {"max_words": 20_000}
+        else:
+            path, body = "/v1/completions", {"prompt": "", "session_id": sid, "max_tokens": 20_000}
+        words = await drive_stream(app, path, body | {"stream": True}, keep=3)
         assert 3 <= len(words) < 20_000
         # free at once (no 1.8 s of words nobody reads), holding the words sent and no more
         r = await asyncio.wait_for(c.get(f"/v1/sessions/{sid}"), 2)
