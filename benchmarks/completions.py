@@ -1,36 +1,38 @@
 """OpenAI completions benchmark: the real server driven by wrk (Debian's package).
 
-    python -m benchmarks.completions [--store DIR] [--duration 6]
+    python -m benchmarks.completions [--store DIR] [--duration 6] [--rounds 2]
 
-Prints, measured side by side in one run on one server:
-- next-word predictions/s through POST /v1/completions, lists of 256 prompts, max_tokens 1;
-- streamed words/s of 256 concurrent streams of 100 words, /v1/completions (stream: true)
-  next to /v1/continuation (stream: true), one SSE event per word in both.
+Prints, measured side by side in one run:
+- next-word predictions/s through POST /v1/completions, lists of 256 prompts, max_tokens 1,
+  greedy, at 1, 4 and 16 connections;
+- streamed words/s of 256 concurrent streams of 100 words, /v1/completions (stream: true) next
+  to /v1/continuation (stream: true), one SSE event per word in both, on two servers up at
+  once: the default SSE_FLUSH_MS and SSE_FLUSH_MS=0 (a write as soon as a word is ready, as
+  before the writer spaced its sends). The four are driven in turn, `--rounds` times, so a
+  load from elsewhere on the machine falls on all alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import os
+import platform
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.serving import Server, train_store, wrk
+from app.core.config import Settings
+from benchmarks.serving import Server, lua_post, train_store, wrk
 
 WORDS = ["one", "two", "three", "seven", "eight", "nine", "twenty", "hundred", "thousand"]
+EARLIER_SSE = 23_694  # words/s of 256 streams before (docs/benchmarks.md, an idle machine)
+GOAL = 2.5
 
 
-def lua_post(folder: Path, name: str, path: str, body: dict[str, object]) -> Path:
-    script = folder / f"{name}.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = [[{json.dumps(body)}]]\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.path = "{path}"\n'
-    )
-    return script
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -39,9 +41,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6, help="seconds per wrk run")
     p.add_argument("--streams", type=int, default=256)
     p.add_argument("--words", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the four stream runs")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install -y wrk")
+    flush = Settings.model_fields["SSE_FLUSH_MS"].default
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {load()}", flush=True)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         store = args.store or train_store(tmp / "store")
@@ -53,25 +58,34 @@ def main() -> None:
             {"model": "gru", "prompt": prompts, "max_tokens": 1, "temperature": 0},
         )
         text = "one thousand one ,"
-        completion_stream = lua_post(
-            tmp,
-            "cstream",
-            "/v1/completions",
-            {
-                "model": "gru",
-                "prompt": text,
-                "max_tokens": args.words,
-                "temperature": 0,
-                "stream": True,
-            },
-        )
-        continuation_stream = lua_post(
-            tmp,
-            "kstream",
-            "/v1/continuation",
-            {"text": text, "max_words": args.words, "stream": True},
-        )
-        with Server(store, ACCESS_LOG="false") as srv:
+        scripts = {
+            "/v1/completions ": lua_post(
+                tmp,
+                "cstream",
+                "/v1/completions",
+                {
+                    "model": "gru",
+                    "prompt": text,
+                    "max_tokens": args.words,
+                    "temperature": 0,
+                    "stream": True,
+                },
+            ),
+            "/v1/continuation": lua_post(
+                tmp,
+                "kstream",
+                "/v1/continuation",
+                {"model": "gru", "text": text, "max_words": args.words, "stream": True},
+            ),
+        }
+        with contextlib.ExitStack() as stack:
+            servers = {
+                f"SSE_FLUSH_MS={flush:g}": stack.enter_context(Server(store, ACCESS_LOG="false")),
+                "SSE_FLUSH_MS=0": stack.enter_context(
+                    Server(store, ACCESS_LOG="false", SSE_FLUSH_MS="0")
+                ),
+            }
+            srv = next(iter(servers.values()))
             wrk(srv.base, 4, 1, batch)  # warm-up
             print("next-word predictions through /v1/completions, 256 prompts a request:")
             for conns in (1, 4, 16):
@@ -82,19 +96,34 @@ def main() -> None:
                     + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""),
                     flush=True,
                 )
-            print(f"\n{args.streams} concurrent streams of {args.words} words, back to back:")
-            for label, script in (
-                ("/v1/completions ", completion_stream),
-                ("/v1/continuation", continuation_stream),
-            ):
-                wrk(srv.base, args.streams, 2, script)  # warm-up
-                r = wrk(srv.base, args.streams, max(args.duration, 12), script)
+            print(
+                f"\n{args.streams} concurrent streams of {args.words} words, back to back "
+                f"({load()}):"
+            )
+            runs: dict[tuple[str, str], list[float]] = {}
+            for srv in servers.values():
+                for script in scripts.values():
+                    wrk(srv.base, args.streams, 2, script)  # warm-up
+            for i in range(args.rounds):
+                for label, srv in servers.items():
+                    for route, script in scripts.items():
+                        r = wrk(srv.base, args.streams, max(args.duration, 12), script)
+                        words = r["rps"] * args.words
+                        runs.setdefault((label, route), []).append(words)
+                        print(
+                            f"  round {i + 1}, {label:<16} {route} stream: {words:>9,.0f} words/s"
+                            f" (p50 {r['p50']:.0f} ms)"
+                            + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""),
+                            flush=True,
+                        )
+            print(f"\nmean over {args.rounds} rounds; goal {GOAL}x {EARLIER_SSE:,} words/s:")
+            for (label, route), got in runs.items():
+                mean = sum(got) / len(got)
                 print(
-                    f"  {label} stream: {r['rps'] * args.words:>9,.0f} words/s "
-                    f"(p50 {r['p50']:.0f} ms)"
-                    + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""),
-                    flush=True,
+                    f"  {label:<16} {route} stream: {mean:>9,.0f} words/s "
+                    f"= {mean / EARLIER_SSE:.2f}x (best round {max(got):,.0f})"
                 )
+    print(load())
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import re
@@ -89,6 +90,12 @@ class Server:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (user + system, all its threads)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> float:
         assert self.proc is not None
@@ -166,17 +173,22 @@ async def create_sessions(
         return ids
 
 
-def lua_continuation(words: int, stream: bool, folder: Path) -> Path:
-    path = folder / f"continuation-{stream}.lua"
-    body = (
-        f'{{"text": "one thousand one ,", "max_words": {words}, "stream": {str(stream).lower()}}}'
-    )
-    path.write_text(
+def lua_post(folder: Path, name: str, path: str, body: dict[str, object]) -> Path:
+    """A wrk script that POSTs `body` as JSON to `path`, every request the same."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / f"{name}.lua"
+    script.write_text(
         'wrk.method = "POST"\n'
-        f"wrk.body = '{body}'\n"
+        f"wrk.body = [[{json.dumps(body)}]]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.path = "{path}"\n'
     )
-    return path
+    return script
+
+
+def lua_continuation(words: int, stream: bool, folder: Path) -> Path:
+    body = {"text": "one thousand one ,", "max_words": words, "stream": stream}
+    return lua_post(folder, f"continuation-{stream}", "/v1/continuation", body)
 
 
 def continuation_load(

@@ -72,7 +72,8 @@ class CompletionGeneration(Generation):
             self.temperature == 0
             and self.keep_top < 0
             and self.bias is None
-            and not self.counts
+            and not self.presence
+            and not self.frequency  # choose() counts the words for the penalties
             and len(self.words) >= len(self.forced)
         )
 
@@ -144,11 +145,15 @@ class CompletionGeneration(Generation):
         end = len(self.words) - max(self.cut, 0)
         return self.words[k:end], self.probs[k:end]
 
+    def n_generated(self) -> int:
+        return len(self.words) - len(self.forced) - max(self.cut, 0)
+
     def generated_text(self) -> str:
         if self.cut_text is not None:
             return self.cut_text
-        words, _ = self.generated()
-        return "".join(" " + self.itos[w] for w in words)
+        k = len(self.forced)
+        end = len(self.words) - max(self.cut, 0)
+        return "".join(map(spaced(self.itos).__getitem__, self.words[k:end]))
 
 
 @dataclass(slots=True)
@@ -257,7 +262,26 @@ class CompletionService:
         single = frozenset(seq[0] for seq in word_stops if len(seq) == 1)
         multi = [s for s in word_stops if len(s) > 1]
         presence, frequency = req.presence_penalty or 0.0, req.frequency_penalty or 0.0
-        itos = lm.vocab.itos
+        # the options every choice shares, given only when not the default (a prompt list
+        # builds hundreds of generations)
+        common: dict[str, Any] = {
+            "temperature": temperature,
+            "feed_last": session_id is not None,
+            "itos": lm.vocab.itos,
+        }
+        optional = {
+            "top_k": req.top_k,
+            "top_p": req.top_p,
+            "stop": single,
+            "word_stops": multi,
+            "string_stops": string_stops,
+            "bias": bias,
+            "presence": presence,
+            "frequency": frequency,
+        }
+        common |= {key: value for key, value in optional.items() if value}
+        if top >= 0:
+            common["keep_top"] = top
         choices = []
         for p, prompt in enumerate(prompts):
             score = top >= 0 and echo
@@ -268,21 +292,7 @@ class CompletionService:
                 else:
                     rng = shared_rng
                 gen = CompletionGeneration(
-                    max_words=len(forced) + max_tokens,
-                    temperature=temperature,
-                    top_k=req.top_k,
-                    top_p=req.top_p,
-                    rng=rng,
-                    stop=single,
-                    feed_last=session_id is not None,
-                    forced=forced,
-                    word_stops=multi,
-                    string_stops=string_stops,
-                    itos=itos,
-                    bias=bias,
-                    presence=presence,
-                    frequency=frequency,
-                    keep_top=top,
+                    max_words=len(forced) + max_tokens, rng=rng, forced=forced, **common
                 )
                 choices.append(Choice(p, gen))
         if req.user:
@@ -548,6 +558,12 @@ class Waker(Protocol):
 
 
 @functools.lru_cache(maxsize=64)
+def spaced(itos: tuple[str, ...]) -> list[str]:
+    """Each word as a completion's text has it: preceded by a space."""
+    return [" " + word for word in itos]
+
+
+@functools.lru_cache(maxsize=64)
 def spaced_words(itos: tuple[str, ...]) -> list[bytes]:
     """Each word's chunk text as JSON, preceded by its space: `" one"`."""
     return [orjson.dumps(" " + word) for word in itos]
@@ -718,7 +734,7 @@ class ChunkWriter:
 
 def usage(plan: Plan) -> dict[str, int]:
     prompt_tokens = sum(len(p.ids) for p in plan.prompts)
-    completion_tokens = sum(len(c.gen.generated()[0]) for c in plan.choices)
+    completion_tokens = sum(c.gen.n_generated() for c in plan.choices)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
