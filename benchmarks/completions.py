@@ -10,6 +10,8 @@ Prints, measured side by side in one run:
   once: the default SSE_FLUSH_MS and SSE_FLUSH_MS=0 (a write as soon as a word is ready, as
   before the writer spaced its sends). The four are driven in turn, `--rounds` times, so a
   load from elsewhere on the machine falls on all alike.
+Beside each rate, the same per CPU-second of the server process (/proc: user + system):
+what one core would do if the server had it alone, the machine being shared.
 """
 
 from __future__ import annotations
@@ -89,10 +91,13 @@ def main() -> None:
             wrk(srv.base, 4, 1, batch)  # warm-up
             print("next-word predictions through /v1/completions, 256 prompts a request:")
             for conns in (1, 4, 16):
+                cpu = srv.cpu_s()
                 r = wrk(srv.base, conns, args.duration, batch)
+                per_cpu = r["rps"] * 256 * args.duration / (srv.cpu_s() - cpu)
                 print(
                     f"  {conns:>2} conns: {r['rps']:>7.0f} req/s = {r['rps'] * 256:>9,.0f} "
-                    f"predictions/s  (p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms)"
+                    f"predictions/s, {per_cpu:>9,.0f} per server CPU-second"
+                    f"  (p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms)"
                     + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""),
                     flush=True,
                 )
@@ -101,27 +106,34 @@ def main() -> None:
                 f"({load()}):"
             )
             runs: dict[tuple[str, str], list[float]] = {}
+            cpus: dict[tuple[str, str], list[float]] = {}
             for srv in servers.values():
                 for script in scripts.values():
                     wrk(srv.base, args.streams, 2, script)  # warm-up
             for i in range(args.rounds):
                 for label, srv in servers.items():
                     for route, script in scripts.items():
-                        r = wrk(srv.base, args.streams, max(args.duration, 12), script)
+                        seconds = max(args.duration, 12)
+                        cpu = srv.cpu_s()
+                        r = wrk(srv.base, args.streams, seconds, script)
                         words = r["rps"] * args.words
+                        per_cpu = words * seconds / (srv.cpu_s() - cpu)
                         runs.setdefault((label, route), []).append(words)
+                        cpus.setdefault((label, route), []).append(per_cpu)
                         print(
                             f"  round {i + 1}, {label:<16} {route} stream: {words:>9,.0f} words/s"
-                            f" (p50 {r['p50']:.0f} ms)"
+                            f", {per_cpu:>9,.0f} per server CPU-second (p50 {r['p50']:.0f} ms)"
                             + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""),
                             flush=True,
                         )
             print(f"\nmean over {args.rounds} rounds; goal {GOAL}x {EARLIER_SSE:,} words/s:")
             for (label, route), got in runs.items():
                 mean = sum(got) / len(got)
+                per_cpu = sum(cpus[label, route]) / len(got)
                 print(
                     f"  {label:<16} {route} stream: {mean:>9,.0f} words/s "
-                    f"= {mean / EARLIER_SSE:.2f}x (best round {max(got):,.0f})"
+                    f"= {mean / EARLIER_SSE:.2f}x (best round {max(got):,.0f}); "
+                    f"{per_cpu:,.0f} per server CPU-second = {per_cpu / EARLIER_SSE:.2f}x"
                 )
     print(load())
 

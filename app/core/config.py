@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
     MAX_QUEUE: int = Field(4096, ge=1, description="queued jobs per model before 429")
     SSE_FLUSH_MS: float = Field(
-        20.0,
+        50.0,
         ge=0,
         description="a stream writes at most once per this many ms: the words ready go out "
         "together, one event each (0: a write as soon as a word is ready)",

@@ -57,6 +57,7 @@ class CompletionGeneration(Generation):
     word_stops: list[tuple[int, ...]] = field(default_factory=list)
     string_stops: list[str] = field(default_factory=list)
     itos: tuple[str, ...] = ()
+    spaced: list[str] = field(default_factory=list)  # each word preceded by a space, by id
     bias: list[float] | None = None  # added to the logits, by id
     presence: float = 0.0
     frequency: float = 0.0
@@ -153,7 +154,7 @@ class CompletionGeneration(Generation):
             return self.cut_text
         k = len(self.forced)
         end = len(self.words) - max(self.cut, 0)
-        return "".join(map(spaced(self.itos).__getitem__, self.words[k:end]))
+        return "".join(map(self.spaced.__getitem__, self.words[k:end]))
 
 
 @dataclass(slots=True)
@@ -268,6 +269,7 @@ class CompletionService:
             "temperature": temperature,
             "feed_last": session_id is not None,
             "itos": lm.vocab.itos,
+            "spaced": spaced(lm.vocab.itos),
         }
         optional = {
             "top_k": req.top_k,
