@@ -36,9 +36,9 @@ def test_argmax_over_the_batch_equals_max_over_each_row():
             for kind in (Generation, RowGreedy):
                 gen = kind(max_words=12)
                 gens.append(gen)
-                jobs.append(batcher.generate(batcher.slots.alloc(), ids, gen))
+                jobs.append(batcher.open().generate(ids, gen))
             sampled = Generation(max_words=12, temperature=0.8, rng=random.Random(i))
-            jobs.append(batcher.generate(batcher.slots.alloc(), ids, sampled))
+            jobs.append(batcher.open().generate(ids, sampled))
         await asyncio.gather(*jobs)
         await batcher.stop()
         assert batcher.stats.rows / batcher.stats.batches > 10  # they did share batches
