@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import logging
 import random
 import secrets
@@ -80,6 +79,7 @@ class PredictionService:
         self.registry = registry
         self.sessions = sessions
         self.settings = settings
+        self._typable: dict[str, dict[str, int]] = {}  # by model name: typable(vocab)
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
@@ -130,7 +130,9 @@ class PredictionService:
                 f"text is {len(text):,} characters; this server takes at most {limit:,} "
                 "(MAX_TEXT_CHARS): send it in pieces to a session"
             )
-        allowed = typable(lm.vocab.itos)
+        allowed = self._typable.get(lm.name)
+        if allowed is None:  # (a 40-tuple's hash per text was a cost of its own)
+            allowed = self._typable[lm.name] = typable(lm.vocab.itos)
         ids = [allowed.get(t, -1) for t in split_words(text)]  # the vocabulary's encode, faster
         if -1 in ids:  # the vocabulary names the unknown word
             try:
@@ -344,7 +346,6 @@ class Rewind:
         self.last_words = list(lease.last_words)
 
 
-@functools.lru_cache(maxsize=64)
 def typable(itos: tuple[str, ...]) -> dict[str, int]:
     """The tokens a text may hold and their ids, as `Vocab.encode` takes them: the words and
     xxbos."""
