@@ -81,12 +81,14 @@ def word_of(e: dict) -> str:
 
 async def drive_stream(app, path: str, body: dict, keep: int) -> list[str]:
     """POST a streaming request straight through ASGI; after `keep` word events the client
-    disconnects. The words the server handed over (its send returned), in order."""
+    disconnects. Each send takes a few ms, so the generation runs ahead of what was sent. The
+    words the server handed over (its send returned), in order."""
     got: list[bytes] = []
     enough = asyncio.Event()
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.body":
+            await asyncio.sleep(0.005)  # a slow link: the engine goes on meanwhile
             got.append(message.get("body", b""))
             if sum(c.count(b"data: ") for c in got) >= keep:
                 enough.set()
