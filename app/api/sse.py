@@ -131,7 +131,8 @@ class EventStream(Response):
         assert source is not None, "an EventStream needs its source before it is sent"
         watcher = self._loop.create_task(self._watch(receive))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            headers = list(SSE_HEADERS)  # a copy: a middleware (CORS) may add to the list
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             while not self.gone:
                 await self._wait()
                 if self.gone:
