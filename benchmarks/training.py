@@ -2,6 +2,7 @@
 
     python -m benchmarks.training --seeds 3 [--variants gru gru-copy]
     python -m benchmarks.training --proxy --variants gru-copy [--layers 2 --epochs 30 ...]
+    python -m benchmarks.training --proxy carry --variants gru-copy --seed-list 0 1 2 42
 
 For each variant: final valid accuracy of the seed's evaluation (64 streams, bptt 40,
 stateful; mean, min, sd), one stream over the whole of valid.txt (mean, min), accuracy after a
@@ -10,7 +11,11 @@ from one run on this machine, next to the seed notebook's figures where it has o
 
 `--proxy` trains on train.txt's 1..6,999 and evaluates on its 7,001..7,999 ("seven" is then a
 thousands word never seen in training, as "eight" and "nine" are in valid.txt): design choices
-are judged there, never on valid.txt. The recipe flags (`--epochs`, `--layers`, ...) override
+are judged there, never on valid.txt. `--proxy carry` trains on 1..5,999 and evaluates on
+6,001..7,999: two unseen thousands words and the carry 6,999 -> 7,000 from one into the other,
+as valid.txt's 8,999 -> 9,000; its counting check adds the sessions that cross that carry (fed
+two numbers from 6,974..6,999, so the 25 numbers counted on hold 7,000), reported apart. The
+recipe flags (`--epochs`, `--layers`, ...) override
 each variant's recipe, for trying designs; `--seed-list` picks seeds other than 0..N-1.
 """
 
@@ -27,7 +32,7 @@ import torch
 
 from model_store import count_parameters, resolve_device
 from training.cli import ALL_VARIANTS
-from training.data import PROXY_VALID_RANGE, VALID_RANGE, load_data, proxy_data
+from training.data import PROXIES, VALID_RANGE, load_data, proxy_data
 from training.evaluation import breakdown, counts_on
 from training.loop import RECIPES, train
 
@@ -39,7 +44,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="instead of --seeds")
-    p.add_argument("--proxy", action="store_true", help="train 1..6,999, evaluate 7,001..7,999")
+    p.add_argument(
+        "--proxy",
+        nargs="?",
+        const="seven",
+        choices=list(PROXIES),
+        help="seven (no value): train 1..6,999, evaluate 7,001..7,999; carry: train 1..5,999,"
+        " evaluate 6,001..7,999 (crosses 6,999 -> 7,000)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: each variant's recipe")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--hidden", type=int, default=None)
@@ -70,18 +82,32 @@ def main() -> None:
         )
         if getattr(args, f) is not None
     }
-    data = proxy_data() if args.proxy else load_data()
+    data = proxy_data(args.proxy) if args.proxy else load_data()
     # The counting check of benchmarks/counting.py, in process, on the evaluated numbers: the
     # next number after four (greedy, exactly right), and sessions fed two numbers counting on.
-    numbers = PROXY_VALID_RANGE if args.proxy else VALID_RANGE
+    numbers = PROXIES[args.proxy][1] if args.proxy else VALID_RANGE
     rng = random.Random(0)
     next_starts = [rng.randint(numbers[0], numbers[-1] - 4) for _ in range(args.sessions)]
     run_starts = [rng.randint(numbers[0], numbers[-1] - args.run - 1) for _ in range(args.sessions)]
+    # Sessions whose counting crosses a thousands carry inside the evaluated numbers (fed
+    # x,974..x,998 and the number after, so that x+1,000 is among the next `run`).
+    carry_starts = [
+        s
+        for k in range(numbers[0] // 1000 + 1, numbers[-1] // 1000 + 1)
+        for s in range(k * 1000 - args.run - 1, k * 1000 - 1)
+        if s >= numbers[0]
+    ]
     device = resolve_device(args.device)
     print(
         f"torch {torch.__version__}, device {device}, {platform.processor() or platform.machine()}"
         f", {torch.get_num_threads()} threads, seeds {seeds}"
-        + (", proxy split (train 1..6,999, evaluate 7,001..7,999)" if args.proxy else "")
+        + (
+            f", proxy split {args.proxy} (train 1..{PROXIES[args.proxy][0][-1]:,}, evaluate"
+            f" {numbers[0]:,}..{numbers[-1]:,})"
+            if args.proxy
+            else ""
+        )
+        + (f", {len(carry_starts)} carry sessions a seed" if carry_starts else "")
         + (f", overrides {overrides}" if overrides else "")
     )
     head = ("variant", "seed nb", "mean", "min", "sd", "1s mean", "1s min", "after ,", "thous.")
@@ -93,7 +119,7 @@ def main() -> None:
     for variant in args.variants:
         recipe = replace(RECIPES[variant], device=args.device, **overrides)
         accs, ones, commas, thousands, spe, runs = [], [], [], [], [], []
-        nexts, perfect = [], 0
+        nexts, perfect, carried = [], 0, 0
         params = 0
         for seed in seeds:
             start = time.perf_counter()
@@ -108,13 +134,23 @@ def main() -> None:
             nexts.append(statistics.mean(counts_on(result.model, data.vocab, next_starts, 4, 1)))
             counted = counts_on(result.model, data.vocab, run_starts, 2, args.run)
             perfect += sum(c == args.run for c in counted)
+            crossed = counts_on(result.model, data.vocab, carry_starts, 2, args.run)
+            carried += sum(c == args.run for c in crossed)
+            failed_carries = [s + 2 + c for s, c in zip(carry_starts, crossed) if c < args.run]
             if len(seeds) > 1:
                 print(
                     f"  seed {seed}: {b.accuracy:.4f}, one stream {b.one_stream:.4f}"
                     f" ({round((1 - b.one_stream) * (len(data.valid_tokens) - 1))} errors)"
                     f", next number {nexts[-1]:.1%}"
                     f", {sum(c == args.run for c in counted)}/{len(counted)} sessions count"
-                    f" {args.run}, {runs[-1]:.1f} s",
+                    f" {args.run}"
+                    + (
+                        f", {sum(c == args.run for c in crossed)}/{len(crossed)} carry sessions"
+                        f" (first wrong number: {sorted(set(failed_carries))})"
+                        if carry_starts
+                        else ""
+                    )
+                    + f", {runs[-1]:.1f} s",
                     flush=True,
                 )
             params = count_parameters(result.model)
@@ -126,6 +162,7 @@ def main() -> None:
             + "".join(f"{v:>9.4f}" for v in figures)
             + f"{statistics.mean(commas):>9.4f}{statistics.mean(thousands):>9.4f}"
             + f"{statistics.mean(nexts):>8.1%}{f'{perfect}/{len(seeds) * len(run_starts)}':>10}"
+            + f"{f'{carried}/{len(seeds) * len(carry_starts)}':>8}"
             + f"{params:>9,}{statistics.mean(spe):>7.2f}"
             + f"{statistics.mean(runs):>7.1f}",
             flush=True,

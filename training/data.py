@@ -38,6 +38,15 @@ VALID_RANGE = range(8001, 10000)  # 8,001 .. 9,999 (8,000 is in neither file)
 # in valid.txt. valid.txt is for evaluation only, never for choosing among runs.
 PROXY_TRAIN_RANGE = range(1, 7000)
 PROXY_VALID_RANGE = range(7001, 8000)
+# A second split of train.txt that also holds a thousands carry into an unseen thousands word, as
+# valid.txt's 8,999 -> 9,000 is: train 1..5,999, evaluate 6,001..7,999 ("six" and "seven" unseen
+# as thousands words, and 6,999 -> 7,000 crosses from one into the other).
+CARRY_PROXY_TRAIN_RANGE = range(1, 6000)
+CARRY_PROXY_VALID_RANGE = range(6001, 8000)
+PROXIES = {
+    "seven": (PROXY_TRAIN_RANGE, PROXY_VALID_RANGE),
+    "carry": (CARRY_PROXY_TRAIN_RANGE, CARRY_PROXY_VALID_RANGE),
+}
 
 
 def number_words(n: int) -> str:
@@ -113,12 +122,16 @@ def load_data(folder: Path | str | None = None) -> HumanNumbers:
     return HumanNumbers(train_tokens, valid_tokens, Vocab.build(train_tokens), fingerprint, source)
 
 
-def proxy_data() -> HumanNumbers:
-    """train.txt split in two (PROXY_TRAIN_RANGE, PROXY_VALID_RANGE), with train.txt's
-    vocabulary: design choices are judged on this, never on valid.txt."""
-    train_text, valid_text = file_text(PROXY_TRAIN_RANGE), file_text(PROXY_VALID_RANGE)
+def proxy_data(kind: str = "seven") -> HumanNumbers:
+    """train.txt split in two (PROXIES[kind]: "seven" is PROXY_TRAIN_RANGE, PROXY_VALID_RANGE;
+    "carry" the CARRY_PROXY ranges), with train.txt's vocabulary: design choices are judged on
+    this, never on valid.txt."""
+    if kind not in PROXIES:
+        raise ValueError(f"unknown proxy split {kind!r}; known: {', '.join(PROXIES)}")
+    train_range, valid_range = PROXIES[kind]
+    train_text, valid_text = file_text(train_range), file_text(valid_range)
     vocab = Vocab.build(tokenize_file(file_text(TRAIN_RANGE)))
     fingerprint = hashlib.sha256((train_text + "\0" + valid_text).encode()).hexdigest()
     return HumanNumbers(
-        tokenize_file(train_text), tokenize_file(valid_text), vocab, fingerprint, "proxy"
+        tokenize_file(train_text), tokenize_file(valid_text), vocab, fingerprint, f"proxy {kind}"
     )

@@ -104,3 +104,19 @@ def test_the_proxy_split_holds_out_a_thousands_word_of_train_txt(data):
     assert proxy.valid_tokens[:4] == ["xxbos", "seven", "thousand", "one"]
     assert proxy.valid_tokens[-6:] == ["seven", "thousand", "nine", "hundred", "ninety", "nine"]
     assert len(proxy.train_tokens) + len(proxy.valid_tokens) < len(data.train_tokens)
+
+
+def test_the_carry_proxy_split_crosses_a_thousands_carry_into_an_unseen_word(data):
+    """Training on 1..5,999 and evaluating on 6,001..7,999: "six" and "seven" are thousands
+    words only in the evaluation part, which crosses 6,999 -> 7,000 as valid.txt crosses
+    8,999 -> 9,000; no valid.txt token is used."""
+    proxy = proxy_data("carry")
+    assert proxy.vocab.itos == data.vocab.itos
+    train_text = " ".join(proxy.train_tokens)
+    assert "six thousand" not in train_text and "seven thousand" not in train_text
+    valid_text = " ".join(proxy.valid_tokens)
+    assert "six thousand nine hundred ninety nine , seven thousand , seven thousand one" in valid_text
+    assert proxy.valid_tokens[:4] == ["xxbos", "six", "thousand", "one"]
+    assert len(proxy.train_tokens) + len(proxy.valid_tokens) < len(data.train_tokens)
+    with pytest.raises(ValueError, match="unknown proxy split 'eight'"):
+        proxy_data("eight")
