@@ -43,7 +43,14 @@ def load(name: str, store: Path | None) -> HumanNumbersLM:
             raise SystemExit(f"no checkpoint {name!r} in {store}")
         return load_checkpoint(refs[-1]).model.eval()
     r = RECIPES[name]
-    config = ModelConfig(name, hidden=r.hidden, n_layers=r.n_layers, copy_window=r.copy_window)
+    config = ModelConfig(
+        name,
+        hidden=r.hidden,
+        n_layers=r.n_layers,
+        copy_window=r.copy_window,
+        key_size=r.key_size,
+        copy_value=r.copy_value,
+    )
     return build_model(config).eval()
 
 

@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--copy-window", type=int, default=None)
     p.add_argument("--key-size", type=int, default=None)
     p.add_argument("--reset", type=float, default=None)
+    p.add_argument("--copy-value", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--wd", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -77,6 +78,7 @@ def main() -> None:
             "n_layers",
             "copy_window",
             "key_size",
+            "copy_value",
             "reset",
             "wd",
         )
@@ -134,7 +136,11 @@ def main() -> None:
             nexts.append(statistics.mean(counts_on(result.model, data.vocab, next_starts, 4, 1)))
             counted = counts_on(result.model, data.vocab, run_starts, 2, args.run)
             perfect += sum(c == args.run for c in counted)
-            crossed = counts_on(result.model, data.vocab, carry_starts, 2, args.run)
+            crossed = (
+                counts_on(result.model, data.vocab, carry_starts, 2, args.run)
+                if carry_starts
+                else []
+            )
             carried += sum(c == args.run for c in crossed)
             failed_carries = [s + 2 + c for s, c in zip(carry_starts, crossed) if c < args.run]
             if len(seeds) > 1:

@@ -35,6 +35,10 @@ class ModelConfig:
     n_layers: int = 1  # the seed variants are single-layer
     copy_window: int = 16  # gru-copy: K, the past positions it can copy from (a number is <= 7)
     key_size: int = 16  # gru-copy: size of its attention's queries and keys
+    # gru-copy: the vocabulary head also reads the embedding of the word the copy path offers
+    # (its attention over the history, without the sentinel), so it can say "the word after
+    # that one" where copying is wrong (a carry).
+    copy_value: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -205,6 +209,12 @@ class CopyGRU(HumanNumbersLM):
     "," and copies the word that followed it: the thousands word, which a plain GRU trained on
     1..7,999 cannot produce for 8,001..9,999. The output is log-probabilities.
 
+    With `copy_value` the vocabulary head also reads the embedding of the word the copy path
+    offers (its attention over the history without the sentinel, mixing the entries' word
+    embeddings): where copying is wrong, at a carry, the head can give "the word after the
+    offered one", a relation it learns from every units carry, so the thousands carry into a
+    word never seen as a thousands word (8,999 -> 9,000) comes out right.
+
     The state carries that history: `keys` (K, D) and `ids` (K,) of the last K positions whose
     following id is known (newest last, id -1 for an empty entry), and `seen`, whether any
     token was fed. The key of the last position waits for the next id; it is a function of
@@ -218,6 +228,7 @@ class CopyGRU(HumanNumbersLM):
         self.query = nn.Linear(h, d)
         self.key = nn.Linear(h, d)
         self.sentinel = nn.Linear(h, 1)  # the score of "use the vocabulary"
+        self.value = nn.Linear(h, h, bias=False) if config.copy_value else None
 
     @property
     def state_spec(self) -> dict[str, StateSpec]:
@@ -280,14 +291,19 @@ class CopyGRU(HumanNumbersLM):
         """Log-probabilities (B, T, V) of (B, T, H) outputs over a (B, C, D) history whose
         entry c position t may not copy where blocked[b, t, c]."""
         q = self.query(out)  # (B, T, D)
-        scores = (q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])).masked_fill_(
-            blocked, float("-inf")
-        )  # (B, T, C)
+        raw = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
+        scores = raw.masked_fill(blocked, float("-inf"))
         attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
         index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
         copy = out.new_zeros(*out.shape[:2], self.config.vocab_size)
         copy.scatter_add_(2, index, attn[..., :-1].exp())  # blocked entries add exp(-inf) = 0
-        vocab = torch.log_softmax(self.h_o(self.bn(out)), dim=2) + attn[..., -1:]
+        feature = out
+        if self.value is not None:
+            # The offered word: the history's attention without the sentinel (a finite mask,
+            # so a position with nothing to copy is offered nothing: zeros, not NaN).
+            offer = torch.softmax(raw.masked_fill(blocked, -1e30), dim=2).masked_fill(blocked, 0)
+            feature = out + self.value(offer @ self.i_h(ids.clamp_min(0)))  # (B, T, H)
+        vocab = torch.log_softmax(self.h_o(self.bn(feature)), dim=2) + attn[..., -1:]
         # In probability space: p = gate * p_vocab + sum of the copied entries' weights. The
         # floor keeps log() finite (and its gradient zero) for words not in the history.
         return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))

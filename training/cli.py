@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--layers", type=positive_int, dest="n_layers", help="GRU layers")
     common.add_argument("--copy-window", type=positive_int, help="gru-copy: K positions")
     common.add_argument("--key-size", type=positive_int, help="gru-copy: key size D")
+    common.add_argument(
+        "--copy-value",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gru-copy: the head reads the offered word's embedding",
+    )
     common.add_argument("--wd", type=float, help="AdamW weight decay")
     common.add_argument(
         "--reset", type=float, help="share of rows whose state is zeroed before a window"
@@ -107,6 +113,7 @@ OVERRIDABLE = (
     "n_layers",
     "copy_window",
     "key_size",
+    "copy_value",
     "wd",
     "reset",
     "seed",

@@ -1,5 +1,6 @@
 """gru-copy: the copy path is causal, and its state behaves like the seed models' hidden state
-(pieces == whole, a padded batch row == the row alone, nothing kept in the module)."""
+(pieces == whole, a padded batch row == the row alone, nothing kept in the module); with and
+without the head reading the offered word (`copy_value`)."""
 
 import random
 
@@ -11,9 +12,27 @@ from model_store import ModelConfig, build_model
 K = 6  # a small window, so the texts below cross it many times
 
 
-def make_model(seed: int = 0):
+@pytest.fixture(params=[False, True], ids=["plain", "copy_value"], autouse=True)
+def copy_value(request):
+    """Every test runs on both kinds of head: make_model reads this."""
+    global COPY_VALUE
+    COPY_VALUE = request.param
+    return request.param
+
+
+COPY_VALUE = False
+
+
+def make_model(seed: int = 0, copy_value: bool | None = None):
     torch.manual_seed(seed)
-    model = build_model(ModelConfig("gru-copy", hidden=32, copy_window=K, key_size=8)).eval()
+    config = ModelConfig(
+        "gru-copy",
+        hidden=32,
+        copy_window=K,
+        key_size=8,
+        copy_value=COPY_VALUE if copy_value is None else copy_value,
+    )
+    model = build_model(config).eval()
     with torch.no_grad():  # real statistics for the norm layer, a sentinel that copies a lot
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
@@ -146,3 +165,22 @@ def test_one_token_steps_equal_the_forward():
             torch.testing.assert_close(model.head_state(state), whole[:, t], atol=1e-6, rtol=0)
     for name, part in whole_state.items():
         torch.testing.assert_close(state[name], part, atol=1e-6, rtol=0)
+
+
+def test_the_head_reads_the_word_the_copy_path_offers():
+    """With the value layer at zero the model is the plain one; otherwise the vocabulary part
+    depends on the offered word: the same text, a different word in the history, a different
+    vocabulary distribution even where the sentinel takes everything."""
+    plain, valued = make_model(12, copy_value=False), make_model(12, copy_value=True)
+    assert valued.value is not None and plain.value is None
+    valued.load_state_dict({**plain.state_dict(), "value.weight": valued.value.weight})
+    x = torch.randint(0, 40, (2, 15))
+    with torch.no_grad():
+        valued.value.weight.zero_()
+        torch.testing.assert_close(valued(x)[0], plain(x)[0])
+        valued.value.weight.normal_()
+        assert not torch.allclose(valued(x)[0], plain(x)[0])
+        plain.sentinel.bias.fill_(1e4)  # the copy path gets nothing: p is the vocabulary's
+        valued.sentinel.bias.fill_(1e4)
+        a, b = valued.head_state(valued(x)[1]), plain.head_state(plain(x)[1])
+        assert not torch.allclose(a, b)
