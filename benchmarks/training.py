@@ -142,7 +142,9 @@ def main() -> None:
                 else []
             )
             carried += sum(c == args.run for c in crossed)
-            failed_carries = [s + 2 + c for s, c in zip(carry_starts, crossed) if c < args.run]
+            failed_carries = [
+                s + 2 + c for s, c in zip(carry_starts, crossed, strict=True) if c < args.run
+            ]
             if len(seeds) > 1:
                 print(
                     f"  seed {seed}: {b.accuracy:.4f}, one stream {b.one_stream:.4f}"

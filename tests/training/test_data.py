@@ -115,7 +115,8 @@ def test_the_carry_proxy_split_crosses_a_thousands_carry_into_an_unseen_word(dat
     train_text = " ".join(proxy.train_tokens)
     assert "six thousand" not in train_text and "seven thousand" not in train_text
     valid_text = " ".join(proxy.valid_tokens)
-    assert "six thousand nine hundred ninety nine , seven thousand , seven thousand one" in valid_text
+    carry = "six thousand nine hundred ninety nine , seven thousand , seven thousand one"
+    assert carry in valid_text
     assert proxy.valid_tokens[:4] == ["xxbos", "six", "thousand", "one"]
     assert len(proxy.train_tokens) + len(proxy.valid_tokens) < len(data.train_tokens)
     with pytest.raises(ValueError, match="unknown proxy split 'eight'"):
