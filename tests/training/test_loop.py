@@ -100,8 +100,8 @@ def test_cli_data(tmp_path):
 def test_gru_copy_learns_to_copy_on_a_short_schedule(data):
     """Four epochs of the recipe (seconds on a CPU): the copy path already gets the first word
     of a number in 8,001..9,999 right (a thousands word never seen as one in training) where
-    the seed models get a quarter. Measured over seeds 0-2: accuracy 0.91-0.94, after ","
-    0.966-0.968, on "thousand" 0.98-0.99."""
+    the seed models get a quarter. Measured over seeds 0-2: accuracy 0.964-0.969, after ","
+    0.967, on "thousand" 0.983-0.984, one stream 0.983-0.989."""
     from training.evaluation import breakdown
 
     config = replace(RECIPES["gru-copy"], epochs=4, device="cpu", seed=0)
@@ -109,7 +109,8 @@ def test_gru_copy_learns_to_copy_on_a_short_schedule(data):
     b = breakdown(result.model, data.vocab, data.ids("valid"))
     assert b.after_comma >= 0.9, b
     assert b.thousand >= 0.9, b
-    assert b.accuracy >= 0.85, b
+    assert b.accuracy >= 0.93, b
+    assert b.one_stream >= 0.95, b
 
 
 def test_restart_rows_zeroes_only_the_chosen_rows():
