@@ -34,10 +34,14 @@ def rewrite_meta(ref, **changes):
     path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("variant", ["gru", "gru-cell", "gru-custom", "gru-copy"])
+@pytest.mark.parametrize("variant", ["gru", "gru-cell", "gru-custom", "gru-copy", "copy-value"])
 def test_round_trip(tmp_path, data, variant):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(variant)).eval()
+    if variant == "copy-value":  # gru-copy whose head reads the offered word (the recipe's)
+        variant = "gru-copy"
+        model = build_model(ModelConfig(variant, copy_value=True)).eval()
+    else:
+        model = build_model(ModelConfig(variant)).eval()
     ref = save_checkpoint(tmp_path, variant, model, data.vocab, metrics=METRICS)
     assert ref.path == tmp_path / variant / "1"
     assert sorted(p.name for p in ref.path.iterdir()) == ["meta.json", "model.safetensors"]
@@ -45,7 +49,7 @@ def test_round_trip(tmp_path, data, variant):
     x = torch.randint(0, 40, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(ckpt.model(x)[0], model(x)[0], rtol=0, atol=0)
-    assert not ckpt.model.training
+    assert not ckpt.model.training and ckpt.model.config == model.config
     assert ckpt.vocab == data.vocab
     assert ckpt.metrics == METRICS and ckpt.valid_accuracy == 0.5
     meta = read_meta(ref)
@@ -134,6 +138,7 @@ def test_meta_not_json(saved):
         ({"metrics": [{"epoch": 1}]}, r"metrics\[0\] must have numbers"),
         ({"config": {"variant": "gru-custom", "hidden": -3}}, "'hidden' must be a positive"),
         ({"config": {"variant": "gru-custom", "evil": 1}}, "unknown config fields"),
+        ({"config": {"variant": "gru-custom", "copy_value": "yes"}}, "'copy_value' must be true"),
         ({"variant": "gru"}, "config variant 'gru-custom' != 'gru'"),
     ],
 )
