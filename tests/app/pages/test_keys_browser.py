@@ -39,9 +39,12 @@ def execute_list_models(page: Page) -> str:
     )
     if not block.locator(".opblock-body").count():
         block.locator(".opblock-summary-control").click()
-    try_it = block.get_by_role("button", name="Try it out")
-    if try_it.count():
-        try_it.click()
+    # The body renders after the click: wait for its button ("Try it out", or "Cancel" once
+    # tried) before asking which it is, or a slow render skips "Try it out" and no Execute comes.
+    try_out = block.locator(".try-out__btn")
+    expect(try_out).to_be_visible()
+    if try_out.inner_text().strip() == "Try it out":
+        try_out.click()
     clear = block.get_by_role("button", name="Clear")
     if clear.count():  # the last answer would otherwise be read again before the new one
         clear.click()
