@@ -24,6 +24,9 @@ def open_operation(page: Page, method: str, path: str):
     )
     block.locator(".opblock-summary-control").click()
     block.get_by_role("button", name="Try it out").click()
+    # Execute comes in the same render as the editable parameters: once it shows, a count() of
+    # a parameter's input is not taken too early.
+    expect(block.get_by_role("button", name="Execute")).to_be_visible()
     return block
 
 
