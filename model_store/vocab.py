@@ -37,6 +37,8 @@ class Vocab:
 
     itos: tuple[str, ...]
     stoi: dict[str, int] = field(init=False, repr=False, compare=False)
+    # the tokens a text may hold (the words and xxbos) and their ids, for `encode`
+    typable: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         real = [t for t in self.itos if t != PAD_FILLER]
@@ -46,6 +48,10 @@ class Vocab:
         for i, tok in enumerate(self.itos):
             stoi.setdefault(tok, i)
         object.__setattr__(self, "stoi", stoi)
+        typable = {t: i for t, i in stoi.items() if t not in SPECIAL_TOKENS and t != PAD_FILLER}
+        if BOS in stoi:
+            typable[BOS] = stoi[BOS]
+        object.__setattr__(self, "typable", typable)
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -61,12 +67,12 @@ class Vocab:
         Besides the words, `xxbos` (the start-of-stream token the models were trained with) is
         accepted; other special tokens are not.
         """
-        ids = []
-        for pos, tok in enumerate(split_words(text)):
-            idx = self.stoi.get(tok)
-            if idx is None or (tok in SPECIAL_TOKENS and tok != BOS) or tok == PAD_FILLER:
-                raise UnknownWord(tok, pos)
-            ids.append(idx)
+        typable = self.typable
+        tokens = split_words(text)
+        ids = [typable.get(tok, -1) for tok in tokens]  # one lookup a token: the service's path
+        if -1 in ids:
+            pos = ids.index(-1)
+            raise UnknownWord(tokens[pos], pos)
         return ids
 
     def decode(self, ids: Iterable[int]) -> list[str]:

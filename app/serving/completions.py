@@ -322,7 +322,7 @@ class CompletionService:
         return out
 
     def token_prompt(self, lm: LoadedModel, ids: list[int], session: bool) -> Prompt:
-        allowed = set(lm.vocab.encode(" ".join([*lm.vocab.words, "xxbos"])))
+        allowed = set(lm.vocab.typable.values())
         for pos, i in enumerate(ids):
             if i not in allowed:
                 raise BadText(

@@ -41,7 +41,7 @@ from app.schemas.sessions import (
     SessionNextWordResponse,
 )
 from app.serving.sessions import Lease, SessionRecord, SessionStore
-from model_store import BOS, UnknownWord, Vocab, split_words
+from model_store import UnknownWord, split_words
 
 log = logging.getLogger("app.service")
 
@@ -79,7 +79,6 @@ class PredictionService:
         self.registry = registry
         self.sessions = sessions
         self.settings = settings
-        self._typable: dict[str, dict[str, int]] = {}  # by model name: typable(vocab)
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
@@ -130,19 +129,13 @@ class PredictionService:
                 f"text is {len(text):,} characters; this server takes at most {limit:,} "
                 "(MAX_TEXT_CHARS): send it in pieces to a session"
             )
-        allowed = self._typable.get(lm.name)
-        if allowed is None:  # (a 40-tuple's hash per text was a cost of its own)
-            allowed = self._typable[lm.name] = typable(lm.vocab.itos)
-        ids = [allowed.get(t, -1) for t in split_words(text)]  # the vocabulary's encode, faster
-        if -1 in ids:  # the vocabulary names the unknown word
-            try:
-                lm.vocab.encode(text)
-            except UnknownWord as e:
-                raise BadText(
-                    f"unknown word {clip(e.word)} at position {e.position}: the vocabulary of "
-                    f"model {lm.name!r} is listed at GET /v1/models/{lm.name}"
-                ) from None
-            raise AssertionError(f"typable() and Vocab.encode disagree on {text[:40]!r}")
+        try:
+            ids = lm.vocab.encode(text)
+        except UnknownWord as e:
+            raise BadText(
+                f"unknown word {clip(e.word)} at position {e.position}: the vocabulary of model "
+                f"{lm.name!r} is listed at GET /v1/models/{lm.name}"
+            ) from None
         if need_words and not ids:
             raise BadText("text has no words: give at least one word of the model's vocabulary")
         return ids
@@ -344,13 +337,6 @@ class Rewind:
         self.state = state
         self.tokens_seen = lease.tokens_seen
         self.last_words = list(lease.last_words)
-
-
-def typable(itos: tuple[str, ...]) -> dict[str, int]:
-    """The tokens a text may hold and their ids, as `Vocab.encode` takes them: the words and
-    xxbos."""
-    vocab = Vocab(itos)
-    return {token: vocab.stoi[token] for token in [*vocab.words, BOS]}
 
 
 def encode_cursor(session_id: str) -> str:
