@@ -3,11 +3,14 @@ vLLM speak it, plus OpenAI's model objects and error body."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import TEXT_EXAMPLE, TopP
+
+Penalty = Annotated[float | None, Field(ge=-2, le=2, allow_inf_nan=False, examples=[0.5])]
+"""OpenAI's presence and frequency penalties: the same bounds, each its own description."""
 
 
 class StreamOptions(BaseModel):
@@ -80,21 +83,11 @@ class CompletionRequest(BaseModel):
         "-100 bans a word, 100 forces it",
         examples=[{"hundred": -100}],
     )
-    presence_penalty: float | None = Field(
-        None,
-        ge=-2,
-        le=2,
-        allow_inf_nan=False,
-        description="subtracted from the logit of every word generated so far",
-        examples=[0.5],
+    presence_penalty: Penalty = Field(
+        None, description="subtracted from the logit of every word generated so far"
     )
-    frequency_penalty: float | None = Field(
-        None,
-        ge=-2,
-        le=2,
-        allow_inf_nan=False,
-        description="times its count, subtracted from the logit of each word generated so far",
-        examples=[0.5],
+    frequency_penalty: Penalty = Field(
+        None, description="times its count, subtracted from the logit of each word generated so far"
     )
     user: str | None = Field(None, description="an end-user id: logged", examples=["user-1234"])
     suffix: str | None = Field(
