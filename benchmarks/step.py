@@ -50,6 +50,7 @@ def load(name: str, store: Path | None) -> HumanNumbersLM:
         copy_window=r.copy_window,
         key_size=r.key_size,
         copy_value=r.copy_value,
+        copy_start=r.copy_start,
     )
     return build_model(config).eval()
 

@@ -33,7 +33,15 @@ import torch
 from model_store import count_parameters, resolve_device
 from training.cli import ALL_VARIANTS
 from training.data import PROXIES, VALID_RANGE, load_data, proxy_data
-from training.evaluation import breakdown, counts_on
+from training.evaluation import (
+    COUNTING_CARRY,
+    COUNTING_RANGES,
+    PROXY_COUNTING_CARRY,
+    PROXY_COUNTING_RANGES,
+    breakdown,
+    counting_report,
+    counts_on,
+)
 from training.loop import RECIPES, train
 
 SEED_NOTEBOOK = {"gru": 0.774, "gru-cell": 0.745, "gru-custom": 0.685}
@@ -59,12 +67,24 @@ def main() -> None:
     p.add_argument("--copy-window", type=int, default=None)
     p.add_argument("--key-size", type=int, default=None)
     p.add_argument("--reset", type=float, default=None)
+    p.add_argument("--restart-begin", type=float, default=None)
+    p.add_argument("--restart-carry", type=float, default=None)
+    p.add_argument("--restart-numbers", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--copy-start", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--restart-bos", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--copy-value", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--wd", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--sessions", type=int, default=200, help="counting check: sessions a seed")
     p.add_argument("--run", type=int, default=25, help="counting check: numbers a session")
+    p.add_argument(
+        "--counting",
+        action="store_true",
+        help="also count from anywhere: the next-number rate by range, across the carry into a "
+        "new count unit, and sessions from one (120 numbers) and across that carry (30), "
+        "mean and min over seeds",
+    )
     args = p.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -80,6 +100,11 @@ def main() -> None:
             "key_size",
             "copy_value",
             "reset",
+            "restart_begin",
+            "restart_carry",
+            "restart_numbers",
+            "restart_bos",
+            "copy_start",
             "wd",
         )
         if getattr(args, f) is not None
@@ -99,6 +124,11 @@ def main() -> None:
         for s in range(k * 1000 - args.run - 1, k * 1000 - 1)
         if s >= numbers[0]
     ]
+    ranges, carry = (
+        (PROXY_COUNTING_RANGES, PROXY_COUNTING_CARRY)
+        if args.proxy
+        else (COUNTING_RANGES, COUNTING_CARRY)
+    )
     device = resolve_device(args.device)
     print(
         f"torch {torch.__version__}, device {device}, {platform.processor() or platform.machine()}"
@@ -122,6 +152,7 @@ def main() -> None:
         recipe = replace(RECIPES[variant], device=args.device, **overrides)
         accs, ones, commas, thousands, spe, runs = [], [], [], [], [], []
         nexts, perfect, carried = [], 0, 0
+        counting: list[dict[str, float]] = []
         params = 0
         for seed in seeds:
             start = time.perf_counter()
@@ -142,6 +173,11 @@ def main() -> None:
                 else []
             )
             carried += sum(c == args.run for c in crossed)
+            counting.append(
+                counting_report(result.model, data.vocab, ranges=ranges, carry=carry)
+                if args.counting
+                else {}
+            )
             failed_carries = [
                 s + 2 + c for s, c in zip(carry_starts, crossed, strict=True) if c < args.run
             ]
@@ -165,6 +201,8 @@ def main() -> None:
         nb = f"{SEED_NOTEBOOK[variant]:.3f}" if variant in SEED_NOTEBOOK else "-"
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         figures = (statistics.mean(accs), min(accs), sd, statistics.mean(ones), min(ones))
+        if args.counting:
+            print(counting_table(variant, seeds, counting), flush=True)
         print(
             f"{variant:<12}{nb:>9}"
             + "".join(f"{v:>9.4f}" for v in figures)
@@ -175,6 +213,27 @@ def main() -> None:
             + f"{statistics.mean(runs):>7.1f}",
             flush=True,
         )
+
+
+def counting_table(variant: str, seeds: list[int], reports: list[dict[str, float]]) -> str:
+    """One line per seed, then the mean and the minimum over seeds, of counting_report."""
+    names = list(reports[0])
+    widths = [max(len(n), 6) + 2 for n in names]
+    head = "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
+    lines = [f"  {variant} counting{head}"]
+    rows = [(f"seed {seed}", r) for seed, r in zip(seeds, reports, strict=True)]
+    rows += [
+        ("mean", {n: statistics.mean(r[n] for r in reports) for n in names}),
+        ("min", {n: min(r[n] for r in reports) for n in names}),
+    ]
+    for label, r in rows:
+        # rates with three decimals; the sessions' numbers right in a row as counts
+        cells = [
+            f"{r[n]:>{w}.0f}" if n.startswith("from") else f"{r[n]:>{w}.3f}"
+            for n, w in zip(names, widths, strict=True)
+        ]
+        lines.append(f"  {label:<{len(variant) + 9}}" + "".join(cells))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

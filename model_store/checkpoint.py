@@ -229,8 +229,9 @@ def _config_from_meta(meta: Mapping[str, Any], path: Path) -> ModelConfig:
             not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1
         ):
             raise BadCheckpoint(path, f"config field {key!r} must be a positive integer")
-    if "copy_value" in raw and not isinstance(raw["copy_value"], bool):
-        raise BadCheckpoint(path, "config field 'copy_value' must be true or false")
+    for key in ("copy_value", "copy_start"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise BadCheckpoint(path, f"config field {key!r} must be true or false")
     config = ModelConfig(**raw)
     if config.variant != meta["variant"]:
         raise BadCheckpoint(path, f"config variant {config.variant!r} != {meta['variant']!r}")

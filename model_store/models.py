@@ -39,6 +39,10 @@ class ModelConfig:
     # (its attention over the history, without the sentinel), so it can say "the word after
     # that one" where copying is wrong (a carry).
     copy_value: bool = False
+    # gru-copy: the first word fed to the zero state can be copied too (the zero state's key
+    # offers it), so a text of one number (`one,`) is counted on from its own first word.
+    # Without it the first word is never in the history: only the words after it are.
+    copy_start: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -266,7 +270,7 @@ class CopyGRU(HumanNumbersLM):
         x[:, 0]), then the keys of the window's positions but the last (position j followed by
         x[:, j+1]): keys (B, K+T, D) and ids (B, K+T), -1 where nothing is known."""
         pending = self.key(state["h"][:, -1]).unsqueeze(1)  # (B, 1, D)
-        first = torch.where(state["seen"], x[:, :1], -1)
+        first = x[:, :1] if self.config.copy_start else torch.where(state["seen"], x[:, :1], -1)
         if x.shape[1] == 1:  # a serving step: no window keys (skips a Linear on nothing)
             return torch.cat([state["keys"], pending], 1), torch.cat([state["ids"], first], 1)
         keys = torch.cat([state["keys"], pending, self.key(out[:, :-1])], dim=1)

@@ -12,7 +12,7 @@ import torch
 from model_store import VARIANTS, save_checkpoint
 from training.data import load_data, write_data
 from training.loop import RECIPES, train
-from training.report import collect, format_table, plot
+from training.report import collect, format_counting, format_table, plot
 
 # The three variants of the lesson, trained with the seed recipe, and the copy model.
 SEED_VARIANTS = ("gru", "gru-cell", "gru-custom")
@@ -58,9 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="gru-copy: the head reads the offered word's embedding",
     )
+    common.add_argument(
+        "--copy-start",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gru-copy: the first word fed to the zero state can be copied",
+    )
+    common.add_argument(
+        "--restart-numbers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="restarted rows jump to a random number's first word",
+    )
+    common.add_argument(
+        "--restart-bos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="restarted rows read xxbos first",
+    )
     common.add_argument("--wd", type=float, help="AdamW weight decay")
     common.add_argument(
         "--reset", type=float, help="share of rows whose state is zeroed before a window"
+    )
+    common.add_argument(
+        "--restart-begin",
+        type=float,
+        help="share of restarted rows that jump to one of the data's first 99 numbers",
+    )
+    common.add_argument(
+        "--restart-carry",
+        type=float,
+        help="share of restarted rows that jump to a few numbers before a thousands carry",
     )
     common.add_argument("--seed", type=int)
     common.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -114,8 +142,13 @@ OVERRIDABLE = (
     "copy_window",
     "key_size",
     "copy_value",
+    "copy_start",
     "wd",
     "reset",
+    "restart_begin",
+    "restart_carry",
+    "restart_numbers",
+    "restart_bos",
     "seed",
     "device",
     "max_steps",
@@ -168,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                 run_training(args, variant, variant)
             rows, _ = collect(args.store, load_data(args.data))
             print(format_table(rows))
+            print(format_counting(rows))
         elif args.command == "report":
             rows, problems = collect(args.store, load_data(args.data))
             if not rows and not problems:
                 print(f"no checkpoints in {args.store}", file=sys.stderr)
                 return 1
             print(format_table(rows))
+            print(format_counting(rows))
             for problem in problems:
                 print(f"skipped: {problem}", file=sys.stderr)
             out = plot(rows, args.out or args.store / "report.png")

@@ -49,14 +49,9 @@ PROXIES = {
 }
 
 
-def number_words(n: int) -> str:
-    """1 <= n <= 9,999 in words, as the data set writes it: no "and", no hyphens."""
-    assert 1 <= n <= 9999, f"number out of range: {n}"
+def _below_thousand(n: int) -> list[str]:
     words = []
-    thousands, rest = divmod(n, 1000)
-    hundreds, rest = divmod(rest, 100)
-    if thousands:
-        words += [ONES[thousands], "thousand"]
+    hundreds, rest = divmod(n, 100)
     if hundreds:
         words += [ONES[hundreds], "hundred"]
     if rest >= 20:
@@ -65,7 +60,17 @@ def number_words(n: int) -> str:
             words.append(ONES[rest % 10])
     elif rest:
         words.append(ONES[rest])
-    return " ".join(words)
+    return words
+
+
+def number_words(n: int) -> str:
+    """1 <= n <= 999,999 in words, as the data set writes them: no "and", no hyphens. The data
+    holds 1..9,999 only; larger numbers (a thousands part that is itself a number: `twenty
+    three thousand one`) are for evaluating how far a model counts, never for training."""
+    assert 1 <= n <= 999_999, f"number out of range: {n}"
+    thousands, rest = divmod(n, 1000)
+    words = [*_below_thousand(thousands), "thousand"] if thousands else []
+    return " ".join(words + _below_thousand(rest))
 
 
 def file_text(numbers: range) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,12 @@ def number_text(numbers: range) -> str:
 
 @torch.no_grad()
 def counts_on(
-    model: HumanNumbersLM, vocab: Vocab, starts: list[int], fed: int, run: int
+    model: HumanNumbersLM,
+    vocab: Vocab,
+    starts: list[int],
+    fed: int | list[int],
+    run: int,
+    bos: bool = False,
 ) -> list[int]:
     """The service's counting check, in process: a session fed the numbers s .. s+fed-1
     (from the zero state) continues greedily, one number after another; how many of the next
@@ -88,14 +94,18 @@ def counts_on(
     Greedy generation equals the true stream up to its first mistake, so one teacher-forced
     forward over prompt + true continuation finds that mistake: no step-by-step decoding.
     Words a user may not type (the special tokens but xxbos) are never chosen, as in the engine.
+    `fed` may differ by start (a list, one per start); `bos` puts `xxbos` before each prompt.
     """
     model.eval()
     device = next(model.parameters()).device
     comma = vocab.stoi[","]
     allowed = set(vocab.encode(" ".join([*vocab.words, "xxbos"])))
     banned = torch.tensor([i for i in range(len(vocab)) if i not in allowed], dtype=torch.long)
-    prompts = [vocab.encode(number_text(range(s, s + fed))) for s in starts]
-    truths = [vocab.encode(number_text(range(s + fed, s + fed + run))) for s in starts]
+    feds = fed if isinstance(fed, list) else [fed] * len(starts)
+    head = "xxbos " if bos else ""
+    pairs = list(zip(starts, feds, strict=True))
+    prompts = [vocab.encode(head + number_text(range(s, s + f))) for s, f in pairs]
+    truths = [vocab.encode(number_text(range(s + f, s + f + run))) for s, f in pairs]
     width = max(len(p) + len(t) for p, t in zip(prompts, truths, strict=True))
     x = torch.zeros(len(starts), width, dtype=torch.long)
     for i, (p, t) in enumerate(zip(prompts, truths, strict=True)):
@@ -110,3 +120,72 @@ def counts_on(
         end = int(wrong[0]) if len(wrong) else len(t)
         right.append(t[:end].count(comma))  # numbers finished (their "," right) before it
     return right
+
+
+# The ranges a user counts in, as (name, first, last): the next number must be exactly right
+# after four consecutive numbers of the range. train.txt holds 1..7,999 (1..99 only once, right
+# after its xxbos), valid.txt 8,001..9,999; nothing holds five-digit numbers. Then the carry
+# 9,999 -> 10,000 into a count unit never seen as one ("ten thousand").
+COUNTING_RANGES = (
+    ("1..99", 1, 99),
+    ("100..999", 100, 999),
+    ("1,000..7,999", 1000, 7999),
+    ("8,000..9,999", 8000, 9999),
+    ("10,000..99,999", 10_000, 99_999),
+)
+COUNTING_CARRY = 10_000
+# The same on `--proxy carry` (train 1..5,999): the carry 5,999 -> 6,000 into a thousands word
+# never seen as one stands in for 9,999 -> 10,000 when choosing a recipe.
+PROXY_COUNTING_RANGES = (
+    ("1..99", 1, 99),
+    ("100..999", 100, 999),
+    ("1,000..5,999", 1000, 5999),
+    ("6,000..7,999", 6000, 7999),
+)
+PROXY_COUNTING_CARRY = 6000
+
+
+def crossing_trials(carry: int = COUNTING_CARRY) -> list[tuple[int, int]]:
+    """(start, fed) prompts that cross carry - 1 -> carry: 1 to 8 consecutive numbers ending at
+    carry - 1, carry or carry + 1, starting at carry - 1 or before (21 prompts)."""
+    return [
+        (end - fed + 1, fed)
+        for end in (carry - 1, carry, carry + 1)
+        for fed in range(1, 9)
+        if end - fed + 1 < carry
+    ]
+
+
+def crossing_name(carry: int) -> str:
+    return f"{carry - 1:,} -> {carry:,}"
+
+
+def counting_report(
+    model: HumanNumbersLM,
+    vocab: Vocab,
+    trials: int = 60,
+    seed: int = 0,
+    bos: bool = False,
+    ranges: tuple[tuple[str, int, int], ...] = COUNTING_RANGES,
+    carry: int = COUNTING_CARRY,
+) -> dict[str, float]:
+    """The next-number rate of each of `ranges` (`trials` random starts each, four numbers
+    fed), across `carry` - 1 -> `carry` (crossing_trials), and two sessions counting on alone:
+    from `one,` for 120 numbers (across 99 -> 100) and from `carry - 10` for 30 (across the
+    carry); for those two, the numbers right in a row. `bos` puts xxbos before every prompt."""
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    for name, lo, hi in ranges:
+        starts = [rng.randint(lo, hi - 4) for _ in range(trials)]
+        right = counts_on(model, vocab, starts, fed=4, run=1, bos=bos)
+        out[name] = sum(right) / len(right)
+    cross = crossing_trials(carry)
+    right = counts_on(
+        model, vocab, [s for s, _ in cross], fed=[f for _, f in cross], run=1, bos=bos
+    )
+    out[crossing_name(carry)] = sum(right) / len(right)
+    out["from 1 (of 120)"] = counts_on(model, vocab, [1], fed=1, run=120, bos=bos)[0]
+    out[f"from {carry - 10:,} (of 30)"] = counts_on(
+        model, vocab, [carry - 10], fed=1, run=30, bos=bos
+    )[0]
+    return out

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from model_store import HumanNumbersLM, ModelConfig, State, build_model, resolve_device
-from training.batches import LMBatches
+from model_store import HumanNumbersLM, ModelConfig, State, Vocab, build_model, resolve_device
+from model_store.vocab import BOS
+from training.batches import CursorBatches, LMBatches
 from training.data import HumanNumbers
 from training.schedule import OneCycle
 
@@ -31,10 +32,24 @@ class TrainConfig:
     copy_window: int = 16  # gru-copy only: K
     key_size: int = 16  # gru-copy only: D
     copy_value: bool = False  # gru-copy only: the head reads the offered word's embedding
+    copy_start: bool = False  # gru-copy only: the zero state's first word can be copied
     wd: float = 0.01  # AdamW's decoupled weight decay
     # Share of rows whose state is zeroed before a window: the model learns to pick up a
     # stream mid-way from nothing, as a session does (the text it is fed starts anywhere).
     reset: float = 0.0
+    # Of the restarted rows, the share that jump to one of train.txt's first 99 numbers (its
+    # xxbos included): the file holds 1..99 once, at its start, so without this a zero state
+    # is almost never followed by a small number, the first thing a user types.
+    restart_begin: float = 0.0
+    # Of the restarted rows, the share that jump to a few numbers before a thousands carry
+    # (X,999 -> X+1,000: seven a file), where the count's first word changes.
+    restart_carry: float = 0.0
+    # The other restarted rows jump to a random number's first word (True) or restart where
+    # they are, often inside a number (False): a text typed to the service starts a number.
+    restart_numbers: bool = False
+    # Restarted rows read xxbos first, as fastai's model saw at the start of every text: the
+    # training side of a service whose fresh state is the state after an implicit xxbos.
+    restart_bos: bool = False
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int | None = None  # stop each epoch after this many batches (tests, smoke runs)
@@ -107,6 +122,26 @@ def restart_rows(model: HumanNumbersLM, state: State, rows: Tensor) -> State:
     }
 
 
+def restart_points(ids: list[int], vocab: Vocab) -> tuple[Tensor, Tensor, Tensor]:
+    """Stream positions a restarted row may jump to: the first 99 numbers of the stream with
+    its leading xxbos (`begin`); the starts of the 2nd to 12th numbers before each thousands
+    carry, a number that follows one ending in "nine hundred ninety nine" (`carry`); and the
+    first word of every number (`numbers`)."""
+    comma = vocab.stoi[","]
+    starts = [1] + [i for i in range(1, len(ids)) if ids[i - 1] == comma and i < len(ids) - 1]
+    begin = [0, *starts[:99]]
+    nines = [vocab.stoi[w] for w in ("nine", "hundred", "ninety", "nine")] + [comma]
+    carry = []
+    for k, c in enumerate(starts):
+        if c >= 5 and ids[c - 5 : c] == nines and k >= 1:
+            carry += starts[max(0, k - 12) : k - 1]
+    return torch.tensor(begin), torch.tensor(carry or begin), torch.tensor(starts)
+
+
+def pick(points: Tensor, n: int) -> Tensor:
+    return points[torch.randint(len(points), (n,))]
+
+
 @torch.no_grad()
 def evaluate(model: HumanNumbersLM, batches: LMBatches) -> tuple[float, float]:
     """(mean loss, accuracy) over every position of the stream, from a zero state."""
@@ -139,10 +174,21 @@ def train(
             copy_window=config.copy_window,
             key_size=config.key_size,
             copy_value=config.copy_value,
+            copy_start=config.copy_start,
         )
     ).to(device)
     train_batches = LMBatches(data.ids("train"), config.bs, config.bptt, device)
     valid_batches = LMBatches(data.ids("valid"), config.bs, config.bptt, device)
+    # Rows that restart elsewhere read the stream through cursors; otherwise as fastai does.
+    jump = (
+        config.restart_begin > 0
+        or config.restart_carry > 0
+        or config.restart_numbers
+        or config.restart_bos
+    )
+    bos = data.vocab.stoi[BOS]
+    cursors = CursorBatches(data.ids("train"), config.bs, config.bptt, device)
+    begin, carry, numbers = restart_points(data.ids("train"), data.vocab)
     steps_per_epoch = len(train_batches)
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
@@ -161,17 +207,42 @@ def train(
             total=steps_per_epoch,
             desc=f"{config.variant} epoch {epoch}/{config.epochs}",
             leave=False,
-            disable=not progress,
+            # None: tqdm draws the bar on a terminal only; elsewhere (make run's log, docker
+            # compose logs) the table's one line an epoch is the whole progress report
+            disable=None if progress else True,
             file=sys.stderr,
         )
-        for i, (x, y) in enumerate(train_batches):
-            if i == steps_per_epoch:
-                break
+        if jump:
+            cursors.rewind()
+        windows = iter(train_batches)
+        for _ in range(steps_per_epoch):
             lr, mom = schedule.at(step)
             for group in opt.param_groups:
                 group["lr"], group["betas"] = lr, (mom, group["betas"][1])
-            if config.reset > 0 and h is not None:
-                h = restart_rows(model, h, torch.rand(x.shape[0], device=device) < config.reset)
+            if jump:
+                restart = torch.zeros(config.bs, dtype=torch.bool)
+                if config.reset > 0 and h is not None:
+                    restart = torch.rand(config.bs) < config.reset
+                    u = torch.rand(config.bs)
+                    shares = config.restart_begin + config.restart_carry
+                    to_begin = restart & (u < config.restart_begin)
+                    to_carry = restart & ~to_begin & (u < shares)
+                    cursors.move(to_begin, pick(begin, int(to_begin.sum())))
+                    cursors.move(to_carry, pick(carry, int(to_carry.sum())))
+                    if config.restart_numbers:
+                        to_any = restart & ~to_begin & ~to_carry
+                        cursors.move(to_any, pick(numbers, int(to_any.sum())))
+                if config.restart_bos:  # one token earlier, where xxbos is read instead
+                    cursors.move(restart, (cursors.cursor[restart] - 1).clamp_min(0))
+                x, y, wrapped = cursors.window()
+                if config.restart_bos:
+                    x[restart.to(device), 0] = bos
+                if h is not None:
+                    h = restart_rows(model, h, restart.to(device) | wrapped)
+            else:
+                x, y = next(windows)
+                if config.reset > 0 and h is not None:
+                    h = restart_rows(model, h, torch.rand(x.shape[0], device=device) < config.reset)
             logits, h = model(x, h)
             h = {name: part.detach() for name, part in h.items()}
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())

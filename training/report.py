@@ -13,7 +13,7 @@ from typing import Any
 
 from model_store import BadCheckpoint, list_checkpoints, load_checkpoint, read_meta
 from training.data import HumanNumbers
-from training.evaluation import MAX_POSITION, breakdown
+from training.evaluation import MAX_POSITION, breakdown, counting_report
 
 
 def collect(
@@ -25,10 +25,11 @@ def collect(
     for ref in list_checkpoints(store):
         try:
             meta = read_meta(ref)
-            evaluated = {}
+            evaluated: dict[str, Any] = {}
             if data is not None:
                 ckpt = load_checkpoint(ref)
                 evaluated = asdict(breakdown(ckpt.model, data.vocab, data.ids("valid")))
+                evaluated["counting"] = counting_report(ckpt.model, data.vocab)
         except BadCheckpoint as e:
             problems.append(str(e))
             continue
@@ -49,6 +50,7 @@ def collect(
                 "thousand": evaluated.get("thousand"),
                 "one_stream": evaluated.get("one_stream"),
                 "by_position": evaluated.get("by_position"),
+                "counting": evaluated.get("counting"),
             }
         )
     return rows, problems
@@ -84,6 +86,30 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 text = "-"
             cells.append(_cell(text, width))
         lines.append("".join(cells))
+    return "\n".join(lines)
+
+
+def format_counting(rows: list[dict[str, Any]]) -> str:
+    """Counting from anywhere (training.evaluation.counting_report), a line per evaluated
+    checkpoint: the next number's rate by range and across 9,999 -> 10,000, then how many
+    numbers a session counts on alone from one (of 120) and from 9,990 (of 30)."""
+    evaluated = [r for r in rows if r.get("counting")]
+    if not evaluated:
+        return ""
+    names = list(evaluated[0]["counting"])
+    widths = [max(len(n), 6) + 2 for n in names]
+    lines = [
+        "next number right".ljust(16)
+        + "".join(_cell(n, w) for n, w in zip(names, widths, strict=True))
+    ]
+    for r in evaluated:
+        cells = [
+            _cell(
+                f"{r['counting'][n]:.0f}" if n.startswith("from") else f"{r['counting'][n]:.3f}", w
+            )
+            for n, w in zip(names, widths, strict=True)
+        ]
+        lines.append(_cell(r["name"], -16) + "".join(cells))
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """gru-copy: the copy path is causal, and its state behaves like the seed models' hidden state
 (pieces == whole, a padded batch row == the row alone, nothing kept in the module); with and
-without the head reading the offered word (`copy_value`)."""
+without the head reading the offered word (`copy_value`), and with the zero state's first word
+copyable (`copy_start`)."""
 
 import random
 
@@ -12,15 +13,19 @@ from model_store import ModelConfig, build_model
 K = 6  # a small window, so the texts below cross it many times
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "copy_value"], autouse=True)
+@pytest.fixture(
+    params=[(False, False), (True, False), (True, True)],
+    ids=["plain", "copy_value", "copy_start"],
+    autouse=True,
+)
 def copy_value(request):
-    """Every test runs on both kinds of head: make_model reads this."""
-    global COPY_VALUE
-    COPY_VALUE = request.param
-    return request.param
+    """Every test runs on each kind of model: make_model reads this."""
+    global COPY_VALUE, COPY_START
+    COPY_VALUE, COPY_START = request.param
+    return request.param[0]
 
 
-COPY_VALUE = False
+COPY_VALUE = COPY_START = False
 
 
 def make_model(seed: int = 0, copy_value: bool | None = None):
@@ -31,6 +36,7 @@ def make_model(seed: int = 0, copy_value: bool | None = None):
         copy_window=K,
         key_size=8,
         copy_value=COPY_VALUE if copy_value is None else copy_value,
+        copy_start=COPY_START,
     )
     model = build_model(config).eval()
     with torch.no_grad():  # real statistics for the norm layer, a sentinel that copies a lot
@@ -91,7 +97,10 @@ def test_the_copy_path_copies_what_followed_a_matching_position():
         x = torch.tensor([[5, 17, 5]])  # at the second 5, the first 5 was followed by 17
         logp, _ = model(x)
     assert logp[0, 2].argmax().item() == 17
-    assert logp[0, 0].exp().max() < 1  # the first position has nothing to copy: vocabulary
+    if COPY_START:  # the first position can copy only the first word, offered by the zero key
+        assert logp[0, 0].argmax().item() == 5
+    else:
+        assert logp[0, 0].exp().max() < 1  # the first position has nothing to copy: vocabulary
 
 
 def test_pieces_equal_the_whole():
@@ -184,3 +193,19 @@ def test_the_head_reads_the_word_the_copy_path_offers():
         valued.sentinel.bias.fill_(1e4)
         a, b = valued.head_state(valued(x)[1]), plain.head_state(plain(x)[1])
         assert not torch.allclose(a, b)
+
+
+def test_copy_start_offers_the_first_word_of_a_fresh_state():
+    """Without copy_start a fresh state's first word is never in the history (nothing was read
+    before it); with it, the zero state's key offers it: the `ids` entry of the pending key."""
+    torch.manual_seed(0)
+    x = torch.tensor([[5, 9, 7]])
+    for copy_start in (False, True):
+        config = ModelConfig(
+            "gru-copy", hidden=16, copy_window=K, key_size=4, copy_start=copy_start
+        )
+        model = build_model(config).eval()
+        with torch.no_grad():
+            _, state = model(x)
+        assert state["ids"][0, -2:].tolist() == [9, 7]
+        assert (5 in state["ids"][0].tolist()) == copy_start
