@@ -20,6 +20,7 @@ from model_store.models import (
     compile_cell,
     count_parameters,
     resolve_device,
+    start_state,
 )
 from model_store.vocab import BOS, UnknownWord, Vocab, split_words
 
@@ -45,4 +46,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "split_words",
+    "start_state",
 ]

@@ -355,6 +355,16 @@ VARIANTS: dict[str, type[HumanNumbersLM]] = {
 }
 
 
+@torch.no_grad()
+def start_state(model: HumanNumbersLM, bos: int, device: torch.device | str | None = None) -> State:
+    """The state a text starts from, one row: the zero state after fastai's `xxbos` (id `bos`),
+    which began every text the lesson's models were trained on. The service starts every
+    sequence here (an implicit xxbos), so `one,` is read as the start of a count: measured in
+    issue 16 (docs/benchmarks.md, sixth round), where it beat the bare zero state."""
+    ids = torch.tensor([[bos]], dtype=torch.long, device=device)
+    return model.advance_state(ids, model.init_state(1, device))
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when torch sees a GPU, else the CPU; asking for a missing GPU is an error."""
     if name == "auto":

@@ -85,7 +85,7 @@ def counts_on(
     starts: list[int],
     fed: int | list[int],
     run: int,
-    bos: bool = False,
+    bos: bool = True,
 ) -> list[int]:
     """The service's counting check, in process: a session fed the numbers s .. s+fed-1
     (from the zero state) continues greedily, one number after another; how many of the next
@@ -94,7 +94,8 @@ def counts_on(
     Greedy generation equals the true stream up to its first mistake, so one teacher-forced
     forward over prompt + true continuation finds that mistake: no step-by-step decoding.
     Words a user may not type (the special tokens but xxbos) are never chosen, as in the engine.
-    `fed` may differ by start (a list, one per start); `bos` puts `xxbos` before each prompt.
+    `fed` may differ by start (a list, one per start); `bos` puts `xxbos` before each prompt,
+    as the service starts every text (model_store.start_state); False reads from the zero state.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -165,14 +166,15 @@ def counting_report(
     vocab: Vocab,
     trials: int = 60,
     seed: int = 0,
-    bos: bool = False,
+    bos: bool = True,
     ranges: tuple[tuple[str, int, int], ...] = COUNTING_RANGES,
     carry: int = COUNTING_CARRY,
 ) -> dict[str, float]:
     """The next-number rate of each of `ranges` (`trials` random starts each, four numbers
     fed), across `carry` - 1 -> `carry` (crossing_trials), and two sessions counting on alone:
     from `one,` for 120 numbers (across 99 -> 100) and from `carry - 10` for 30 (across the
-    carry); for those two, the numbers right in a row. `bos` puts xxbos before every prompt."""
+    carry); for those two, the numbers right in a row. `bos` puts xxbos before every prompt, as
+    the service reads a text; False measures from the bare zero state."""
     rng = random.Random(seed)
     out: dict[str, float] = {}
     for name, lo, hi in ranges:

@@ -27,7 +27,7 @@ from app.core.errors import AtCapacity, EngineFailure, NotReady
 from app.engine.sampling import sample, top_words
 from app.engine.sequences import ExportedState, Sequence, SequenceClosed
 from app.engine.slots import SlotPool
-from model_store import HumanNumbersLM, StateSpec, Vocab
+from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, start_state
 
 Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
 # A row of the batch for one job: its next-word probabilities, or for a greedy generation its
@@ -123,7 +123,9 @@ class StepBatcher:
         self.device = device
         self.config = config or BatcherConfig()
         self.spec: dict[str, StateSpec] = model.state_spec
-        self._pool = SlotPool(self.spec, device, zero=model.init_state(1, device))
+        # A sequence starts after an implicit xxbos, as every text the model was trained on
+        # (model_store.start_state): new, reset and reused rows all read as this state.
+        self._pool = SlotPool(self.spec, device, zero=start_state(model, vocab.stoi[BOS], device))
         self.zero_export = ExportedState.pack(self._pool.zero_state, self.spec)
         self.layout = (self.zero_export.dtype, self.zero_export.shape)  # texts of its layout
         self.stats = BatchStats()

@@ -145,7 +145,7 @@ def test_a_stream_the_client_leaves_stops_and_keeps_exactly_the_words_sent(store
         assert got["last_words"] == (PROMPT.split() + words)[-10:]
         r = await asyncio.wait_for(c.post(f"/v1/sessions/{sid}/next-word", json={"text": ""}), 2)
         assert r.status_code == 200
-        # the state is that of the prompt and those words, fed whole from zero
+        # the state is that of the prompt and those words, fed whole from the start state
         whole = await c.post(
             "/v1/next-word", json={"text": " ".join(PROMPT.split() + words), "top_k": 5}
         )

@@ -72,9 +72,10 @@ def test_pieces_equal_the_whole_under_concurrency(store, backend, variant, batch
             close(got["next"], whole["next"])
             if backend["SESSION_BACKEND"] != "memory":
                 continue
-            # the state itself equals the model run over the whole text at once
+            # the state itself equals the model run over the whole text at once, after the
+            # implicit xxbos that starts every text
             state = service.sessions.get(sid).seq.state()
-            ids = torch.tensor([lm.vocab.encode(" ".join(words))])
+            ids = torch.tensor([lm.vocab.encode("xxbos " + " ".join(words))])
             with torch.no_grad():
                 _, h = lm.checkpoint.model(ids)
             for name, part in h.items():
@@ -202,3 +203,41 @@ def test_backpressure_is_a_429_with_retry_after(store):
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["detail"].startswith("the server is at capacity")
     assert after.status_code == 200 and after.json()["tokens_seen"] == 1
+
+
+@pytest.mark.parametrize("variant", ["gru", "gru-copy"])
+def test_every_text_starts_after_an_implicit_xxbos(store, backend, variant):
+    """Issue 16 measured it (docs/benchmarks.md, sixth round): a text starts after fastai's
+    xxbos, as every text the models were trained on. On both stores a new session has read no
+    word of its own (`next` empty, `tokens_seen` 0), and fed `one ,` it gives the model's
+    distribution after `xxbos one ,`, not after `one ,` from the bare zero state; a reset goes
+    back there too."""
+    app = create_app(make_settings(store, DEFAULT_MODEL=variant, **backend))
+
+    async def scenario(c):
+        r = await c.post("/v1/sessions", json={})
+        assert r.status_code == 201 and r.json()["next"] == [] and r.json()["tokens_seen"] == 0
+        sid = r.json()["session_id"]
+        fed = await c.post(f"/v1/sessions/{sid}/next-word", json={"text": "one ,", "top_k": 40})
+        await c.post(f"/v1/sessions/{sid}/reset")
+        again = await c.post(f"/v1/sessions/{sid}/next-word", json={"text": "one ,", "top_k": 40})
+        whole = await c.post("/v1/next-word", json={"text": "one ,", "top_k": 40})
+        return fed.json(), again.json(), whole.json(), app.state.service.registry.models[variant]
+
+    fed, again, whole, lm = run_app(app, scenario)
+    banned = [i for i, t in enumerate(lm.vocab.itos) if t not in set(lm.vocab.words)]
+
+    def probs(text):
+        with torch.no_grad():  # from the model's bare zero state (no state given)
+            logits, _ = lm.checkpoint.model(torch.tensor([lm.vocab.encode(text)]))
+        last = logits[0, -1].clone()
+        last[banned] = float("-inf")
+        p = torch.softmax(last, dim=-1)
+        return {w: float(p[lm.vocab.stoi[w]]) for w in lm.vocab.words}
+
+    after_bos, bare = probs("xxbos one ,"), probs("one ,")
+    assert fed["tokens_seen"] == 2
+    for got in (fed, again, whole):
+        for w in got["next"]:
+            assert w["prob"] == pytest.approx(after_bos[w["word"]], abs=1e-5), w
+    assert any(abs(w["prob"] - bare[w["word"]]) > 1e-3 for w in fed["next"])
