@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from app.core.errors import BadText
+from app.core.errors import BadText, OverLimit
 from app.core.openai_errors import InvalidRequest
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Generation, Job
@@ -251,7 +251,9 @@ class CompletionService:
                 "logprobs",
             )
         svc.check_top_k(lm, req.top_k)
+        self.admit_choices(req.prompt, n, best_of)
         prompts = self.prompts(lm, req.prompt, session_id is not None)
+        self.admit_tokens(prompts, best_of, max_tokens, top, echo)
         if session_id is not None and (len(prompts) > 1 or best_of > 1):
             raise InvalidRequest(
                 "a session continues one text: give one prompt and n = best_of = 1", "n"
@@ -300,6 +302,50 @@ class CompletionService:
         if req.user:
             log.info("completion for user %r: %d choices", req.user[:64], len(choices))
         return Plan(req, lm, prompts, choices, n, best_of, max_tokens, top, echo, session_id)
+
+    # -- admission: a request's cost from its fields, before anything is built -------------
+    def admit_choices(
+        self, prompt: str | list[str] | list[int] | list[list[int]], n: int, best_of: int
+    ) -> None:
+        """OverLimit past MAX_CHOICES (prompts x best_of), counted from the request alone."""
+        single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
+        count = 1 if single else len(prompt)
+        limit = self.service.settings.MAX_CHOICES
+        if count * best_of > limit:
+            per = f"best_of {best_of}" if best_of > n else f"n {n}"
+            raise OverLimit(
+                f"this request asks for {count * best_of:,} choices ({count:,} prompts x {per}); "
+                f"this server runs at most {limit:,} for one request (MAX_CHOICES)",
+                "best_of" if best_of > n else ("n" if n > 1 else "prompt"),
+            )
+
+    def admit_tokens(
+        self, prompts: list[Prompt], best_of: int, max_tokens: int, top: int, echo: bool
+    ) -> None:
+        """OverLimit past MAX_REQUEST_TOKENS (choices x (prompt tokens + max_tokens)) or
+        MAX_LOGPROB_ENTRIES (scored tokens x (logprobs + 1)), from the prompts' ids."""
+        settings = self.service.settings
+        prompt_tokens = sum(len(p.ids) for p in prompts)
+        tokens = best_of * (prompt_tokens + len(prompts) * max_tokens)
+        if tokens > settings.MAX_REQUEST_TOKENS:
+            raise OverLimit(
+                f"this request feeds and generates {tokens:,} tokens ({best_of} x "
+                f"({prompt_tokens:,} prompt tokens + {len(prompts):,} prompts x max_tokens "
+                f"{max_tokens})); this server takes at most {settings.MAX_REQUEST_TOKENS:,} "
+                "for one request (MAX_REQUEST_TOKENS)",
+                "max_tokens" if len(prompts) * max_tokens > prompt_tokens else "prompt",
+            )
+        if top < 0:
+            return
+        scored = best_of * ((prompt_tokens if echo else 0) + len(prompts) * max_tokens)
+        entries = scored * (top + 1)
+        if entries > settings.MAX_LOGPROB_ENTRIES:
+            raise OverLimit(
+                f"this request returns {entries:,} log-probabilities ({scored:,} scored tokens "
+                f"x (logprobs {top} + 1)); this server returns at most "
+                f"{settings.MAX_LOGPROB_ENTRIES:,} for one request (MAX_LOGPROB_ENTRIES)",
+                "logprobs",
+            )
 
     def prompts(
         self, lm: LoadedModel, prompt: str | list[str] | list[int] | list[list[int]], session: bool

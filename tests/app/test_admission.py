@@ -1,0 +1,128 @@
+"""Bounded work (issue 17, rows 1, 2, 5, 6): one request or client cannot take the memory, the
+engine's queue, or work nobody waits for. Each test is its row's reproduction, on a real
+server process whose memory it reads from /proc (sizes scaled to a 2-core CI machine where the
+row's own would not fit); the bounds on time and memory are generous, the answers exact."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_store import save_checkpoint
+from tests.app.server_process import AppProcess
+from training.data import load_data
+from training.loop import RECIPES, train
+
+MIB = 1 << 20
+BUDGET = 64 * MIB  # one request's own memory, as the settings' defaults promise
+
+
+def status(pid: int, key: str) -> int:
+    """A /proc/<pid>/status figure in bytes (VmRSS: now; VmHWM: the peak since the reset)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+@pytest.fixture(scope="module")
+def gru_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gru alone, one epoch (seconds): these tests need a model, not a good one."""
+    root = tmp_path_factory.mktemp("gru-store")
+    data = load_data()
+    config = replace(RECIPES["gru"], epochs=1, device="cpu")
+    result = train(config, data, progress=False, log=lambda _: None)
+    save_checkpoint(root, "gru", result.model, data.vocab, metrics=result.metrics)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(gru_store: Path) -> Iterator[AppProcess]:
+    app = AppProcess(gru_store, ACCESS_LOG="false").start()
+    try:
+        yield app
+    finally:
+        app.kill()
+
+
+def measured(server: AppProcess, body: dict[str, Any]) -> tuple[Any, float, int]:
+    """POST /v1/completions; the response, its seconds, and the server's peak RSS growth."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    with server.client() as c:
+        c.post("/v1/completions", json={"prompt": "one two", "max_tokens": 2})  # warm
+        reset_peak(pid)
+        before = status(pid, "VmRSS")
+        t = time.monotonic()
+        r = c.post("/v1/completions", json=body)
+        seconds = time.monotonic() - t
+    return r, seconds, status(pid, "VmHWM") - before
+
+
+def error(r: Any, param: str) -> str:
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param, err
+    return str(err["message"])
+
+
+# -- rows 1 and 2: admission before allocation ---------------------------------------------
+def test_row1_choices_refused_before_any_is_built(server):
+    """50,000 one-token prompts x best_of 128 (300 KB): 6.4 million choices. It was 4.5 GB
+    and a 22 s stall; now a 400 naming best_of, the figure and MAX_CHOICES, at once."""
+    body = {"prompt": [[12]] * 50_000, "best_of": 128, "max_tokens": 1}
+    r, seconds, grew = measured(server, body)
+    message = error(r, "best_of")
+    assert "6,400,000 choices (50,000 prompts x best_of 128)" in message
+    assert "at most 2,048" in message and "MAX_CHOICES" in message
+    assert seconds < 5, seconds  # parsing the 300 KB body is most of it
+    assert grew < 64 * MIB, grew / MIB
+
+
+def test_row2_echo_logprobs_refused_before_any_is_scored(server):
+    """3 prompts of 2,500 words x n 128, echo, logprobs 30 (30 KB): 960,000 tokens and 30
+    million log-probabilities. It peaked at 7.8 GB; now a 400 on the tokens, and with n 8
+    (within the tokens) a 400 on the log-probabilities."""
+    prompt = ["one " * 2500] * 3
+    body = {"prompt": prompt, "n": 128, "max_tokens": 0, "echo": True, "logprobs": 30}
+    r, seconds, grew = measured(server, body)
+    message = error(r, "prompt")
+    assert "960,000 tokens" in message and "at most 200,000" in message, message
+    assert "MAX_REQUEST_TOKENS" in message
+    assert seconds < 5 and grew < 64 * MIB, (seconds, grew / MIB)
+
+    r, seconds, grew = measured(server, {**body, "n": 8})
+    message = error(r, "logprobs")
+    assert "1,860,000 log-probabilities (60,000 scored tokens x (logprobs 30 + 1))" in message
+    assert "at most 60,000" in message and "MAX_LOGPROB_ENTRIES" in message
+    assert seconds < 5 and grew < 64 * MIB, (seconds, grew / MIB)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            {"prompt": [[12]] * 2048, "max_tokens": 96, "temperature": 0}, id="most-choices"
+        ),
+        pytest.param(
+            {"prompt": "one " * 2500, "max_tokens": 0, "echo": True, "logprobs": 23},
+            id="most-logprobs",
+        ),
+    ],
+)
+def test_the_largest_request_allowed_stays_within_the_budget(server, body):
+    """What the defaults still allow (2,048 choices of 97 tokens; 2,500 echoed words x 24
+    log-probabilities = 60,000) is served, and takes less than the 64 MiB budget."""
+    r, _, grew = measured(server, body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == (2048 if isinstance(body["prompt"], list) else 1)
+    assert grew < BUDGET, grew / MIB
