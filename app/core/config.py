@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     MAX_BATCH_SIZE: int = Field(256, ge=1, description="requests in one batched forward")
     BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
     MAX_QUEUE: int = Field(4096, ge=1, description="queued jobs per model before 429")
+    MAX_QUEUE_SHARE: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="one request holds at most this share of MAX_QUEUE at once: a larger "
+        "completion's other choices wait their turn, interleaved with other requests",
+    )
     SSE_FLUSH_MS: float = Field(
         50.0,
         ge=0,

@@ -5,15 +5,19 @@ row's own would not fit); the bounds on time and memory are generous, the answer
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from app.main import create_app
 from model_store import save_checkpoint
+from tests.app.conftest import make_settings, run_app
 from tests.app.server_process import AppProcess
 from training.data import load_data
 from training.loop import RECIPES, train
@@ -126,3 +130,50 @@ def test_the_largest_request_allowed_stays_within_the_budget(server, body):
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"]) == (2048 if isinstance(body["prompt"], list) else 1)
     assert grew < BUDGET, grew / MIB
+
+
+# -- row 5: a fair share of the engine -----------------------------------------------------
+@pytest.mark.parametrize("share", [1.0, 0.25], ids=["whole-queue", "default-share"])
+def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
+    """One completion of 200 choices x 50 words on a queue of 256 (the row: 4,096 choices on
+    4,096) while another client sends 8 requests of 16 prompts at once. Holding the whole
+    queue (as before), the large request makes the other client's requests 429; with its
+    share (MAX_QUEUE_SHARE) it holds at most 64 jobs at once, every other request gets 200,
+    and they all end before it: its words are interleaved with theirs."""
+    app = create_app(make_settings(gru_store, MAX_QUEUE=256, MAX_QUEUE_SHARE=share))
+    big = {"prompt": ["one two"] * 2, "n": 100, "max_tokens": 50, "temperature": 1, "seed": 7}
+    small = {"prompt": ["three four"] * 16, "max_tokens": 5, "temperature": 0}
+
+    async def scenario(c: httpx.AsyncClient) -> None:
+        batcher = app.state.service.registry.models["gru"].batcher
+        held = 0  # the large request's jobs in the engine at most
+
+        async def watch() -> None:
+            nonlocal held
+            while True:
+                jobs = [*batcher._queue, *batcher._running]
+                held = max(held, sum(1 for j in jobs if j.gen and j.gen.max_words == 50))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        large = asyncio.create_task(c.post("/v1/completions", json=big, timeout=120))
+        while not held:
+            await asyncio.sleep(0)
+        others = await asyncio.gather(
+            *(c.post("/v1/completions", json=small, timeout=120) for _ in range(8))
+        )
+        large_first = large.done()
+        r = await large
+        watcher.cancel()
+        codes = sorted(o.status_code for o in others)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"]) == 200
+        assert all(len(ch["text"].split()) == 50 for ch in r.json()["choices"])
+        if share == 1.0:  # the row as reported: the other client is refused
+            assert held == 200 and 429 in codes, (held, codes)
+            return
+        assert held <= 64, held
+        assert codes == [200] * 8, codes
+        assert not large_first, "the small requests waited for the large one"
+
+    run_app(app, scenario)
