@@ -177,3 +177,43 @@ def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
         assert not large_first, "the small requests waited for the large one"
 
     run_app(app, scenario)
+
+
+# -- row 6: work stops when its client leaves ------------------------------------------------
+def generated_words(c: httpx.Client) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith('model_generated_words_total{model="gru"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def words_until_still(c: httpx.Client, start: float, seconds: float = 30) -> list[float]:
+    """The words generated since `start`, read every half second until two reads agree."""
+    counts = [generated_words(c) - start]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        counts.append(generated_words(c) - start)
+        if counts[-1] == counts[-2]:
+            break
+    return counts
+
+
+def test_row6_a_completion_whose_client_left_stops(server):
+    """1,024 choices x 190 words, not streamed (the row: 2,048 x 200), whose client gives up
+    after a second. It used to run on to every word; now the words stop within moments of
+    the client leaving, and the memory it took is given back."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    total = 1024 * 190
+    body = {"prompt": [[12, 13]] * 1024, "max_tokens": 190, "temperature": 0}
+    with server.client() as c:
+        start = generated_words(c)
+        before = status(pid, "VmRSS")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.base}/v1/completions", json=body, timeout=1.0)
+        counts = words_until_still(c, start)
+        assert counts[-1] == counts[-2], counts
+        assert counts[-1] < total / 2, (counts, total)
+        assert c.post("/v1/completions", json={"prompt": "one", "max_tokens": 1}).status_code == 200
+        assert status(pid, "VmRSS") - before < BUDGET
