@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         description="a stream writes at most once per this many ms: the words ready go out "
         "together, one event each (0: a write as soon as a word is ready)",
     )
+    STREAM_WRITE_TIMEOUT_SECONDS: float = Field(
+        30.0,
+        gt=0,
+        description="a stream whose client reads nothing for this long is ended and its "
+        "connection closed (its generation stopped, its memory freed)",
+    )
     FAST_PATH: bool = Field(
         True, description="serve the next-word routes without FastAPI's per-request overhead"
     )

@@ -6,6 +6,8 @@ row's own would not fit); the bounds on time and memory are generous, the answer
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -51,7 +53,7 @@ def gru_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(gru_store: Path) -> Iterator[AppProcess]:
-    app = AppProcess(gru_store, ACCESS_LOG="false").start()
+    app = AppProcess(gru_store, ACCESS_LOG="false", STREAM_WRITE_TIMEOUT_SECONDS="2").start()
     try:
         yield app
     finally:
@@ -215,5 +217,50 @@ def test_row6_a_completion_whose_client_left_stops(server):
         counts = words_until_still(c, start)
         assert counts[-1] == counts[-2], counts
         assert counts[-1] < total / 2, (counts, total)
+        assert c.post("/v1/completions", json={"prompt": "one", "max_tokens": 1}).status_code == 200
+        assert status(pid, "VmRSS") - before < BUDGET
+
+
+# -- row 2, its second part: streams that nobody reads ------------------------------------------
+def test_row2_streams_nobody_reads_are_ended(server):
+    """Three streams of 1,024 choices x 190 words whose client never reads (a 4 KB receive
+    buffer, nothing read). They used to generate every word and hold it until the client
+    left; now each ends once a write has waited STREAM_WRITE_TIMEOUT_SECONDS (2 s here): the
+    words stop long before the end, the stream closes without its [DONE], and the memory
+    is given back."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    total = 3 * 1024 * 190
+    body = json.dumps(
+        {"prompt": [[12, 13]] * 1024, "max_tokens": 190, "temperature": 0, "stream": True}
+    ).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with server.client() as c:
+        start = generated_words(c)
+        before = status(pid, "VmRSS")
+        sockets = []
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(head + body)
+            sockets.append(s)
+        try:
+            counts = words_until_still(c, start)
+            assert counts[-1] == counts[-2], counts
+            assert counts[-1] < total / 2, (counts, total)
+            for s in sockets:  # what was written before the end, then the close
+                s.settimeout(30)
+                received = b""
+                while chunk := s.recv(1 << 20):
+                    received += chunk
+                assert received.startswith(b"HTTP/1.1 200"), received[:200]
+                assert b"data: [DONE]" not in received[-1000:]
+        finally:
+            for s in sockets:
+                s.close()
         assert c.post("/v1/completions", json={"prompt": "one", "max_tokens": 1}).status_code == 200
         assert status(pid, "VmRSS") - before < BUDGET

@@ -121,7 +121,8 @@ async def stream(completions: CompletionService, plan: Plan, owner: str) -> Even
                 completions.service.sessions.lease(plan.session_id, owner)
             )
             completions.check_session(plan, lease)
-        events = EventStream(completions.service.settings.SSE_FLUSH_MS / 1000)
+        settings = completions.service.settings
+        events = EventStream(settings.SSE_FLUSH_MS / 1000, settings.STREAM_WRITE_TIMEOUT_SECONDS)
         writer = ChunkWriter(completions, plan, lease, stack)
         writer.start(events)
     except BaseException:
