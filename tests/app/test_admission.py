@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from app.main import create_app
 from model_store import save_checkpoint
@@ -264,3 +265,36 @@ def test_row2_streams_nobody_reads_are_ended(server):
                 s.close()
         assert c.post("/v1/completions", json={"prompt": "one", "max_tokens": 1}).status_code == 200
         assert status(pid, "VmRSS") - before < BUDGET
+
+
+def test_a_window_at_a_time_gives_the_same_answers(gru_store):
+    """With a window of 4 jobs (MAX_QUEUE 16 x 0.25), 3 prompts x n 4 (12 choices) with echo
+    and logprobs give, streamed and not, what a window of all 12 gives: every choice whole,
+    in order."""
+    body = {
+        "prompt": ["one two", "three four", "five six"],
+        "n": 4,
+        "max_tokens": 5,
+        "temperature": 0,
+        "echo": True,
+        "logprobs": 2,
+    }
+    answers = []
+    for queue in (16, 4096):
+        with TestClient(create_app(make_settings(gru_store, MAX_QUEUE=queue))) as c:
+            whole = c.post("/v1/completions", json=body).json()
+            streamed = c.post("/v1/completions", json={**body, "stream": True}).text
+        events = [line[6:] for line in streamed.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        texts = [""] * 12
+        finished = [None] * 12
+        for e in map(json.loads, events[:-1]):
+            (ch,) = e["choices"]
+            texts[ch["index"]] += ch["text"]
+            finished[ch["index"]] = finished[ch["index"]] or ch["finish_reason"]
+        assert texts == [ch["text"] for ch in whole["choices"]]
+        assert finished == ["length"] * 12
+        for ch in whole["choices"]:
+            del ch["index"]
+        answers.append((whole["choices"], whole["usage"]))
+    assert answers[0] == answers[1]
