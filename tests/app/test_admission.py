@@ -54,7 +54,19 @@ def gru_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(gru_store: Path) -> Iterator[AppProcess]:
-    app = AppProcess(gru_store, ACCESS_LOG="false", STREAM_WRITE_TIMEOUT_SECONDS="2").start()
+    app = AppProcess(gru_store, ACCESS_LOG="false").start()
+    try:
+        yield app
+    finally:
+        app.kill()
+
+
+@pytest.fixture(scope="module")
+def long_server(gru_store: Path) -> Iterator[AppProcess]:
+    """One that takes requests of 409,600 words (the rows' own), which last long enough to
+    see them stop on any machine, and ends unread streams after 1 s."""
+    env = {"MAX_REQUEST_TOKENS": "1000000", "STREAM_WRITE_TIMEOUT_SECONDS": "1"}
+    app = AppProcess(gru_store, ACCESS_LOG="false", **env).start()
     try:
         yield app
     finally:
@@ -138,13 +150,13 @@ def test_the_largest_request_allowed_stays_within_the_budget(server, body):
 # -- row 5: a fair share of the engine -----------------------------------------------------
 @pytest.mark.parametrize("share", [1.0, 0.25], ids=["whole-queue", "default-share"])
 def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
-    """One completion of 200 choices x 50 words on a queue of 256 (the row: 4,096 choices on
+    """One completion of 200 choices x 150 words on a queue of 256 (the row: 4,096 choices on
     4,096) while another client sends 8 requests of 16 prompts at once. Holding the whole
     queue (as before), the large request makes the other client's requests 429; with its
     share (MAX_QUEUE_SHARE) it holds at most 64 jobs at once, every other request gets 200,
     and they all end before it: its words are interleaved with theirs."""
     app = create_app(make_settings(gru_store, MAX_QUEUE=256, MAX_QUEUE_SHARE=share))
-    big = {"prompt": ["one two"] * 2, "n": 100, "max_tokens": 50, "temperature": 1, "seed": 7}
+    big = {"prompt": ["one two"] * 2, "n": 100, "max_tokens": 150, "temperature": 1, "seed": 7}
     small = {"prompt": ["three four"] * 16, "max_tokens": 5, "temperature": 0}
 
     async def scenario(c: httpx.AsyncClient) -> None:
@@ -155,12 +167,12 @@ def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
             nonlocal held
             while True:
                 jobs = [*batcher._queue, *batcher._running]
-                held = max(held, sum(1 for j in jobs if j.gen and j.gen.max_words == 50))
+                held = max(held, sum(1 for j in jobs if j.gen and j.gen.max_words == 150))
                 await asyncio.sleep(0)
 
         watcher = asyncio.create_task(watch())
         large = asyncio.create_task(c.post("/v1/completions", json=big, timeout=120))
-        while not held:
+        while not held and not large.done():
             await asyncio.sleep(0)
         others = await asyncio.gather(
             *(c.post("/v1/completions", json=small, timeout=120) for _ in range(8))
@@ -171,7 +183,7 @@ def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
         codes = sorted(o.status_code for o in others)
         assert r.status_code == 200, r.text
         assert len(r.json()["choices"]) == 200
-        assert all(len(ch["text"].split()) == 50 for ch in r.json()["choices"])
+        assert all(len(ch["text"].split()) == 150 for ch in r.json()["choices"])
         if share == 1.0:  # the row as reported: the other client is refused
             assert held == 200 and 429 in codes, (held, codes)
             return
@@ -202,19 +214,20 @@ def words_until_still(c: httpx.Client, start: float, seconds: float = 30) -> lis
     return counts
 
 
-def test_row6_a_completion_whose_client_left_stops(server):
-    """1,024 choices x 190 words, not streamed (the row: 2,048 x 200), whose client gives up
-    after a second. It used to run on to every word; now the words stop within moments of
-    the client leaving, and the memory it took is given back."""
+def test_row6_a_completion_whose_client_left_stops(long_server):
+    """2,048 choices x 200 words, not streamed, whose client gives up after half a second.
+    It used to run on to all 409,600 words; now the words stop within moments of the client
+    leaving, and the memory it took is given back."""
+    server = long_server
     assert server.proc is not None
     pid = server.proc.pid
-    total = 1024 * 190
-    body = {"prompt": [[12, 13]] * 1024, "max_tokens": 190, "temperature": 0}
+    total = 2048 * 200
+    body = {"prompt": [[12, 13]] * 2048, "max_tokens": 200, "temperature": 0}
     with server.client() as c:
         start = generated_words(c)
         before = status(pid, "VmRSS")
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{server.base}/v1/completions", json=body, timeout=1.0)
+            httpx.post(f"{server.base}/v1/completions", json=body, timeout=0.5)
         counts = words_until_still(c, start)
         assert counts[-1] == counts[-2], counts
         assert counts[-1] < total / 2, (counts, total)
@@ -223,17 +236,18 @@ def test_row6_a_completion_whose_client_left_stops(server):
 
 
 # -- row 2, its second part: streams that nobody reads ------------------------------------------
-def test_row2_streams_nobody_reads_are_ended(server):
-    """Three streams of 1,024 choices x 190 words whose client never reads (a 4 KB receive
+def test_row2_streams_nobody_reads_are_ended(long_server):
+    """Three streams of 2,048 choices x 200 words whose client never reads (a 4 KB receive
     buffer, nothing read). They used to generate every word and hold it until the client
-    left; now each ends once a write has waited STREAM_WRITE_TIMEOUT_SECONDS (2 s here): the
+    left; now each ends once a write has waited STREAM_WRITE_TIMEOUT_SECONDS (1 s here): the
     words stop long before the end, the stream closes without its [DONE], and the memory
     is given back."""
+    server = long_server
     assert server.proc is not None
     pid = server.proc.pid
-    total = 3 * 1024 * 190
+    total = 3 * 2048 * 200
     body = json.dumps(
-        {"prompt": [[12, 13]] * 1024, "max_tokens": 190, "temperature": 0, "stream": True}
+        {"prompt": [[12, 13]] * 2048, "max_tokens": 200, "temperature": 0, "stream": True}
     ).encode()
     head = (
         f"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
