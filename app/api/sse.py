@@ -11,12 +11,16 @@ server are never held back. A socket write per event was half the CPU time of 25
 
 The client leaving is heard at once (a task reads the ASGI `receive` channel), and the source
 is told to stop now (`leave`): it cancels its generation, and keeps what `delivered()`
-confirmed, the events of every send that returned, and nothing more.
+confirmed, the events of every send that returned, and nothing more. A client that stays but
+does not read is treated the same once a send has waited `write_timeout_s`
+(STREAM_WRITE_TIMEOUT_SECONDS) for room: the stream ends there, without its last event, and
+the connection is closed, so what the stream held is freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
 
 import orjson
@@ -31,6 +35,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 DONE = b"data: [DONE]\n\n"
+log = logging.getLogger("app.sse")
 
 
 def event(data: object) -> bytes:
@@ -61,8 +66,9 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, flush_s: float = 0.0):
+    def __init__(self, flush_s: float = 0.0, write_timeout_s: float | None = None):
         self.status_code = 200
+        self.write_timeout_s = write_timeout_s
         self.background: BackgroundTask | None = None
         self.source: EventSource | None = None
         self.flush_s = flush_s
@@ -144,9 +150,23 @@ class EventStream(Response):
                     break
                 data, finished = source.render()
                 if data or finished:
-                    await send(
-                        {"type": "http.response.body", "body": data, "more_body": not finished}
-                    )
+                    try:
+                        async with asyncio.timeout(self.write_timeout_s):
+                            await send(
+                                {
+                                    "type": "http.response.body",
+                                    "body": data,
+                                    "more_body": not finished,
+                                }
+                            )
+                    except TimeoutError:  # the client does not read: end it as if it left
+                        log.warning(
+                            "a stream's client read nothing for %g s "
+                            "(STREAM_WRITE_TIMEOUT_SECONDS): stream ended",
+                            self.write_timeout_s,
+                        )
+                        self._left()
+                        break
                     self._last = self._loop.time()
                     if not self.gone:  # else it left while the send waited: nothing went out
                         source.delivered()

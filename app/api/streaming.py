@@ -104,13 +104,15 @@ class WordEvents:
 
 
 async def event_stream(
-    run: Callable[[WordEvents], Coroutine[Any, Any, ContinuationResponse]], flush_s: float
+    run: Callable[[WordEvents], Coroutine[Any, Any, ContinuationResponse]],
+    flush_s: float,
+    write_timeout_s: float | None = None,
 ) -> EventStream:
     """Run a continuation in a task of its own, and wait for its first word, so a request that
     fails validation gets its HTTP error status instead of a stream. If the client goes away,
     the task is cancelled at once (which releases the session, keeping the words sent); a
     stream never read still ends, as max_words is bounded."""
-    stream = EventStream(flush_s)
+    stream = EventStream(flush_s, write_timeout_s)
     words = WordEvents(stream)
     stream.source = words
     task = asyncio.create_task(run(words))

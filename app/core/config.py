@@ -43,6 +43,26 @@ class Settings(BaseSettings):
     )
     MAX_TEXT_CHARS: int = Field(10_000, ge=1, description="longer texts get 413")
     MAX_WORDS: int = Field(200, ge=1, description="max_words of a continuation at most")
+    # One request's own memory stays under about 64 MiB: what its choices, tokens and logprob
+    # entries cost, measured on a real server (peak RSS per unit, gru; gru-copy's state adds
+    # ~2.5 KiB a choice), with room: 2,048 choices x 6 KiB = 12 MiB, 200,000 tokens x 128 B
+    # (116 B a prompt token, 79 B a generated one) = 24.4 MiB, 60,000 logprob entries x 400 B
+    # (393 B with logprobs 0, 260 B with 30) = 22.9 MiB. README "Security" has the sums.
+    MAX_CHOICES: int = Field(
+        2048, ge=1, description="choices of one completion at most: prompts x max(n, best_of)"
+    )
+    MAX_REQUEST_TOKENS: int = Field(
+        200_000,
+        ge=1,
+        description="tokens one completion may feed and generate: choices x (prompt tokens + "
+        "max_tokens)",
+    )
+    MAX_LOGPROB_ENTRIES: int = Field(
+        60_000,
+        ge=1,
+        description="log-probabilities one completion may return: scored tokens (the "
+        "generated ones, and the prompt's with echo) x (logprobs + 1)",
+    )
     MAX_BODY_BYTES: int = Field(
         1 << 20, ge=1024, description="larger request bodies get 413 before they are read"
     )
@@ -61,11 +81,24 @@ class Settings(BaseSettings):
     MAX_BATCH_SIZE: int = Field(256, ge=1, description="requests in one batched forward")
     BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
     MAX_QUEUE: int = Field(4096, ge=1, description="queued jobs per model before 429")
+    MAX_QUEUE_SHARE: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="one request holds at most this share of MAX_QUEUE at once: a larger "
+        "completion's other choices wait their turn, interleaved with other requests",
+    )
     SSE_FLUSH_MS: float = Field(
         50.0,
         ge=0,
         description="a stream writes at most once per this many ms: the words ready go out "
         "together, one event each (0: a write as soon as a word is ready)",
+    )
+    STREAM_WRITE_TIMEOUT_SECONDS: float = Field(
+        30.0,
+        gt=0,
+        description="a stream whose client reads nothing for this long is ended and its "
+        "connection closed (its generation stopped, its memory freed)",
     )
     FAST_PATH: bool = Field(
         True, description="serve the next-word routes without FastAPI's per-request overhead"

@@ -52,6 +52,17 @@ class TextTooLong(ServiceError):
     status_code = 413
 
 
+class OverLimit(ServiceError):
+    """A request that would cost more than a setting allows (400), naming the field at fault:
+    refused before anything is built for it."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, param: str | None = None):
+        super().__init__(detail)
+        self.param = param
+
+
 class AtCapacity(ServiceError):
     """The server holds as many sessions, or queued steps, as it may."""
 

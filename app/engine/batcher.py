@@ -196,10 +196,12 @@ class StepBatcher:
         top_k: int = 0,
         gen: Generation | None = None,
         on_applied: Applied | None = None,
+        reserved: bool = False,
     ) -> Job:
         """Queue a job: feed `feed` into `seq`'s state, then answer the `top_k` next words,
         or go on generating with `gen`. Its future resolves with the answer (None for a
-        generation, whose words are in `gen`)."""
+        generation, whose words are in `gen`). A `reserved` job takes the place of one of
+        its request's that just ended, so a full queue does not refuse it."""
         if seq._row < 0 or seq._engine is not self:  # refused before anything is queued
             assert seq._engine is self, "a sequence of another model"
             raise seq.closed_error()
@@ -207,7 +209,7 @@ class StepBatcher:
             raise NotReady(self.failure)
         if self._closed:
             raise NotReady("the server is shutting down")
-        if len(self._queue) >= self.config.max_queue:
+        if len(self._queue) >= self.config.max_queue and not reserved:
             raise AtCapacity(
                 f"the server is at capacity ({len(self._queue)} jobs queued): retry shortly"
             )

@@ -94,9 +94,10 @@ class Sequence:
         top_k: int = 0,
         gen: Generation | None = None,
         on_applied: Applied | None = None,
+        reserved: bool = False,
     ) -> Job:
         """Queue a job on this sequence (see StepBatcher.submit); its future resolves."""
-        return self._engine.submit(self, ids, top_k, gen, on_applied)
+        return self._engine.submit(self, ids, top_k, gen, on_applied, reserved)
 
     async def step(
         self, ids: list[int], top_k: int, on_applied: Applied | None = None

@@ -11,6 +11,7 @@ of words at word boundaries, any other string as a substring of the text.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -19,15 +20,16 @@ import random
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from app.core.errors import BadText
+from app.core.errors import BadText, OverLimit
 from app.core.openai_errors import InvalidRequest
 from app.core.security import ANONYMOUS
-from app.engine.batcher import Generation, Job
+from app.engine.batcher import Applied, Generation, Job
 from app.engine.registry import LoadedModel
 from app.engine.sampling import top_words
 from app.engine.sequences import Sequence
@@ -165,7 +167,98 @@ class Choice:
     gen: CompletionGeneration
     seq: Sequence | None = None  # the lease's, or its own (closed when done)
     job: Job | None = None
+    started: bool = False  # submitted (or found to need no job); its job's end ends it
     index: int = 0  # in the response
+
+    @property
+    def done(self) -> bool:
+        return self.started and (self.job is None or self.job.future.done())
+
+
+class Feeder:
+    """Submits a plan's choices to the engine, at most `window` jobs at once: as one ends, the
+    next goes in, in the place the ended one held (`reserved`: a full queue does not refuse
+    it). So one request never holds more than its share of the model's queue, and since the
+    engine takes its queue in turn, a large request's words come interleaved with everyone
+    else's: it slows down instead of starving others. A choice's own sequence is closed as
+    soon as it ends (its state is no longer needed; its words are in its generation)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        lease: Lease | None,
+        window: int,
+        applied: Applied | None,
+        on_end: Callable[[], None] | None,
+    ):
+        self.plan = plan
+        self.lease = lease
+        self.window = window
+        self.applied = applied
+        self.on_end = on_end
+        self.next = 0  # the first choice not yet started
+        self.running = 0
+        self.stopped = False
+        self.error: BaseException | None = None
+        self.finished = asyncio.Event()
+
+    def fill(self, reserved: bool) -> None:
+        choices = self.plan.choices
+        while self.running < self.window and self.next < len(choices) and not self.stopped:
+            c = choices[self.next]
+            self.next += 1
+            self.submit(c, reserved)
+        if self.running == 0 and self.next >= len(choices):
+            self.finished.set()
+
+    def submit(self, c: Choice, reserved: bool) -> None:
+        lease, gen = self.lease, c.gen
+        ids = self.plan.prompts[c.prompt].ids
+        feed = ids[: len(ids) - len(gen.forced)]
+        c.seq = lease.seq if lease is not None else self.plan.lm.batcher.open()
+        c.started = True
+        if gen.max_words == 0:  # echo of a one-word prompt, nothing to generate
+            gen.finish = "length"
+            if lease is None or not feed:
+                self.close(c)
+                return
+            c.job = c.seq.submit(feed, top_k=1, on_applied=self.applied, reserved=reserved)
+        else:
+            c.job = c.seq.submit(feed, gen=gen, on_applied=self.applied, reserved=reserved)
+        self.running += 1
+        c.job.future.add_done_callback(functools.partial(self.ended, c))
+
+    def ended(self, c: Choice, future: asyncio.Future[object]) -> None:
+        self.running -= 1
+        self.close(c)
+        if self.stopped:
+            return
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self.fail(error)
+        else:
+            try:
+                self.fill(reserved=True)
+            except Exception as e:  # the engine stopped, say: the rest cannot run
+                self.fail(e)
+        if self.on_end is not None:
+            self.on_end()
+
+    def close(self, c: Choice) -> None:
+        if self.lease is None and c.seq is not None:
+            c.seq.close()
+        c.seq = None
+
+    def fail(self, error: BaseException) -> None:
+        """No more submits; the choices never started count as ended (a stream ends them)."""
+        self.error = error
+        self.stop()
+        for c in self.plan.choices[self.next :]:
+            c.started = True
+        self.next = len(self.plan.choices)
+        self.finished.set()
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 @dataclass
@@ -195,6 +288,7 @@ class Plan:
     session_id: str | None
     id: str = field(default_factory=lambda: f"cmpl-{secrets.token_hex(16)}")
     created: int = field(default_factory=lambda: int(time.time()))
+    feeder: Feeder | None = None  # once started
 
     @property
     def fingerprint(self) -> str:
@@ -251,7 +345,9 @@ class CompletionService:
                 "logprobs",
             )
         svc.check_top_k(lm, req.top_k)
+        self.admit_choices(req.prompt, n, best_of)
         prompts = self.prompts(lm, req.prompt, session_id is not None)
+        self.admit_tokens(prompts, best_of, max_tokens, top, echo)
         if session_id is not None and (len(prompts) > 1 or best_of > 1):
             raise InvalidRequest(
                 "a session continues one text: give one prompt and n = best_of = 1", "n"
@@ -300,6 +396,50 @@ class CompletionService:
         if req.user:
             log.info("completion for user %r: %d choices", req.user[:64], len(choices))
         return Plan(req, lm, prompts, choices, n, best_of, max_tokens, top, echo, session_id)
+
+    # -- admission: a request's cost from its fields, before anything is built -------------
+    def admit_choices(
+        self, prompt: str | list[str] | list[int] | list[list[int]], n: int, best_of: int
+    ) -> None:
+        """OverLimit past MAX_CHOICES (prompts x best_of), counted from the request alone."""
+        single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
+        count = 1 if single else len(prompt)
+        limit = self.service.settings.MAX_CHOICES
+        if count * best_of > limit:
+            per = f"best_of {best_of}" if best_of > n else f"n {n}"
+            raise OverLimit(
+                f"this request asks for {count * best_of:,} choices ({count:,} prompts x {per}); "
+                f"this server runs at most {limit:,} for one request (MAX_CHOICES)",
+                "best_of" if best_of > n else ("n" if n > 1 else "prompt"),
+            )
+
+    def admit_tokens(
+        self, prompts: list[Prompt], best_of: int, max_tokens: int, top: int, echo: bool
+    ) -> None:
+        """OverLimit past MAX_REQUEST_TOKENS (choices x (prompt tokens + max_tokens)) or
+        MAX_LOGPROB_ENTRIES (scored tokens x (logprobs + 1)), from the prompts' ids."""
+        settings = self.service.settings
+        prompt_tokens = sum(len(p.ids) for p in prompts)
+        tokens = best_of * (prompt_tokens + len(prompts) * max_tokens)
+        if tokens > settings.MAX_REQUEST_TOKENS:
+            raise OverLimit(
+                f"this request feeds and generates {tokens:,} tokens ({best_of} x "
+                f"({prompt_tokens:,} prompt tokens + {len(prompts):,} prompts x max_tokens "
+                f"{max_tokens})); this server takes at most {settings.MAX_REQUEST_TOKENS:,} "
+                "for one request (MAX_REQUEST_TOKENS)",
+                "max_tokens" if len(prompts) * max_tokens > prompt_tokens else "prompt",
+            )
+        if top < 0:
+            return
+        scored = best_of * ((prompt_tokens if echo else 0) + len(prompts) * max_tokens)
+        entries = scored * (top + 1)
+        if entries > settings.MAX_LOGPROB_ENTRIES:
+            raise OverLimit(
+                f"this request returns {entries:,} log-probabilities ({scored:,} scored tokens "
+                f"x (logprobs {top} + 1)); this server returns at most "
+                f"{settings.MAX_LOGPROB_ENTRIES:,} for one request (MAX_LOGPROB_ENTRIES)",
+                "logprobs",
+            )
 
     def prompts(
         self, lm: LoadedModel, prompt: str | list[str] | list[int] | list[list[int]], session: bool
@@ -387,27 +527,29 @@ class CompletionService:
         return out
 
     # -- running -------------------------------------------------------------------------
-    def start(self, plan: Plan, lease: Lease | None = None) -> None:
-        """Submit every choice to the engine (one job each, all in the same batches)."""
-        batcher = plan.lm.batcher
+    def window(self, plan: Plan) -> int:
+        """The jobs one request may have in its model's queue at once (MAX_QUEUE_SHARE)."""
+        return max(1, int(plan.lm.batcher.config.max_queue * self.service.settings.MAX_QUEUE_SHARE))
+
+    def start(
+        self, plan: Plan, lease: Lease | None = None, on_end: Callable[[], None] | None = None
+    ) -> None:
+        """Submit the choices to the engine, one job each, a window of them at a time (see
+        Feeder); `on_end` hears of each choice's end. A full queue refuses the request here
+        (AtCapacity), before any word is generated."""
         applied = self.service.applied(lease) if lease is not None else None
+        plan.feeder = Feeder(plan, lease, self.window(plan), applied, on_end)
         try:
-            for c in plan.choices:
-                ids = plan.prompts[c.prompt].ids
-                feed = ids[: len(ids) - len(c.gen.forced)]
-                c.seq = lease.seq if lease is not None else batcher.open()
-                if c.gen.max_words == 0:  # echo of a one-word prompt, nothing to generate
-                    if lease is not None and feed:
-                        c.job = c.seq.submit(feed, top_k=1, on_applied=applied)
-                    c.gen.finish = "length"
-                    continue
-                c.job = c.seq.submit(feed, gen=c.gen, on_applied=applied)
+            plan.feeder.fill(reserved=False)
         except BaseException:
             self.release(plan, lease)
             raise
 
     def release(self, plan: Plan, lease: Lease | None) -> None:
-        """Cancel what still runs (the batcher drops it) and close the choices' sequences."""
+        """Stop: cancel what still runs (the batcher drops it), submit nothing more, and close
+        the choices' sequences."""
+        if plan.feeder is not None:
+            plan.feeder.stop()
         for c in plan.choices:
             if c.job is not None and not c.job.future.done():
                 c.job.future.cancel()
@@ -416,9 +558,11 @@ class CompletionService:
             c.seq = None
 
     async def wait(self, plan: Plan) -> None:
-        for c in plan.choices:
-            if c.job is not None:
-                await c.job.future
+        """Until every choice has ended; the first error of one, if any."""
+        assert plan.feeder is not None, "a plan waited for before it started"
+        await plan.feeder.finished.wait()
+        if plan.feeder.error is not None:
+            raise plan.feeder.error
 
     async def run(self, plan: Plan, owner: str = ANONYMOUS) -> dict[str, Any]:
         """Run a non-streamed completion; the response body."""
@@ -624,10 +768,7 @@ class ChunkWriter:
         """Submit the choices; every word, and every choice's end, wakes `events`."""
         for c in self.plan.choices:
             c.gen.on_word = events.wake
-        self.completions.start(self.plan, self.lease)
-        for c in self.plan.choices:
-            if c.job is not None:
-                c.job.future.add_done_callback(lambda _: events.finish())
+        self.completions.start(self.plan, self.lease, events.finish)
 
     def chunk(self, i: int, text: str, lp: dict[str, Any] | None, finish: str | None) -> bytes:
         return (
@@ -645,7 +786,9 @@ class ChunkWriter:
         plan, c = self.plan, self.plan.choices[i]
         gen, itos = c.gen, plan.lm.vocab.itos
         k = len(gen.forced)
-        done = c.job is None or c.job.future.done()
+        if not c.started:  # waits for its turn (MAX_QUEUE_SHARE)
+            return
+        done = c.done
         if not self.echoed[i]:
             if not done and len(gen.words) < k:
                 return

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from app.core.config import Settings
-from app.core.errors import BadText, ServiceError, TextTooLong, UnknownModel
+from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong, UnknownModel
 from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation
@@ -176,6 +176,18 @@ class PredictionService:
             stream.watch(lm.vocab.itos, gen)
         return gen
 
+    def admit_tokens(self, ids: list[int], max_words: int) -> None:
+        """OverLimit when a continuation's text and max_words pass MAX_REQUEST_TOKENS (with
+        the defaults MAX_TEXT_CHARS and MAX_WORDS keep it far below)."""
+        limit = self.settings.MAX_REQUEST_TOKENS
+        if len(ids) + max_words > limit:
+            raise OverLimit(
+                f"this request feeds and generates {len(ids) + max_words:,} tokens "
+                f"({len(ids):,} of text + max_words {max_words}); this server takes at most "
+                f"{limit:,} for one request (MAX_REQUEST_TOKENS)",
+                "max_words",
+            )
+
     def next_list(self, lm: LoadedModel, top: list[tuple[int, float]]) -> list[WordProb]:
         return [WordProb(word=lm.vocab.itos[i], prob=p) for i, p in top]
 
@@ -199,6 +211,7 @@ class PredictionService:
         lm = self.model(req.model)
         gen = self.generation(lm, req, feed_last=False, stream=stream)
         ids = self.encode(lm, req.text, need_words=True)
+        self.admit_tokens(ids, req.max_words)
         seq = lm.batcher.open()
         try:
             await seq.generate(ids, gen)
@@ -296,6 +309,7 @@ class PredictionService:
             lm = lease.model  # checks come first: a bad request changes nothing
             gen = self.generation(lm, req, feed_last=True, stream=stream)
             ids = self.encode(lm, req.text)
+            self.admit_tokens(ids, req.max_words)
             if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
             if stream is None:

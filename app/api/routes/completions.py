@@ -6,10 +6,11 @@ import contextlib
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from starlette.responses import Response
 
 from app.api.deps import OwnerDep, ServiceDep
+from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
 from app.api.sse import EventStream
 from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse, OpenAIErrorResponse
@@ -96,6 +97,7 @@ def json_response(body: dict[str, Any]) -> Response:
 )
 async def create_completion(
     req: CompletionRequest,
+    request: Request,
     service: ServiceDep,
     owner: OwnerDep,
     x_session_id: Annotated[str | None, Header(description="a session to continue")] = None,
@@ -103,8 +105,9 @@ async def create_completion(
     """OpenAI's completions: prompts continued word by word, logprobs, echo, streams."""
     completions = CompletionService(service)
     plan = completions.plan(req, x_session_id)
-    if not req.stream:
-        return json_response(await completions.run(plan, owner))
+    if not req.stream:  # work nobody will read stops when its client leaves
+        body = await unless_client_leaves(request.receive, completions.run(plan, owner))
+        return Response(status_code=CLIENT_CLOSED) if body is None else json_response(body)
     return await stream(completions, plan, owner)
 
 
@@ -118,7 +121,8 @@ async def stream(completions: CompletionService, plan: Plan, owner: str) -> Even
                 completions.service.sessions.lease(plan.session_id, owner)
             )
             completions.check_session(plan, lease)
-        events = EventStream(completions.service.settings.SSE_FLUSH_MS / 1000)
+        settings = completions.service.settings
+        events = EventStream(settings.SSE_FLUSH_MS / 1000, settings.STREAM_WRITE_TIMEOUT_SECONDS)
         writer = ChunkWriter(completions, plan, lease, stack)
         writer.start(events)
     except BaseException:

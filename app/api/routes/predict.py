@@ -35,6 +35,8 @@ async def create_continuation(
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
         return await event_stream(
-            lambda stream: service.continuation(req, stream), service.settings.SSE_FLUSH_MS / 1000
+            lambda stream: service.continuation(req, stream),
+            service.settings.SSE_FLUSH_MS / 1000,
+            service.settings.STREAM_WRITE_TIMEOUT_SECONDS,
         )
     return await service.continuation(req)

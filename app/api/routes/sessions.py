@@ -86,6 +86,7 @@ async def session_continuation(
         return await event_stream(
             lambda stream: service.session_continuation(session_id, req, stream, owner),
             service.settings.SSE_FLUSH_MS / 1000,
+            service.settings.STREAM_WRITE_TIMEOUT_SECONDS,
         )
     return await service.session_continuation(session_id, req, owner=owner)
 

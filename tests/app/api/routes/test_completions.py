@@ -3,17 +3,19 @@ strict response validation (every response must parse as the client's own types)
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.serving.completions import CompletionGeneration
-from tests.app.conftest import VARIANTS, make_settings
+from tests.app.conftest import VARIANTS, make_settings, run_app
 
 PROMPT = "one thousand one hundred one , one thousand one hundred two ,"
 
@@ -357,18 +359,30 @@ def test_errors_raise_the_clients_exceptions(oai, args, error, message, param):
 
 
 def test_too_long_and_at_capacity(store):
+    app = create_app(make_settings(store, DEFAULT_MODEL="gru", MAX_QUEUE=2, MAX_QUEUE_SHARE=1))
+
+    async def scenario(c: httpx.AsyncClient) -> None:
+        # one request holds the whole queue (2 jobs) for 200 words: the next is refused
+        busy = asyncio.create_task(
+            c.post("/v1/completions", json={"prompt": ["one", "two"], "max_tokens": 200})
+        )
+        while not busy.done() and not app.state.service.registry.get("gru").batcher._queue:
+            await asyncio.sleep(0)
+        r = await c.post("/v1/completions", json={"prompt": ["three"], "max_tokens": 2})
+        assert (await busy).status_code == 200
+        assert r.status_code == 429 and "at capacity" in r.json()["error"]["message"], r.text
+        assert r.headers["retry-after"] == "1" and "x-should-retry" not in r.headers
+        assert r.json()["error"]["type"] == "rate_limit_error"
+
+    run_app(app, scenario)
     with TestClient(create_app(make_settings(store, DEFAULT_MODEL="gru", MAX_QUEUE=2))) as http:
         oai = connect(http)
-        with pytest.raises(openai.RateLimitError, match="at capacity") as e:
-            complete(oai, prompt=["one", "two", "three"], max_tokens=2)
-        assert e.value.response.headers["retry-after"] == "1"
-        assert "x-should-retry" not in e.value.response.headers
-        assert e.value.body["type"] == "rate_limit_error"  # type: ignore[index]
         with pytest.raises(openai.APIStatusError, match="this server takes at most") as e:
             complete(oai, prompt="one " * 3000, max_tokens=2)
         assert e.value.status_code == 413
-        # nothing was left behind: the queue is free again
-        assert complete(oai, prompt=["one", "two"], max_tokens=2).choices
+        # nothing was left behind: the queue is free again; and a request of more choices
+        # than its share of the queue (here 1 job) is served a job at a time, not refused
+        assert len(complete(oai, prompt=["one", "two", "three"], max_tokens=2).choices) == 3
 
 
 def test_our_routes_keep_their_error_shape(http):
