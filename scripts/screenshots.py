@@ -1,7 +1,7 @@
 """The README's pictures: the playground at `/` (bars and a streamed continuation) and Swagger
 UI at `/docs`, taken by Debian's headless Chromium from a live `python -m app`, offline.
 
-    python -m scripts.screenshots                  # trains the seed model (a minute or two)
+    python -m scripts.screenshots                  # trains the default model (a minute or two)
     python -m scripts.screenshots --store store    # or uses a store you have
 """
 
@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from tests.app.pages.browser import OfflineGuard, launch
 from tests.app.server_process import AppProcess
 
-TEXT = "one thousand two hundred three, one thousand two hundred four,"
+TEXT = "one, two, three, four,"  # the playground's placeholder: the first thing a user types
 WIDTH = 1100
 
 
@@ -51,7 +51,9 @@ def swagger(page: Page, out: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--store", type=Path, help="model store (default: train gru into a temp one)")
+    p.add_argument(
+        "--store", type=Path, help="model store (default: train gru-copy into a temp one)"
+    )
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,7 @@ def main() -> int:
         store = args.store
         if store is None:
             store = Path(tmp) / "store"
-            cmd = [sys.executable, "-m", "training", "train", "--variant", "gru"]
+            cmd = [sys.executable, "-m", "training", "train", "--variant", "gru-copy"]
             subprocess.run([*cmd, "--store", str(store), "--no-progress"], check=True)
         server = AppProcess(store, ACCESS_LOG="false").start()
         try:

@@ -99,7 +99,7 @@ def format_counting(rows: list[dict[str, Any]]) -> str:
     names = list(evaluated[0]["counting"])
     widths = [max(len(n), 6) + 2 for n in names]
     lines = [
-        "next number right".ljust(16)
+        "next number right".ljust(20)
         + "".join(_cell(n, w) for n, w in zip(names, widths, strict=True))
     ]
     for r in evaluated:
@@ -109,7 +109,7 @@ def format_counting(rows: list[dict[str, Any]]) -> str:
             )
             for n, w in zip(names, widths, strict=True)
         ]
-        lines.append(_cell(r["name"], -16) + "".join(cells))
+        lines.append(_cell(r["name"], -20) + "".join(cells))
     return "\n".join(lines)
 
 
