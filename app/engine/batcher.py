@@ -176,8 +176,8 @@ class StepBatcher:
 
     # -- sequences -------------------------------------------------------------------------
     def open(self, saved: ExportedState | None = None) -> Sequence:
-        """A new sequence at the zero state, or at an exported one (LayoutMismatch if it does
-        not fit this model's layout: nothing is opened then)."""
+        """A new sequence at the start state (model_store.start_state), or at an exported one
+        (LayoutMismatch if it does not fit this model's layout: nothing is opened then)."""
         state = saved.unpack(self.spec) if saved is not None else None
         seq = Sequence(self, self._pool.alloc())
         if state is not None:

@@ -1,6 +1,6 @@
 """Sequences: the engine's handles on per-sequence state.
 
-A caller opens a sequence on a model's engine (from the zero state, or from a state exported
+A caller opens a sequence on a model's engine (from the start state, or from a state exported
 earlier), steps it, generates from it, exports it and closes it. Where its state lives (a row
 of the engine's per-part tensors) is the engine's business: a handle never shows a row, and a
 closed handle refuses every use. An exported state is bytes plus the layout they were written
@@ -124,7 +124,7 @@ class Sequence:
         return self._engine._pool.read(self.row)
 
     def export(self) -> ExportedState:
-        """The state as bytes with its layout; a sequence never fed exports the zero state."""
+        """The state as bytes with its layout; a sequence never fed exports the start state."""
         return ExportedState.pack(self.state(), self._engine.spec)
 
     def restore(self, saved: ExportedState) -> None:
@@ -133,7 +133,7 @@ class Sequence:
         self._engine._pool.write(row, saved.unpack(self._engine.spec))
 
     def reset(self) -> None:
-        """Back to the zero state."""
+        """Back to the start state."""
         self._engine._pool.zero(self.row)
 
     def close(self) -> None:

@@ -77,7 +77,7 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, model: LoadedModel, owner: str) -> SessionRecord:
-        """A new session at the zero state; AtCapacity when full (or the owner's share is)."""
+        """A new session at the start state; AtCapacity when full (or the owner's share is)."""
 
     @abc.abstractmethod
     def lease(self, session_id: str, owner: str) -> contextlib.AbstractAsyncContextManager[Lease]:

@@ -20,7 +20,8 @@ router = APIRouter(prefix="/v1", tags=["prediction"])
     "/next-word", response_model=NextWordResponse, responses=errors(404, 413, 422, 429, 503)
 )
 async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWordResponse:
-    """The next-word distribution after a text, from the zero state."""
+    """The next-word distribution after a text, from the start state (after the implicit xxbos
+    that starts every text)."""
     return await service.next_word(req)
 
 

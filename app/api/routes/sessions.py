@@ -93,5 +93,5 @@ async def session_continuation(
 
 @router.post("/{session_id}/reset", response_model=SessionInfo, responses=errors(404))
 async def reset_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
-    """Back to the zero state."""
+    """Back to the start state (after the implicit xxbos that starts every text)."""
     return await service.reset_session(session_id, owner)
