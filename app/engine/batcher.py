@@ -124,8 +124,11 @@ class StepBatcher:
         self.config = config or BatcherConfig()
         self.spec: dict[str, StateSpec] = model.state_spec
         # A sequence starts after an implicit xxbos, as every text the model was trained on
-        # (model_store.start_state): new, reset and reused rows all read as this state.
-        self._pool = SlotPool(self.spec, device, zero=start_state(model, vocab.stoi[BOS], device))
+        # (model_store.start_state): new, reset and reused rows all read as this state. A
+        # vocabulary without one (not fastai's) starts at the zero state.
+        bos = vocab.stoi.get(BOS)
+        start = model.init_state(1, device) if bos is None else start_state(model, bos, device)
+        self._pool = SlotPool(self.spec, device, zero=start)
         self.zero_export = ExportedState.pack(self._pool.zero_state, self.spec)
         self.layout = (self.zero_export.dtype, self.zero_export.shape)  # texts of its layout
         self.stats = BatchStats()
