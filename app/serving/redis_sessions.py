@@ -440,16 +440,25 @@ class RedisSessionStore(SessionStore):
             pause = min(pause * 2, 0.05)
 
     def _load(self, sid: str, owner: str, raw: list[bytes]) -> RedisLease:
-        fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
-        name = fields["model"].decode()
+        try:
+            fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+            name = fields["model"].decode()
+            saved = ExportedState(
+                fields["dtype"].decode(), fields["shape"].decode(), fields["state"]
+            )
+            tokens, last, created = (
+                int(fields["tokens"]),
+                words(fields["last"]),
+                int(fields["created"]),
+            )
+            used = int(fields["used"]) / 1000
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
+            raise damaged(sid) from None
         model = self.registry.models.get(name)
         if model is None:
             raise StateMismatch(
                 f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
             )
-        saved = ExportedState(fields["dtype"].decode(), fields["shape"].decode(), fields["state"])
-        counters = (int(fields["tokens"]), json.loads(fields["last"]), int(fields["created"]))
-        used = int(fields["used"]) / 1000
         try:
             seq = model.batcher.open(saved)  # the last step: nothing can fail once it is open
         except LayoutMismatch as e:
@@ -459,7 +468,6 @@ class RedisSessionStore(SessionStore):
                 f"but model {name!r} now has states of shape ({shape}) {dtype}: "
                 "the model was replaced; delete the session and start a new one"
             ) from None
-        tokens, last, created = counters
         return RedisLease(sid, model, seq, owner, tokens, last, created / 1000, used=used)
 
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
@@ -510,18 +518,22 @@ class RedisSessionStore(SessionStore):
         return record
 
     def _record(self, sid: str, got: list[Any], owner: str) -> SessionRecord | None:
-        """The record of a session's fields (RECORD_FIELDS); None if gone or not the owner's."""
+        """The record of a session's fields (RECORD_FIELDS); None if gone or not the owner's;
+        StateMismatch (409) if the record is damaged."""
         if got[0] is None or (got[5] or b"-").decode() != owner:
             return None
         model, tokens, last, created, used, _ = got
-        return SessionRecord(
-            sid,
-            model.decode(),
-            int(tokens),
-            json.loads(last),
-            int(created) / 1000,
-            int(used) / 1000 + self.ttl_s,
-        )
+        try:
+            return SessionRecord(
+                sid,
+                model.decode(),
+                int(tokens),
+                words(last),
+                int(created) / 1000,
+                int(used) / 1000 + self.ttl_s,
+            )
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            raise damaged(sid) from None
 
     async def page(
         self, owner: str, limit: int, after: str | None = None
@@ -547,7 +559,12 @@ class RedisSessionStore(SessionStore):
 
             rows = await self._call(fetch)
             for sid, row in zip(ids, rows, strict=True):
-                if (record := self._record(sid, row, owner)) is not None:
+                try:
+                    record = self._record(sid, row, owner)
+                except StateMismatch:  # one damaged record does not hide the others
+                    log.warning("session %s: its record in Redis is damaged", clip(sid))
+                    continue
+                if record is not None:
                     records.append(record)
             after = ids[-1]
         return records, after if more else None
@@ -588,3 +605,18 @@ class RedisSessionStore(SessionStore):
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+
+def words(raw: bytes | None) -> list[str]:
+    """A record's `last` field: a JSON list of words; ValueError if it is not one."""
+    last = json.loads(raw) if raw is not None else None
+    if not isinstance(last, list) or not all(isinstance(w, str) for w in last):
+        raise ValueError("not a list of words")
+    return last
+
+
+def damaged(sid: str) -> StateMismatch:
+    return StateMismatch(
+        f"session {clip(sid)} is damaged in the session store (a field of its Redis record "
+        "cannot be read): delete it and start a new one"
+    )
