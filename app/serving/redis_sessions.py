@@ -7,6 +7,8 @@ Keys (under PREFIX, "hn" by default):
   PREFIX:idx:{model}     sorted set: id -> last use (ms); the cap, the LRU victim, expiry
   PREFIX:own:{owner}     sorted set, all scores 0: the owner's ids, listed in order of id
                          (ZRANGEBYLEX pages); its size is the owner's share of the cap
+  PREFIX:lru:{owner}     sorted set: the owner's ids -> last use (ms); with the `evict`
+                         policy an owner that needs room evicts its own oldest, never another's
   PREFIX:owner           hash: id -> owner, so an expired session's owner index forgets it
   PREFIX:lock:{id}       the lease of the request working on the session: a random token
 
@@ -69,6 +71,7 @@ local function forget(prefix, id)
   local owner = redis.call('HGET', prefix .. ':owner', id)
   if owner then
     redis.call('ZREM', prefix .. ':own:' .. owner, id)
+    redis.call('ZREM', prefix .. ':lru:' .. owner, id)
     redis.call('HDEL', prefix .. ':owner', id)
   end
 end
@@ -91,7 +94,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 COMMIT = """
--- KEYS: session, lock, index, owner's index, owner hash
+-- KEYS: session, lock, index, owner's index, owner hash, owner's use order
 -- ARGV: token, state, tokens, last, used_ms, ttl_ms, id, owner
 -- 1: written; 0: the lease was lost (fencing); -1: the session was deleted meanwhile
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -102,6 +105,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
 redis.call('ZADD', KEYS[4], 0, ARGV[7])  -- back, had a sweep taken it while it was busy
 redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[7])
 return 1
 """
 
@@ -113,40 +117,43 @@ return 0
 CREATE = (
     FORGET
     + """
--- KEYS: session, owner's index, owner hash, then the index of every model (the new
--- session's first)
+-- KEYS: session, owner's index, owner hash, owner's use order, then the index of every
+-- model (the new session's first)
 -- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix,
 --       owner, max_per_owner (0: no share)
--- 1: made; 0: the server is full; -1: the owner's share is full
+-- 1: made; 0: the server is full; -1: the owner's share is full. With evict, room is made
+-- by evicting the owner's own least recently used session; one that holds none gets 0.
 local now, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[10]
 local live = 0
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   sweep(prefix, KEYS[i], now - ttl)
   live = live + redis.call('ZCARD', KEYS[i])
 end
-local share = tonumber(ARGV[12])
-if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then return -1 end
-if live >= tonumber(ARGV[8]) then
-  if ARGV[9] == '0' then return 0 end
-  local victim, victim_key, oldest = nil, nil, nil
-  for i = 4, #KEYS do
-    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    if first[1] and (oldest == nil or tonumber(first[2]) < oldest) then
-      victim, victim_key, oldest = first[1], KEYS[i], tonumber(first[2])
-    end
-  end
-  if victim == nil then return 0 end
+local function evict_own()
+  if ARGV[9] == '0' then return false end
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0)
+  local victim = first[1]
+  if victim == nil then return false end
   redis.call('DEL', prefix .. ':s:' .. victim)
-  redis.call('ZREM', victim_key, victim)
+  for i = 5, #KEYS do redis.call('ZREM', KEYS[i], victim) end
   forget(prefix, victim)
+  redis.call('ZREM', KEYS[4], victim)
+  return true
 end
+local share = tonumber(ARGV[12])
+if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then
+  if not evict_own() then return -1 end
+  live = live - 1
+end
+if live >= tonumber(ARGV[8]) and not evict_own() then return 0 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
            'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6],
            'owner', ARGV[11])
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[11])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
 return 1
 """
 )
@@ -318,6 +325,9 @@ class RedisSessionStore(SessionStore):
     def _owned(self, owner: str) -> str:
         return f"{self.prefix}:own:{owner}"
 
+    def _use_order(self, owner: str) -> str:
+        return f"{self.prefix}:lru:{owner}"
+
     def _owners(self) -> str:
         return f"{self.prefix}:owner"
 
@@ -348,7 +358,13 @@ class RedisSessionStore(SessionStore):
         made = await self._call(
             lambda: self._batch.call(
                 self._create,
-                [self._key(sid), self._owned(owner), self._owners(), *indexes],
+                [
+                    self._key(sid),
+                    self._owned(owner),
+                    self._owners(),
+                    self._use_order(owner),
+                    *indexes,
+                ],
                 [
                     sid,
                     model.name,
@@ -482,6 +498,7 @@ class RedisSessionStore(SessionStore):
                     self._index(lease.model.name),
                     self._owned(lease.owner),
                     self._owners(),
+                    self._use_order(lease.owner),
                 ],
                 [
                     token,
