@@ -10,7 +10,8 @@ Keys (under PREFIX, "hn" by default):
   PREFIX:lru:{owner}     sorted set: the owner's ids -> last use (ms); with the `evict`
                          policy an owner that needs room evicts its own oldest, never another's
   PREFIX:owner           hash: id -> owner, so an expired session's owner index forgets it
-  PREFIX:lock:{id}       the lease of the request working on the session: a random token
+  PREFIX:lock:{id}       the lease of the request working on the session: a random token,
+                         expiring after SESSION_LEASE_SECONDS unless its holder renews it
 
 An owner is an API key's id (a prefix of its sha256, never the key) or "-" (no keys).
 
@@ -18,7 +19,12 @@ Concurrency across replicas. A request leases a session with SET NX PX (a short 
 reads its state in the same Lua call; it writes the state back with a Lua call that first
 checks that the lock still holds its own token. The token is a fencing token: a request that
 stalled past the lock's expiry, while another took the session over, cannot overwrite the
-newer state (its write is refused and the client gets a 503). Why a lock and not optimistic
+newer state (its write is refused and the client gets a 503). A lease cannot outlive its
+holder: the holder renews it every third of its time while it works and releases it on every
+way out (cancellation included), so a lease left by a crashed replica or a killed Redis
+expires within SESSION_LEASE_SECONDS; and a request waits for a lease another replica holds
+at most SESSION_LEASE_WAIT_SECONDS (counted from its arrival), then gets 503 with
+`Retry-After` (the lease's time left), never hangs. Why a lock and not optimistic
 compare-and-set on a version: a streamed continuation sends its words before it writes the
 state back, and a word sent cannot be taken back to retry. With the lock nothing is retried,
 and requests to one session apply one at a time, in the order they get it. Within a replica
@@ -35,6 +41,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -86,10 +93,13 @@ end
 
 ACQUIRE = """
 -- KEYS: session, lock; ARGV: token, lock_ms, owner
--- nil: no such session (or another owner's); 0: leased by another request
+-- nil: no such session (or another owner's); a negative number: leased by another request,
+-- for -1 - that many ms more
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 if (redis.call('HGET', KEYS[1], 'owner') or '-') ~= ARGV[3] then return nil end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return -1 - math.max(redis.call('PTTL', KEYS[2]), 0)
+end
 return redis.call('HGETALL', KEYS[1])
 """
 
@@ -107,6 +117,12 @@ redis.call('ZADD', KEYS[4], 0, ARGV[7])  -- back, had a sweep taken it while it 
 redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 redis.call('ZADD', KEYS[6], ARGV[5], ARGV[7])
 return 1
+"""
+
+RENEW = """
+-- KEYS: lock; ARGV: token, lock_ms.  1: renewed; 0: the lease is no longer this token's
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 
 RELEASE = """
@@ -279,8 +295,8 @@ class RedisSessionStore(SessionStore):
         max_sessions: int,
         policy: str = "reject",
         prefix: str = "hn",
-        lock_s: float = 30.0,
-        wait_s: float = 30.0,
+        lock_s: float = 5.0,
+        wait_s: float = 2.0,
         max_per_owner: int | None = None,
     ):
         assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
@@ -306,6 +322,7 @@ class RedisSessionStore(SessionStore):
         self._acquire = self._batch.register(ACQUIRE)
         self._commit = self._batch.register(COMMIT)
         self._release = self._batch.register(RELEASE)
+        self._renew = self._batch.register(RENEW)
         self._create = self._batch.register(CREATE)
         self._delete = self._batch.register(DELETE)
         self._sweep = self._batch.register(SWEEP)
@@ -392,7 +409,11 @@ class RedisSessionStore(SessionStore):
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
-        async with self._queued(session_id), self._leased(session_id, owner) as lease:
+        deadline = time.monotonic() + self.wait_s  # from arrival: a queue behind a stale
+        async with (  # lease fails together, not one wait after another
+            self._queued(session_id),
+            self._leased(session_id, owner, deadline) as lease,
+        ):
             yield lease
 
     @contextlib.asynccontextmanager
@@ -409,34 +430,55 @@ class RedisSessionStore(SessionStore):
                 del self._local[session_id]
 
     @contextlib.asynccontextmanager
-    async def _leased(self, sid: str, owner: str) -> AsyncIterator[RedisLease]:
+    async def _leased(self, sid: str, owner: str, deadline: float) -> AsyncIterator[RedisLease]:
         token = secrets.token_hex(16)
-        fields = await self._take(sid, token, owner)
+        fields = await self._take(sid, token, owner, deadline)
+        renewing = asyncio.ensure_future(self._keep(sid, token))
         try:
             lease = self._load(sid, owner, fields)
         except BaseException:
-            await self._call(
-                lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
-            )
+            renewing.cancel()
+            await self._give_back(sid, token)
             raise
         written = False
         try:
             yield lease
             written = await self._write_back(lease, token)
         finally:
-            if lease.dirty and not written:  # failed or cancelled after changing the state:
-                with contextlib.suppress(NotReady):  # keep what the state holds now
-                    written = await self._write_back(lease, token)
-            if not written:
-                with contextlib.suppress(NotReady):
-                    await self._call(
-                        lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
-                    )
-            lease.seq.close()
+            renewing.cancel()
+            try:
+                if lease.dirty and not written:  # failed or cancelled after changing the
+                    with contextlib.suppress(NotReady):  # state: keep what it holds now
+                        written = await self._write_back(lease, token)
+            finally:
+                if not written:
+                    await self._give_back(sid, token)
+                lease.seq.close()
 
-    async def _take(self, sid: str, token: str, owner: str) -> list[bytes]:
-        """Lease the session in Redis, waiting while another replica holds it."""
-        deadline = time.monotonic() + self.wait_s
+    async def _keep(self, sid: str, token: str) -> None:
+        """Renew the lease every third of its time while its holder works; stop when it is
+        no longer this holder's (the write back then says so) or Redis does not answer."""
+        while True:
+            await asyncio.sleep(self.lock_ms / 3000)
+            try:
+                held = await self._batch.call(
+                    self._renew, [self._lock_key(sid)], [token, self.lock_ms]
+                )
+            except RedisError:
+                continue  # try again: the lease holds a while yet
+            if not held:
+                return
+
+    async def _give_back(self, sid: str, token: str) -> None:
+        """Release the lease, even when the request is being cancelled (shielded)."""
+        with contextlib.suppress(NotReady, asyncio.CancelledError):
+            await asyncio.shield(
+                self._call(lambda: self._batch.call(self._release, [self._lock_key(sid)], [token]))
+            )
+
+    async def _take(self, sid: str, token: str, owner: str, deadline: float) -> list[bytes]:
+        """Lease the session in Redis, waiting while another replica holds it, until
+        `deadline`: then 503 with Retry-After (the time the holder's lease has left)."""
         pause = 0.001
         while True:
             got = await self._call(
@@ -448,11 +490,16 @@ class RedisSessionStore(SessionStore):
             )
             if got is None:
                 raise unknown(sid)
-            if got != 0:
+            if not isinstance(got, int):
                 return list(got)
-            if time.monotonic() > deadline:
-                raise NotReady(f"session {clip(sid)} stayed busy for {self.wait_s:g} s: retry")
-            await asyncio.sleep(pause)
+            left_ms = -1 - got
+            if time.monotonic() >= deadline:
+                raise NotReady(
+                    f"session {clip(sid)} is held by another request (or one that crashed, "
+                    f"whose lease expires within {self.lock_ms / 1000:g} s): retry shortly",
+                    retry_after=max(1, math.ceil(left_ms / 1000)),
+                )
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.05)
 
     def _load(self, sid: str, owner: str, raw: list[bytes]) -> RedisLease:
@@ -589,9 +636,10 @@ class RedisSessionStore(SessionStore):
     async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
         """Takes its turn like a request (without loading the state, which may not even fit
         its model any more), then deletes."""
+        deadline = time.monotonic() + self.wait_s
         async with self._queued(session_id):
             token = secrets.token_hex(16)
-            await self._take(session_id, token, owner)
+            await self._take(session_id, token, owner, deadline)
             done = await self._call(
                 lambda: self._batch.call(
                     self._delete,

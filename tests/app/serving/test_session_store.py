@@ -2,6 +2,7 @@
 their behaviour cannot drift (ownership, paging, TTL, DELETE, the caps)."""
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from app.core.errors import AtCapacity, UnknownSession
+from app.core.errors import AtCapacity, NotReady, UnknownSession
 from app.core.security import ANONYMOUS
 from app.engine.batcher import StepBatcher
 from app.engine.sequences import ExportedState
@@ -312,3 +313,54 @@ def test_a_busy_memory_session_does_not_expire(model):
         assert store.drop_expired() == 1 and not s.alive
 
     asyncio.run(hold())
+
+
+def replica(server_url: str, model: Any, prefix: str, **kw: Any) -> RedisSessionStore:
+    return RedisSessionStore(
+        server_url,
+        SimpleNamespace(models={"m": model}),  # type: ignore[arg-type]
+        100,
+        1000,
+        prefix=prefix,
+        **kw,
+    )
+
+
+def test_a_redis_lease_is_renewed_by_its_holder_and_released_on_cancel(redis_server, model):
+    """Issue 17, row 7: a short lease outlives no holder, yet a holder working past it keeps
+    it; another replica waits a bounded time, then 503 with Retry-After."""
+    prefix = f"c{uuid.uuid4().hex[:12]}"
+
+    async def main() -> None:
+        one = replica(redis_server.url, model, prefix, lock_s=0.6, wait_s=0.2)
+        two = replica(redis_server.url, model, prefix, lock_s=0.6, wait_s=0.2)
+        try:
+            sid = (await one.create(model, A)).id
+            async with one.lease(sid, A) as lease:
+                lease.saw(["one"])
+                await asyncio.sleep(1.5)  # 2.5 leases long: renewed meanwhile
+                started = time.monotonic()
+                with pytest.raises(NotReady) as e:
+                    async with two.lease(sid, A):
+                        pass
+                assert time.monotonic() - started < 0.5
+                assert e.value.headers == {"Retry-After": "1"}
+                assert "is held by another request" in e.value.detail
+            # the holder's work was kept (its lease was never lost), and it let go
+            assert (await two.describe(sid, A)).tokens_seen == 1
+            holder = asyncio.ensure_future(hold(one, sid))
+            await asyncio.sleep(0.1)
+            holder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder
+            async with two.lease(sid, A):  # at once: the cancelled holder released it
+                pass
+        finally:
+            await one.close()
+            await two.close()
+
+    async def hold(store: RedisSessionStore, sid: str) -> None:
+        async with store.lease(sid, A):
+            await asyncio.sleep(10)
+
+    asyncio.run(main())
