@@ -61,6 +61,7 @@ async def open_session_store(settings: Settings, registry: ModelRegistry) -> Ses
         settings.SESSION_CAP_POLICY,
         prefix=settings.REDIS_PREFIX,
         lock_s=settings.SESSION_LEASE_SECONDS,
+        wait_s=settings.SESSION_LEASE_WAIT_SECONDS,
         max_per_owner=settings.MAX_SESSIONS_PER_KEY,
     )
     try:

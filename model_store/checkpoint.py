@@ -32,6 +32,7 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 METRIC_KEYS = ("epoch", "train_loss", "valid_loss", "accuracy", "seconds")
+MAX_META_BYTES = 16 << 20  # a meta.json is a few KB; past this it is not one
 
 
 class BadCheckpoint(Exception):
@@ -194,11 +195,16 @@ def read_meta(ref_or_path: CheckpointRef | Path) -> dict[str, Any]:
     folder = ref_or_path.path if isinstance(ref_or_path, CheckpointRef) else ref_or_path
     path = folder / META_FILE
     try:
+        size = path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise BadCheckpoint(path, f"file is {size:,} bytes; a meta.json is a few KB")
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise BadCheckpoint(path, "file is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadCheckpoint(path, f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise BadCheckpoint(path, "not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise BadCheckpoint(path, "not a JSON object")
     for key in ("name", "variant", "sha256"):
@@ -270,8 +276,10 @@ def load_checkpoint(ref: CheckpointRef | Path, device: torch.device | str = "cpu
     except (SafetensorError, ValueError) as e:
         raise BadCheckpoint(weights_path, f"not a valid safetensors file ({e})") from None
 
-    model = build_model(config)
-    expected = model.state_dict()
+    # the shapes meta.json's config makes, on no device: a config of absurd sizes is refused
+    # by comparing shapes, before any memory is spent on it
+    with torch.device("meta"):
+        expected = build_model(config).state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -291,6 +299,11 @@ def load_checkpoint(ref: CheckpointRef | Path, device: torch.device | str = "cpu
             raise BadCheckpoint(
                 weights_path, f"tensor {key!r} has dtype {got.dtype}, expected {want.dtype}"
             )
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise BadCheckpoint(
+                weights_path, f"tensor {key!r} holds non-finite values (NaN or infinity)"
+            )
+    model = build_model(config)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
     return Checkpoint(ref=ref, meta=meta, config=config, vocab=vocab, model=model)

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.core.config import Settings
 from app.core.openai_errors import OPENAI_PATHS
+from app.schemas.common import MAX_SEED
 
 ERROR = {"$ref": "#/components/schemas/ErrorDetail"}
 OPENAI_ERROR = {"$ref": "#/components/schemas/OpenAIErrorResponse"}  # OPENAI_PATHS answer this
@@ -63,7 +64,26 @@ def _error(description: str, schema: dict[str, str] = ERROR, **extra: Any) -> di
     }
 
 
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def integral_bounds(node: Any) -> None:
+    """Bounds of integer schemas as integers. FastAPI's OpenAPI model holds every bound as a
+    float: `1.0` reads fine, but 2**63 - 1 comes out as 2**63, one past the real bound."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in BOUNDS:
+                if isinstance(node.get(key), float) and node[key].is_integer():
+                    node[key] = MAX_SEED if node[key] == float(MAX_SEED) else int(node[key])
+        for value in node.values():
+            integral_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            integral_bounds(value)
+
+
 def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    integral_bounds(spec)
     schemas = spec["components"]["schemas"]
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)

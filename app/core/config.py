@@ -39,7 +39,16 @@ class Settings(BaseSettings):
     REDIS_URL: str = Field("redis://localhost:6379/0", description="with SESSION_BACKEND=redis")
     REDIS_PREFIX: str = Field("hn", description="prefix of this service's Redis keys")
     SESSION_LEASE_SECONDS: float = Field(
-        30.0, gt=0, description="Redis: a request's hold on a session expires after this"
+        5.0,
+        ge=0.5,
+        description="Redis: a request's hold on a session lasts this long unless renewed (its "
+        "holder renews it every third of this while it works): a crashed holder's, no longer",
+    )
+    SESSION_LEASE_WAIT_SECONDS: float = Field(
+        2.0,
+        gt=0,
+        description="Redis: a request waits at most this for a session that another replica "
+        "holds, then gets 503 with Retry-After",
     )
     MAX_TEXT_CHARS: int = Field(10_000, ge=1, description="longer texts get 413")
     MAX_WORDS: int = Field(200, ge=1, description="max_words of a continuation at most")

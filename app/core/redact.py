@@ -16,6 +16,15 @@ def clip(value: str, limit: int = QUOTE_CHARS) -> str:
     return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
+def clip_number(value: int | str, limit: int = QUOTE_CHARS) -> str:
+    """A number of the input (an int, or its digits) for a message, unquoted: its first
+    `limit` characters when longer, saying how long it was."""
+    text = str(value)  # JSON parsing already refused more digits than Python prints
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def redact_url(url: str) -> str:
     """The URL without its password (and user name): `redis://***@host:6379/0`."""
     try:

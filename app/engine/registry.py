@@ -82,6 +82,12 @@ class ModelRegistry:
                 problems.append(f"{where}: {short_digests(e.problem)}")
                 log.error("skipping checkpoint %s", e)
                 continue
+            except (RuntimeError, MemoryError, OSError, ValueError, RecursionError) as e:
+                # what the checks did not foresee still costs this checkpoint alone
+                where = ref.path.relative_to(store) if ref.path.is_relative_to(store) else ref.path
+                problems.append(f"{where}: could not be loaded ({type(e).__name__})")
+                log.error("skipping checkpoint %s: %s: %s", ref.path, type(e).__name__, e)
+                continue
             models[ref.name] = LoadedModel(
                 ckpt,
                 device,

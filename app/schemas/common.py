@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_TOP_K = 40  # the vocabulary of the data set (GET /v1/models/{name} lists it)
+MAX_SEED = 2**63 - 1  # a seed fits a signed 64-bit integer, as other servers' do
 
 
 class Strict(BaseModel):
@@ -26,6 +27,12 @@ def _integral(value: object) -> object:
 
 Int = Annotated[int, BeforeValidator(_integral)]
 """An integer field of a request: strict, except that an integral number like `2.0` counts."""
+
+# Bounded integers that may also be null. The bounds come before the validator: put on the
+# union (`Int | None = Field(ge=...)`), pydantic writes them to the OpenAPI document as
+# `ge`/`le`, which JSON Schema does not know, instead of `minimum`/`maximum`.
+OptionalTopK = Annotated[int, Field(ge=1, le=MAX_TOP_K), BeforeValidator(_integral)] | None
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)] | None
 
 TopP = Annotated[
     float | None,

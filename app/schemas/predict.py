@@ -4,7 +4,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import MAX_TOP_K, TEXT_EXAMPLE, Int, Strict, TopP, WordProb
+from app.schemas.common import (
+    MAX_TOP_K,
+    TEXT_EXAMPLE,
+    Int,
+    OptionalTopK,
+    Seed,
+    Strict,
+    TopP,
+    WordProb,
+)
 
 TopK = Field(
     5,
@@ -44,13 +53,11 @@ class GenerationOptions(Strict):
         description="0 is greedy; higher samples more freely",
         examples=[0.0],
     )
-    top_k: Int | None = Field(
-        None, ge=1, le=MAX_TOP_K, description="sample among the k likeliest words", examples=[10]
+    top_k: OptionalTopK = Field(
+        None, description="sample among the k likeliest words", examples=[10]
     )
     top_p: TopP = None
-    seed: Int | None = Field(
-        None, ge=0, le=2**63 - 1, description="makes sampling reproducible", examples=[42]
-    )
+    seed: Seed = Field(None, description="makes sampling reproducible", examples=[42])
     stop: list[StopWord] = Field(
         default_factory=list,
         max_length=16,

@@ -28,12 +28,14 @@ import orjson
 
 from app.core.errors import BadText, OverLimit
 from app.core.openai_errors import InvalidRequest
+from app.core.redact import clip_number
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation, Job
 from app.engine.registry import LoadedModel
 from app.engine.sampling import top_words
 from app.engine.sequences import Sequence
 from app.schemas.openai import CompletionRequest
+from app.serving.logit_bias import logit_bias
 from app.serving.service import PredictionService
 from app.serving.sessions import Lease
 from model_store import split_words
@@ -327,7 +329,7 @@ class CompletionService:
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         if max_tokens > svc.settings.MAX_WORDS:
             raise InvalidRequest(
-                f"max_tokens is {max_tokens}; this server generates at most "
+                f"max_tokens is {clip_number(max_tokens)}; this server generates at most "
                 f"{svc.settings.MAX_WORDS} (MAX_WORDS)",
                 "max_tokens",
             )
@@ -341,7 +343,8 @@ class CompletionService:
         top = -1 if req.logprobs is None else req.logprobs
         if top > words:
             raise InvalidRequest(
-                f"logprobs is {top}; it must be between 0 and {words} (the vocabulary's words)",
+                f"logprobs is {clip_number(top)}; it must be between 0 and {words} "
+                "(the vocabulary's words)",
                 "logprobs",
             )
         svc.check_top_k(lm, req.top_k)
@@ -466,8 +469,8 @@ class CompletionService:
         for pos, i in enumerate(ids):
             if i not in allowed:
                 raise BadText(
-                    f"token id {i} at position {pos} is not a word of model {lm.name!r} "
-                    f"(GET /v1/models/{lm.name} lists its vocabulary by id)"
+                    f"token id {clip_number(i)} at position {pos} is not a word of model "
+                    f"{lm.name!r} (GET /v1/models/{lm.name} lists its vocabulary by id)"
                 )
         if not ids and not session:
             raise BadText("text has no words: give at least one word of the model's vocabulary")
@@ -499,32 +502,7 @@ class CompletionService:
         return word_stops, string_stops
 
     def logit_bias(self, lm: LoadedModel, bias: dict[str, float] | None) -> list[float] | None:
-        if not bias:
-            return None
-        out = [0.0] * len(lm.vocab)
-        words = set(lm.vocab.words)
-        for key, value in bias.items():
-            if not -100 <= value <= 100:
-                raise InvalidRequest(
-                    f"logit_bias of {key!r} is {value}; it must be between -100 and 100",
-                    "logit_bias",
-                )
-            if key.isdigit():
-                i = int(key)
-                if i >= len(lm.vocab) or lm.vocab.itos[i] not in words:
-                    raise InvalidRequest(
-                        f"logit_bias: token id {i} is not a word of model {lm.name!r}",
-                        "logit_bias",
-                    )
-            elif key.strip().lower() in words:
-                i = lm.vocab.stoi[key.strip().lower()]
-            else:
-                raise InvalidRequest(
-                    f"logit_bias: {key!r} is neither a token id nor a word of model {lm.name!r}",
-                    "logit_bias",
-                )
-            out[i] += value
-        return out
+        return logit_bias(lm.vocab, lm.name, bias)
 
     # -- running -------------------------------------------------------------------------
     def window(self, plan: Plan) -> int:

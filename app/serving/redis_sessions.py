@@ -7,8 +7,11 @@ Keys (under PREFIX, "hn" by default):
   PREFIX:idx:{model}     sorted set: id -> last use (ms); the cap, the LRU victim, expiry
   PREFIX:own:{owner}     sorted set, all scores 0: the owner's ids, listed in order of id
                          (ZRANGEBYLEX pages); its size is the owner's share of the cap
+  PREFIX:lru:{owner}     sorted set: the owner's ids -> last use (ms); with the `evict`
+                         policy an owner that needs room evicts its own oldest, never another's
   PREFIX:owner           hash: id -> owner, so an expired session's owner index forgets it
-  PREFIX:lock:{id}       the lease of the request working on the session: a random token
+  PREFIX:lock:{id}       the lease of the request working on the session: a random token,
+                         expiring after SESSION_LEASE_SECONDS unless its holder renews it
 
 An owner is an API key's id (a prefix of its sha256, never the key) or "-" (no keys).
 
@@ -16,7 +19,12 @@ Concurrency across replicas. A request leases a session with SET NX PX (a short 
 reads its state in the same Lua call; it writes the state back with a Lua call that first
 checks that the lock still holds its own token. The token is a fencing token: a request that
 stalled past the lock's expiry, while another took the session over, cannot overwrite the
-newer state (its write is refused and the client gets a 503). Why a lock and not optimistic
+newer state (its write is refused and the client gets a 503). A lease cannot outlive its
+holder: the holder renews it every third of its time while it works and releases it on every
+way out (cancellation included), so a lease left by a crashed replica or a killed Redis
+expires within SESSION_LEASE_SECONDS; and a request waits for a lease another replica holds
+at most SESSION_LEASE_WAIT_SECONDS (counted from its arrival), then gets 503 with
+`Retry-After` (the lease's time left), never hangs. Why a lock and not optimistic
 compare-and-set on a version: a streamed continuation sends its words before it writes the
 state back, and a word sent cannot be taken back to retry. With the lock nothing is retried,
 and requests to one session apply one at a time, in the order they get it. Within a replica
@@ -33,6 +41,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,6 +78,7 @@ local function forget(prefix, id)
   local owner = redis.call('HGET', prefix .. ':owner', id)
   if owner then
     redis.call('ZREM', prefix .. ':own:' .. owner, id)
+    redis.call('ZREM', prefix .. ':lru:' .. owner, id)
     redis.call('HDEL', prefix .. ':owner', id)
   end
 end
@@ -83,15 +93,18 @@ end
 
 ACQUIRE = """
 -- KEYS: session, lock; ARGV: token, lock_ms, owner
--- nil: no such session (or another owner's); 0: leased by another request
+-- nil: no such session (or another owner's); a negative number: leased by another request,
+-- for -1 - that many ms more
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 if (redis.call('HGET', KEYS[1], 'owner') or '-') ~= ARGV[3] then return nil end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return -1 - math.max(redis.call('PTTL', KEYS[2]), 0)
+end
 return redis.call('HGETALL', KEYS[1])
 """
 
 COMMIT = """
--- KEYS: session, lock, index, owner's index, owner hash
+-- KEYS: session, lock, index, owner's index, owner hash, owner's use order
 -- ARGV: token, state, tokens, last, used_ms, ttl_ms, id, owner
 -- 1: written; 0: the lease was lost (fencing); -1: the session was deleted meanwhile
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -102,7 +115,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
 redis.call('ZADD', KEYS[4], 0, ARGV[7])  -- back, had a sweep taken it while it was busy
 redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[7])
 return 1
+"""
+
+RENEW = """
+-- KEYS: lock; ARGV: token, lock_ms.  1: renewed; 0: the lease is no longer this token's
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 
 RELEASE = """
@@ -113,40 +133,43 @@ return 0
 CREATE = (
     FORGET
     + """
--- KEYS: session, owner's index, owner hash, then the index of every model (the new
--- session's first)
+-- KEYS: session, owner's index, owner hash, owner's use order, then the index of every
+-- model (the new session's first)
 -- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix,
 --       owner, max_per_owner (0: no share)
--- 1: made; 0: the server is full; -1: the owner's share is full
+-- 1: made; 0: the server is full; -1: the owner's share is full. With evict, room is made
+-- by evicting the owner's own least recently used session; one that holds none gets 0.
 local now, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[10]
 local live = 0
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   sweep(prefix, KEYS[i], now - ttl)
   live = live + redis.call('ZCARD', KEYS[i])
 end
-local share = tonumber(ARGV[12])
-if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then return -1 end
-if live >= tonumber(ARGV[8]) then
-  if ARGV[9] == '0' then return 0 end
-  local victim, victim_key, oldest = nil, nil, nil
-  for i = 4, #KEYS do
-    local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    if first[1] and (oldest == nil or tonumber(first[2]) < oldest) then
-      victim, victim_key, oldest = first[1], KEYS[i], tonumber(first[2])
-    end
-  end
-  if victim == nil then return 0 end
+local function evict_own()
+  if ARGV[9] == '0' then return false end
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0)
+  local victim = first[1]
+  if victim == nil then return false end
   redis.call('DEL', prefix .. ':s:' .. victim)
-  redis.call('ZREM', victim_key, victim)
+  for i = 5, #KEYS do redis.call('ZREM', KEYS[i], victim) end
   forget(prefix, victim)
+  redis.call('ZREM', KEYS[4], victim)
+  return true
 end
+local share = tonumber(ARGV[12])
+if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then
+  if not evict_own() then return -1 end
+  live = live - 1
+end
+if live >= tonumber(ARGV[8]) and not evict_own() then return 0 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
            'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6],
            'owner', ARGV[11])
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[11])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
 return 1
 """
 )
@@ -272,8 +295,8 @@ class RedisSessionStore(SessionStore):
         max_sessions: int,
         policy: str = "reject",
         prefix: str = "hn",
-        lock_s: float = 30.0,
-        wait_s: float = 30.0,
+        lock_s: float = 5.0,
+        wait_s: float = 2.0,
         max_per_owner: int | None = None,
     ):
         assert policy in ("reject", "evict"), f"unknown cap policy {policy!r}"
@@ -299,6 +322,7 @@ class RedisSessionStore(SessionStore):
         self._acquire = self._batch.register(ACQUIRE)
         self._commit = self._batch.register(COMMIT)
         self._release = self._batch.register(RELEASE)
+        self._renew = self._batch.register(RENEW)
         self._create = self._batch.register(CREATE)
         self._delete = self._batch.register(DELETE)
         self._sweep = self._batch.register(SWEEP)
@@ -317,6 +341,9 @@ class RedisSessionStore(SessionStore):
 
     def _owned(self, owner: str) -> str:
         return f"{self.prefix}:own:{owner}"
+
+    def _use_order(self, owner: str) -> str:
+        return f"{self.prefix}:lru:{owner}"
 
     def _owners(self) -> str:
         return f"{self.prefix}:owner"
@@ -348,7 +375,13 @@ class RedisSessionStore(SessionStore):
         made = await self._call(
             lambda: self._batch.call(
                 self._create,
-                [self._key(sid), self._owned(owner), self._owners(), *indexes],
+                [
+                    self._key(sid),
+                    self._owned(owner),
+                    self._owners(),
+                    self._use_order(owner),
+                    *indexes,
+                ],
                 [
                     sid,
                     model.name,
@@ -376,7 +409,11 @@ class RedisSessionStore(SessionStore):
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
-        async with self._queued(session_id), self._leased(session_id, owner) as lease:
+        deadline = time.monotonic() + self.wait_s  # from arrival: a queue behind a stale
+        async with (  # lease fails together, not one wait after another
+            self._queued(session_id),
+            self._leased(session_id, owner, deadline) as lease,
+        ):
             yield lease
 
     @contextlib.asynccontextmanager
@@ -393,34 +430,55 @@ class RedisSessionStore(SessionStore):
                 del self._local[session_id]
 
     @contextlib.asynccontextmanager
-    async def _leased(self, sid: str, owner: str) -> AsyncIterator[RedisLease]:
+    async def _leased(self, sid: str, owner: str, deadline: float) -> AsyncIterator[RedisLease]:
         token = secrets.token_hex(16)
-        fields = await self._take(sid, token, owner)
+        fields = await self._take(sid, token, owner, deadline)
+        renewing = asyncio.ensure_future(self._keep(sid, token))
         try:
             lease = self._load(sid, owner, fields)
         except BaseException:
-            await self._call(
-                lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
-            )
+            renewing.cancel()
+            await self._give_back(sid, token)
             raise
         written = False
         try:
             yield lease
             written = await self._write_back(lease, token)
         finally:
-            if lease.dirty and not written:  # failed or cancelled after changing the state:
-                with contextlib.suppress(NotReady):  # keep what the state holds now
-                    written = await self._write_back(lease, token)
-            if not written:
-                with contextlib.suppress(NotReady):
-                    await self._call(
-                        lambda: self._batch.call(self._release, [self._lock_key(sid)], [token])
-                    )
-            lease.seq.close()
+            renewing.cancel()
+            try:
+                if lease.dirty and not written:  # failed or cancelled after changing the
+                    with contextlib.suppress(NotReady):  # state: keep what it holds now
+                        written = await self._write_back(lease, token)
+            finally:
+                if not written:
+                    await self._give_back(sid, token)
+                lease.seq.close()
 
-    async def _take(self, sid: str, token: str, owner: str) -> list[bytes]:
-        """Lease the session in Redis, waiting while another replica holds it."""
-        deadline = time.monotonic() + self.wait_s
+    async def _keep(self, sid: str, token: str) -> None:
+        """Renew the lease every third of its time while its holder works; stop when it is
+        no longer this holder's (the write back then says so) or Redis does not answer."""
+        while True:
+            await asyncio.sleep(self.lock_ms / 3000)
+            try:
+                held = await self._batch.call(
+                    self._renew, [self._lock_key(sid)], [token, self.lock_ms]
+                )
+            except RedisError:
+                continue  # try again: the lease holds a while yet
+            if not held:
+                return
+
+    async def _give_back(self, sid: str, token: str) -> None:
+        """Release the lease, even when the request is being cancelled (shielded)."""
+        with contextlib.suppress(NotReady, asyncio.CancelledError):
+            await asyncio.shield(
+                self._call(lambda: self._batch.call(self._release, [self._lock_key(sid)], [token]))
+            )
+
+    async def _take(self, sid: str, token: str, owner: str, deadline: float) -> list[bytes]:
+        """Lease the session in Redis, waiting while another replica holds it, until
+        `deadline`: then 503 with Retry-After (the time the holder's lease has left)."""
         pause = 0.001
         while True:
             got = await self._call(
@@ -432,24 +490,38 @@ class RedisSessionStore(SessionStore):
             )
             if got is None:
                 raise unknown(sid)
-            if got != 0:
+            if not isinstance(got, int):
                 return list(got)
-            if time.monotonic() > deadline:
-                raise NotReady(f"session {clip(sid)} stayed busy for {self.wait_s:g} s: retry")
-            await asyncio.sleep(pause)
+            left_ms = -1 - got
+            if time.monotonic() >= deadline:
+                raise NotReady(
+                    f"session {clip(sid)} is held by another request (or one that crashed, "
+                    f"whose lease expires within {self.lock_ms / 1000:g} s): retry shortly",
+                    retry_after=max(1, math.ceil(left_ms / 1000)),
+                )
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.05)
 
     def _load(self, sid: str, owner: str, raw: list[bytes]) -> RedisLease:
-        fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
-        name = fields["model"].decode()
+        try:
+            fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
+            name = fields["model"].decode()
+            saved = ExportedState(
+                fields["dtype"].decode(), fields["shape"].decode(), fields["state"]
+            )
+            tokens, last, created = (
+                int(fields["tokens"]),
+                words(fields["last"]),
+                int(fields["created"]),
+            )
+            used = int(fields["used"]) / 1000
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
+            raise damaged(sid) from None
         model = self.registry.models.get(name)
         if model is None:
             raise StateMismatch(
                 f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
             )
-        saved = ExportedState(fields["dtype"].decode(), fields["shape"].decode(), fields["state"])
-        counters = (int(fields["tokens"]), json.loads(fields["last"]), int(fields["created"]))
-        used = int(fields["used"]) / 1000
         try:
             seq = model.batcher.open(saved)  # the last step: nothing can fail once it is open
         except LayoutMismatch as e:
@@ -459,7 +531,6 @@ class RedisSessionStore(SessionStore):
                 f"but model {name!r} now has states of shape ({shape}) {dtype}: "
                 "the model was replaced; delete the session and start a new one"
             ) from None
-        tokens, last, created = counters
         return RedisLease(sid, model, seq, owner, tokens, last, created / 1000, used=used)
 
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
@@ -474,6 +545,7 @@ class RedisSessionStore(SessionStore):
                     self._index(lease.model.name),
                     self._owned(lease.owner),
                     self._owners(),
+                    self._use_order(lease.owner),
                 ],
                 [
                     token,
@@ -510,18 +582,22 @@ class RedisSessionStore(SessionStore):
         return record
 
     def _record(self, sid: str, got: list[Any], owner: str) -> SessionRecord | None:
-        """The record of a session's fields (RECORD_FIELDS); None if gone or not the owner's."""
+        """The record of a session's fields (RECORD_FIELDS); None if gone or not the owner's;
+        StateMismatch (409) if the record is damaged."""
         if got[0] is None or (got[5] or b"-").decode() != owner:
             return None
         model, tokens, last, created, used, _ = got
-        return SessionRecord(
-            sid,
-            model.decode(),
-            int(tokens),
-            json.loads(last),
-            int(created) / 1000,
-            int(used) / 1000 + self.ttl_s,
-        )
+        try:
+            return SessionRecord(
+                sid,
+                model.decode(),
+                int(tokens),
+                words(last),
+                int(created) / 1000,
+                int(used) / 1000 + self.ttl_s,
+            )
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            raise damaged(sid) from None
 
     async def page(
         self, owner: str, limit: int, after: str | None = None
@@ -547,7 +623,12 @@ class RedisSessionStore(SessionStore):
 
             rows = await self._call(fetch)
             for sid, row in zip(ids, rows, strict=True):
-                if (record := self._record(sid, row, owner)) is not None:
+                try:
+                    record = self._record(sid, row, owner)
+                except StateMismatch:  # one damaged record does not hide the others
+                    log.warning("session %s: its record in Redis is damaged", clip(sid))
+                    continue
+                if record is not None:
                     records.append(record)
             after = ids[-1]
         return records, after if more else None
@@ -555,9 +636,10 @@ class RedisSessionStore(SessionStore):
     async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
         """Takes its turn like a request (without loading the state, which may not even fit
         its model any more), then deletes."""
+        deadline = time.monotonic() + self.wait_s
         async with self._queued(session_id):
             token = secrets.token_hex(16)
-            await self._take(session_id, token, owner)
+            await self._take(session_id, token, owner, deadline)
             done = await self._call(
                 lambda: self._batch.call(
                     self._delete,
@@ -588,3 +670,18 @@ class RedisSessionStore(SessionStore):
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+
+def words(raw: bytes | None) -> list[str]:
+    """A record's `last` field: a JSON list of words; ValueError if it is not one."""
+    last = json.loads(raw) if raw is not None else None
+    if not isinstance(last, list) or not all(isinstance(w, str) for w in last):
+        raise ValueError("not a list of words")
+    return last
+
+
+def damaged(sid: str) -> StateMismatch:
+    return StateMismatch(
+        f"session {clip(sid)} is damaged in the session store (a field of its Redis record "
+        "cannot be read): delete it and start a new one"
+    )

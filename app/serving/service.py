@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from app.core.config import Settings
 from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong, UnknownModel
-from app.core.redact import clip
+from app.core.redact import clip, clip_number
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
@@ -142,7 +142,9 @@ class PredictionService:
 
     def check_top_k(self, lm: LoadedModel, top_k: int | None) -> None:
         if top_k is not None and top_k > len(lm.vocab):
-            raise BadText(f"top_k is {top_k}; it must be between 1 and {len(lm.vocab)}")
+            raise BadText(
+                f"top_k is {clip_number(top_k)}; it must be between 1 and {len(lm.vocab)}"
+            )
 
     def generation(
         self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool, stream: Delivery | None
@@ -150,7 +152,7 @@ class PredictionService:
         """The engine's generation for these options, once checked against model and settings."""
         if opts.max_words > self.settings.MAX_WORDS:
             raise BadText(
-                f"max_words is {opts.max_words}; this server generates at most "
+                f"max_words is {clip_number(opts.max_words)}; this server generates at most "
                 f"{self.settings.MAX_WORDS} (MAX_WORDS)"
             )
         self.check_top_k(lm, opts.top_k)

@@ -170,9 +170,10 @@ class Session:
 class MemorySessionStore(SessionStore):
     """In-process sessions, least recently used first; TTL expiry and a cap on their number.
 
-    The dict is kept in order of last use, so the expired sessions and the eviction victim
-    are found at its front without scanning the rest. Each owner's ids are also kept sorted,
-    for its share of the cap and for listing it page by page.
+    The dict is kept in order of last use, so the expired sessions are found at its front
+    without scanning the rest. Each owner's ids are also kept sorted, for its share of the
+    cap and for listing it page by page, and in order of use: with the `evict` policy, an
+    owner that needs room evicts its own least recently used session, never another's.
     """
 
     def __init__(
@@ -191,6 +192,7 @@ class MemorySessionStore(SessionStore):
         self.max_per_owner = max_per_owner  # None: no per-owner share; never for ANONYMOUS
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._owned: dict[str, SortedList] = {}
+        self._used: dict[str, OrderedDict[str, Session]] = {}  # by owner, least recent first
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -208,17 +210,24 @@ class MemorySessionStore(SessionStore):
         self.drop_expired()
         cap = self.max_per_owner
         if cap is not None and owner != ANONYMOUS and len(self._owned.get(owner, ())) >= cap:
-            raise owner_full(cap)
+            self._make_room(owner, owner_full(cap))
         if len(self._sessions) >= self.max_sessions:
-            victim = next((s for s in self._sessions.values() if not s.busy), None)
-            if self.policy == "reject" or victim is None:
-                raise server_full(self.max_sessions)
-            self._drop(victim)
+            self._make_room(owner, server_full(self.max_sessions))
         now = self.clock()
         session = Session(secrets.token_urlsafe(16), model, model.batcher.open(), owner, now, now)
         self._sessions[session.id] = session
         self._owned.setdefault(owner, SortedList()).add(session.id)
+        self._used.setdefault(owner, OrderedDict())[session.id] = session
         return session
+
+    def _make_room(self, owner: str, full: AtCapacity) -> None:
+        """Evict the owner's least recently used idle session (policy `evict`), else raise
+        `full`: an owner never makes room with another owner's sessions."""
+        own = self._used.get(owner)
+        victim = next((s for s in own.values() if not s.busy), None) if own else None
+        if self.policy == "reject" or victim is None:
+            raise full
+        self._drop(victim)
 
     def live(self, session_id: str, owner: str = ANONYMOUS) -> Session:
         """The owner's live session; UnknownSession if none, another owner's, or expired."""
@@ -240,6 +249,7 @@ class MemorySessionStore(SessionStore):
         session.last_used = self.clock()
         if session.alive:
             self._sessions.move_to_end(session.id)
+            self._used[session.owner].move_to_end(session.id)
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
@@ -308,10 +318,11 @@ class MemorySessionStore(SessionStore):
         if self._sessions.pop(session.id, None) is not None:
             session.alive = False
             session.seq.close()
-            owned = self._owned[session.owner]
+            owned, used = self._owned[session.owner], self._used[session.owner]
             owned.remove(session.id)
+            del used[session.id]
             if not owned:
-                del self._owned[session.owner]
+                del self._owned[session.owner], self._used[session.owner]
 
 
 def unknown(session_id: str) -> UnknownSession:

@@ -1,6 +1,10 @@
+import json
 import re
+import resource
+import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -86,3 +90,40 @@ def test_the_hand_written_cell_is_scripted_by_default(client):
 
     model = client.app.state.service.registry.models["gru-custom"].checkpoint.model
     assert isinstance(model.rnn, torch.jit.ScriptModule)
+
+
+def test_checkpoints_made_to_hurt_are_skipped_while_the_others_serve(tmp_path):
+    """Issue 17, row 11: absurd sizes, a deeply nested meta.json and NaN weights (with a
+    matching sha256) each cost their own checkpoint only, with its file and problem."""
+    vocab = load_data().vocab
+    save_checkpoint(tmp_path, "good", build_model(ModelConfig("gru")), vocab)
+    huge = save_checkpoint(tmp_path, "huge", build_model(ModelConfig("gru")), vocab)
+    meta = json.loads((huge.path / "meta.json").read_text())
+    meta["config"]["hidden"] = 200_000  # 480 GB, were it allocated
+    (huge.path / "meta.json").write_text(json.dumps(meta))
+    deep = save_checkpoint(tmp_path, "deep", build_model(ModelConfig("gru")), vocab)
+    (deep.path / "meta.json").write_text("[" * 200_000 + "]" * 200_000)
+    nan = build_model(ModelConfig("gru"))
+    with torch.no_grad():
+        for p in nan.parameters():
+            p.fill_(float("nan"))
+    save_checkpoint(tmp_path, "nan", nan, vocab)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    started = time.monotonic()
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        took = time.monotonic() - started
+        ready = c.get("/ready").json()
+        assert ready["models"] == ["good"]
+        assert sorted(ready["skipped"]) == [
+            "deep/1/meta.json: not valid JSON (nested too deeply)",
+            "huge/1/model.safetensors: tensor 'i_h.weight' has shape (40, 56), "
+            "expected (40, 200000)",
+            "nan/1/model.safetensors: tensor 'i_h.weight' holds non-finite values "
+            "(NaN or infinity)",
+        ]
+        r = c.post("/v1/next-word", json={"text": "one ,"})
+        assert r.status_code == 200 and r.json()["model"] == "good"
+        assert all(w["prob"] is not None for w in r.json()["next"])
+    assert took < 30
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300 * 1024

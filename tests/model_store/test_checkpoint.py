@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from model_store import (
     read_meta,
     save_checkpoint,
 )
-from model_store.checkpoint import sha256_file
+from model_store.checkpoint import MAX_META_BYTES, sha256_file
 
 METRICS = [{"epoch": 1, "train_loss": 2.0, "valid_loss": 2.1, "accuracy": 0.5, "seconds": 1.0}]
 
@@ -198,3 +199,36 @@ def test_a_pickle_is_never_loaded(saved, tmp_path):
 
 def test_list_of_an_absent_store_is_empty(tmp_path):
     assert list_checkpoints(tmp_path / "nothing") == []
+
+
+# -- checkpoints made to hurt the loader (issue 17, row 11) -----------------------------------
+def test_absurd_sizes_are_refused_before_any_memory_is_spent(saved):
+    _, ref, _ = saved
+    meta = json.loads((ref.path / "meta.json").read_text())
+    rewrite_meta(ref, config={**meta["config"], "hidden": 200_000})
+    started = time.monotonic()
+    expected = r"tensor 'i_h.weight' has shape \(40, 56\), expected \(40, 200000\)"
+    refuse(ref, "model.safetensors", expected)
+    assert time.monotonic() - started < 5
+
+
+def test_deeply_nested_meta_is_refused(saved):
+    _, ref, _ = saved
+    (ref.path / "meta.json").write_text("[" * 200_000 + "]" * 200_000)
+    refuse(ref, "meta.json", "nested too deeply")
+
+
+def test_a_huge_meta_is_refused_unread(saved):
+    _, ref, _ = saved
+    with open(ref.path / "meta.json", "wb") as f:
+        f.truncate(MAX_META_BYTES + 1)  # sparse: no disk spent
+    refuse(ref, "meta.json", "a meta.json is a few KB")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_though_the_sha_matches(tmp_path, data, bad):
+    model = build_model(ModelConfig("gru"))
+    with torch.no_grad():
+        model.h_o.weight.fill_(bad)
+    ref = save_checkpoint(tmp_path, "nan", model, data.vocab, metrics=METRICS)
+    refuse(ref, "model.safetensors", "tensor 'h_o.weight' holds non-finite values")

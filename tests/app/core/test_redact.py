@@ -46,3 +46,31 @@ def test_the_redis_password_is_never_shown(store, capfd):
         for text in (ready.text, r.text):
             assert "hunter2" not in text
     assert "hunter2" not in capfd.readouterr().err
+
+
+DIGITS = "7" * 4000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", '{"prompt": "one", "logit_bias": {"' + ("x" * 500_000) + '": 1}}'),
+        ("/v1/completions", '{"prompt": "one", "logit_bias": {"' + DIGITS + '": 1}}'),
+        ("/v1/completions", '{"prompt": "one", "logit_bias": {"' + ("y" * 500_000) + '": 1000}}'),
+        ("/v1/completions", '{"prompt": [' + DIGITS + "]}"),
+        ("/v1/completions", '{"prompt": [[10], [' + DIGITS + "]]}"),
+        ("/v1/completions", '{"prompt": "one", "top_k": ' + DIGITS + "}"),
+        ("/v1/completions", '{"prompt": "one", "max_tokens": ' + DIGITS + "}"),
+        ("/v1/completions", '{"prompt": "one", "logprobs": ' + DIGITS + "}"),
+        ("/v1/continuation", '{"text": "one", "max_words": ' + DIGITS + "}"),
+        ("/v1/continuation", '{"text": "one", "top_k": ' + DIGITS + "}"),
+        ("/v1/next-word", '{"text": "one ' + ("z" * 9000) + '"}'),
+    ],
+)
+def test_errors_quote_an_input_by_a_short_prefix(store, path, body):
+    """Issue 17, row 10: a 500 KB key or a 4,000-digit number comes back as 40 characters."""
+    with TestClient(create_app(make_settings(store, DEFAULT_MODEL="gru"))) as c:
+        r = c.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text[:300]
+    assert len(r.content) < 400, r.text[:400]
+    assert "characters)" in r.text or "chars)" in r.text, r.text

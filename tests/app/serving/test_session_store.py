@@ -2,6 +2,7 @@
 their behaviour cannot drift (ownership, paging, TTL, DELETE, the caps)."""
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from app.core.errors import AtCapacity, UnknownSession
+from app.core.errors import AtCapacity, NotReady, UnknownSession
 from app.core.security import ANONYMOUS
 from app.engine.batcher import StepBatcher
 from app.engine.sequences import ExportedState
@@ -234,22 +235,61 @@ def test_an_owners_share_is_freed_by_expiry(make, model):
     run(make, scenario, ttl_s=0.5, max_per_owner=1)
 
 
-def test_evict_the_least_recently_used(make, model):
+def test_evict_the_owners_own_least_recently_used(make, model):
     async def scenario(store: SessionStore) -> None:
-        a = await store.create(model, A)
+        b = await store.create(model, B)  # the oldest on the server
+        await asyncio.sleep(0.01)
+        a1 = await store.create(model, A)
+        await asyncio.sleep(0.01)
+        a2 = await store.create(model, A)
+        await asyncio.sleep(0.01)
+        async with store.lease(a1.id, A):
+            pass  # a2 is now A's least recently used
+        await asyncio.sleep(0.01)
+        a3 = await store.create(model, A)  # the server is full: A makes room with its own
+        with pytest.raises(UnknownSession):
+            await store.describe(a2.id, A)
+        assert {r.id for r in (await store.page(A, 10))[0]} == {a1.id, a3.id}
+        assert (await store.describe(b.id, B)).id == b.id  # B's oldest is not A's to evict
+        with pytest.raises(AtCapacity) as e:  # one that holds none is refused, evicts nothing
+            await store.create(model, ANONYMOUS)
+        assert "maximum of 3 sessions (MAX_SESSIONS)" in e.value.detail
+        assert len((await store.page(A, 10))[0]) + len((await store.page(B, 10))[0]) == 3
+
+    run(make, scenario, max_sessions=3, policy="evict")
+
+
+def test_a_key_that_creates_many_evicts_only_its_own(make, model):
+    """Issue 17, row 14: MAX_SESSIONS=10, evict; key A holds 5, key B creates 10."""
+
+    async def scenario(store: SessionStore) -> None:
+        a = {(await store.create(model, A)).id for _ in range(5)}
+        started = time.monotonic()
+        b = []
+        for _ in range(10):
+            b.append((await store.create(model, B)).id)
+            await asyncio.sleep(0.002)  # distinct use times (Redis keeps milliseconds)
+        assert time.monotonic() - started < 5
+        assert {r.id for r in (await store.page(A, 10))[0]} == a  # all five still there
+        assert {r.id for r in (await store.page(B, 10))[0]} == set(b[5:])  # B's newest five
+
+    run(make, scenario, max_sessions=10, policy="evict")
+
+
+def test_an_owners_share_evicts_its_own_when_evicting(make, model):
+    async def scenario(store: SessionStore) -> None:
+        first = await store.create(model, A)
+        await asyncio.sleep(0.01)
+        second = await store.create(model, A)
         await asyncio.sleep(0.01)
         b = await store.create(model, B)
-        await asyncio.sleep(0.01)
-        async with store.lease(a.id, A):
-            pass  # b is now the least recently used
-        await asyncio.sleep(0.01)
-        c = await store.create(model, A)
+        third = await store.create(model, A)  # A's share is full: its oldest goes
+        assert {r.id for r in (await store.page(A, 10))[0]} == {second.id, third.id}
+        assert [r.id for r in (await store.page(B, 10))[0]] == [b.id]
         with pytest.raises(UnknownSession):
-            await store.describe(b.id, B)
-        assert await store.page(B, 10) == ([], None)  # its owner's list forgot it
-        assert {r.id for r in (await store.page(A, 10))[0]} == {a.id, c.id}
+            await store.describe(first.id, A)
 
-    run(make, scenario, max_sessions=2, policy="evict")
+    run(make, scenario, max_per_owner=2, policy="evict")
 
 
 def test_ids_are_random_and_long(make, model):
@@ -273,3 +313,54 @@ def test_a_busy_memory_session_does_not_expire(model):
         assert store.drop_expired() == 1 and not s.alive
 
     asyncio.run(hold())
+
+
+def replica(server_url: str, model: Any, prefix: str, **kw: Any) -> RedisSessionStore:
+    return RedisSessionStore(
+        server_url,
+        SimpleNamespace(models={"m": model}),  # type: ignore[arg-type]
+        100,
+        1000,
+        prefix=prefix,
+        **kw,
+    )
+
+
+def test_a_redis_lease_is_renewed_by_its_holder_and_released_on_cancel(redis_server, model):
+    """Issue 17, row 7: a short lease outlives no holder, yet a holder working past it keeps
+    it; another replica waits a bounded time, then 503 with Retry-After."""
+    prefix = f"c{uuid.uuid4().hex[:12]}"
+
+    async def main() -> None:
+        one = replica(redis_server.url, model, prefix, lock_s=0.6, wait_s=0.2)
+        two = replica(redis_server.url, model, prefix, lock_s=0.6, wait_s=0.2)
+        try:
+            sid = (await one.create(model, A)).id
+            async with one.lease(sid, A) as lease:
+                lease.saw(["one"])
+                await asyncio.sleep(1.5)  # 2.5 leases long: renewed meanwhile
+                started = time.monotonic()
+                with pytest.raises(NotReady) as e:
+                    async with two.lease(sid, A):
+                        pass
+                assert time.monotonic() - started < 0.5
+                assert e.value.headers == {"Retry-After": "1"}
+                assert "is held by another request" in e.value.detail
+            # the holder's work was kept (its lease was never lost), and it let go
+            assert (await two.describe(sid, A)).tokens_seen == 1
+            holder = asyncio.ensure_future(hold(one, sid))
+            await asyncio.sleep(0.1)
+            holder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder
+            async with two.lease(sid, A):  # at once: the cancelled holder released it
+                pass
+        finally:
+            await one.close()
+            await two.close()
+
+    async def hold(store: RedisSessionStore, sid: str) -> None:
+        async with store.lease(sid, A):
+            await asyncio.sleep(10)
+
+    asyncio.run(main())
