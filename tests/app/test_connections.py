@@ -162,3 +162,63 @@ def test_a_huge_header_line_gets_431_as_it_arrives(server):
     assert max(latencies) < 2.0, latencies
     assert rss(pid) - rss0 < 50 * MIB
 
+
+def read_events(base: str, path: str, body: dict, first: threading.Event, out: list) -> None:
+    with httpx.stream("POST", f"{base}{path}", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                out.append(line[6:])
+                first.set()
+
+
+@pytest.mark.parametrize(
+    "server", [{"SHUTDOWN_GRACE_SECONDS": "1", "BATCH_WAIT_MS": "300"}], indirect=True
+)
+def test_requests_cut_by_the_shutdown_get_503_and_streams_an_error_event(server):
+    """Row 12: past the drain grace, requests in flight got uvicorn's plain-text 500 and
+    streams ended without a last event. (BATCH_WAIT_MS=300: every word takes 0.3 s, so 100
+    words outlast the 1 s grace.)"""
+    ours: list[str] = []
+    openai: list[str] = []
+    plain: list[httpx.Response] = []
+    started = [threading.Event(), threading.Event()]
+    body = {"text": "one ,", "max_words": 100}
+    threads = [
+        threading.Thread(
+            target=read_events,
+            args=(server.base, "/v1/continuation", {**body, "stream": True}, started[0], ours),
+        ),
+        threading.Thread(
+            target=read_events,
+            args=(
+                server.base,
+                "/v1/completions",
+                {"prompt": "one ,", "max_tokens": 100, "stream": True},
+                started[1],
+                openai,
+            ),
+        ),
+        threading.Thread(
+            target=lambda: plain.append(
+                httpx.post(f"{server.base}/v1/continuation", json=body, timeout=30)
+            )
+        ),
+    ]
+    for t in threads:
+        t.start()
+    assert all(e.wait(15) for e in started)  # both streams are under way
+    start = time.monotonic()
+    server.stop()
+    for t in threads:
+        t.join(15)
+    assert time.monotonic() - start < 10
+    (r,) = plain
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["detail"].startswith("the server is shutting down")
+    assert len(ours) >= 2 and json.loads(ours[0])["word"]
+    assert json.loads(ours[-1])["error"].startswith("the server is shutting down")
+    assert len(openai) >= 3 and openai[-1] == "[DONE]"
+    error = json.loads(openai[-2])["error"]
+    assert error["type"] == "service_unavailable_error" and error["param"] is None
+    assert "Internal Server Error" not in server.output
