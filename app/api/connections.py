@@ -9,9 +9,9 @@ server's connections or make it buffer an endless request head.
   no limit of its own, and uvicorn joins a long URL or header piece by piece, which is
   quadratic: a 250 MB header line froze the loop for minutes.)
 - A cap on open connections (MAX_CONNECTIONS, below the open-file limit): a connection past
-  it first makes room by closing the connection idle longest (kept alive, nothing sent) or
-  else the one whose head has been arriving longest; when every connection is busy with a
-  request, the new one gets 503 with Retry-After and is closed. Either way the file
+  it first makes room by closing the one whose head has been arriving longest (503), or else
+  the one idle longest (kept alive, or never sent a byte); when every connection is busy with
+  a request, the new one gets 503 with Retry-After and is closed. Either way the file
   descriptors never run out, so clients beyond the cap are refused, not everyone.
 
 These answers are written here, before any ASGI app exists for the request: JSON bodies in
@@ -131,8 +131,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         return self.in_head and (self.cycle is None or self.cycle.response_complete)
 
     def _make_room(self) -> bool:
-        """Close the connection idle longest, else the one slowest with its head; False when
-        every connection is busy (or too young to judge)."""
+        """Close the connection slowest with its head (503), else the one idle longest (a
+        client between requests is not the likeliest abuser); False when every connection is
+        busy (or too young to judge)."""
         now = self.loop.time()
         idle: BoundedHttpTools | None = None
         slow: BoundedHttpTools | None = None
@@ -146,13 +147,13 @@ class BoundedHttpTools(HttpToolsProtocol):
                     idle = conn
             elif slow is None or conn.since < slow.since:
                 slow = conn
-        if idle is not None:
-            idle.transport.close()
-            idle.connections.discard(idle)  # the room is needed now, not when it is lost
-            return True
         if slow is not None:
             slow._answer(503, self._full_message(), retry_after=True)
-            slow.connections.discard(slow)
+            slow.connections.discard(slow)  # the room is needed now, not when it is lost
+            return True
+        if idle is not None:
+            idle.transport.close()
+            idle.connections.discard(idle)
             return True
         return False
 

@@ -75,8 +75,8 @@ class Settings(BaseSettings):
         default_factory=default_max_connections,
         ge=1,
         description="open client connections at most (default: the open-file limit less "
-        f"{FD_RESERVE + FD_LINGER}); past it the idle or slowest one is closed, else the new "
-        "one gets 503",
+        f"{FD_RESERVE + FD_LINGER}); past it the slowest head or the idlest one is closed, "
+        "else the new one gets 503",
     )
     SHUTDOWN_GRACE_SECONDS: float = Field(
         10.0,
