@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
+from app.api.connections import ConnectionLimits, bounded_protocol
 from app.core.config import Settings
 from app.main import create_app
 
@@ -37,15 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"error: bad setting:\n{e}", file=sys.stderr)
         return 2
+    limits = ConnectionLimits(
+        head_timeout_s=settings.HEADER_TIMEOUT_SECONDS,
+        max_head_bytes=settings.MAX_HEADER_BYTES,
+        max_connections=settings.MAX_CONNECTIONS,
+        max_lingering=settings.max_lingering(),
+        access_log=settings.ACCESS_LOG,
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.HOST,
         port=settings.PORT,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(limits),  # httptools, with the bounds it lacks
         access_log=False,  # the app logs each request itself, as JSON
         log_level=settings.LOG_LEVEL,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_GRACE_SECONDS),
     )
     return 0
 

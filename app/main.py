@@ -18,6 +18,7 @@ from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
 from app.api.routes import completions, health, models, predict, sessions
+from app.api.shutdown import ShutdownAnswers
 from app.core.config import Settings
 from app.core.errors import NotReady, install_error_handlers
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
@@ -141,8 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
     install_pages(app)
     install_openapi(app, settings)
-    # Middleware, innermost first: the fast path, the request bounds, CORS, then ids, logs
-    # and metrics around everything (the 413s, 431s and CORS refusals included).
+    # Middleware, innermost first: the fast path, the request bounds, CORS, the shutdown's
+    # answers, then ids, logs and metrics around everything (413s, 431s, CORS refusals, 503s).
     if settings.FAST_PATH:
         app.add_middleware(FastPath, fastapi_app=app)
     gated = {"/metrics"} if settings.AUTH_METRICS else set()
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Session-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(ShutdownAnswers)  # after the drain grace: 503s and stream error events
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
     return app
 

@@ -45,7 +45,7 @@ class BoundedRequests:
             return
         if length is not None:
             if int(length) > self.max_body:  # the server refuses a non-numeric length itself
-                await self.too_large(send, int(length))
+                await self.too_large(send, int(length), counted=False)
                 return
             if length == b"0":
                 await self.app(scope, receive, send)
@@ -65,7 +65,7 @@ class BoundedRequests:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_body:
-                        await self.too_large(send, None)
+                        await self.too_large(send, size, counted=True)
                         return
                     chunks.append(chunk)
                     if not message.get("more_body", False):
@@ -81,12 +81,18 @@ class BoundedRequests:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         await self.app(scope, replay(body, receive), send)
 
-    async def too_large(self, send: Send, length: int | None) -> None:
-        size = f"{length:,} bytes" if length is not None else "larger than that"
+    async def too_large(self, send: Send, size: int, counted: bool) -> None:
+        """413: `size` is the Content-Length, or what a chunked body had sent when it went
+        past the limit (the rest is never read)."""
+        said = (
+            f"at least {size:,} bytes (chunked, refused as it arrived)"
+            if counted
+            else (f"{size:,} bytes")
+        )
         await refuse(
             send,
             413,
-            f"request body is {size}; this server takes at most "
+            f"request body is {said}; this server takes at most "
             f"{self.max_body:,} bytes (MAX_BODY_BYTES)",
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +11,18 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_KEY_CHARS = 16
+FD_RESERVE = 64  # file descriptors kept for all but clients (models, Redis, logs)
+FD_LINGER = 256  # and for refused connections while their answer goes out
+
+
+def open_file_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections() -> int:
+    """The open-file limit less what the rest needs: 19,680 under a limit of 20,000."""
+    return max(16, open_file_limit() - FD_RESERVE - FD_LINGER)
 
 
 class Settings(BaseSettings):
@@ -81,6 +94,25 @@ class Settings(BaseSettings):
     MAX_HEADER_BYTES: int = Field(
         16384, ge=1024, description="request headers larger than this in all get 431"
     )
+    HEADER_TIMEOUT_SECONDS: float = Field(
+        10.0,
+        gt=0,
+        description="a request head (request line and headers) must arrive within this, from "
+        "the connection's start or a request's first byte: 408 and closed otherwise",
+    )
+    MAX_CONNECTIONS: int = Field(
+        default_factory=default_max_connections,
+        ge=1,
+        description="open client connections at most (default: the open-file limit less "
+        f"{FD_RESERVE + FD_LINGER}); past it the slowest head or the idlest one is closed, "
+        "else the new one gets 503",
+    )
+    SHUTDOWN_GRACE_SECONDS: float = Field(
+        10.0,
+        ge=0,
+        description="on SIGTERM, requests in flight get this long to finish; then 503 (JSON, "
+        "Retry-After) and streams end with an error event",
+    )
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins browsers may call from (comma-separated or a JSON list); "
@@ -143,6 +175,17 @@ class Settings(BaseSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return v
 
+    @field_validator("MAX_CONNECTIONS")
+    @classmethod
+    def _connections_fit_the_file_limit(cls, v: int) -> int:
+        limit = open_file_limit()
+        if v > limit - FD_RESERVE:
+            raise ValueError(
+                f"MAX_CONNECTIONS {v} does not fit this process's open-file limit ({limit}, "
+                "ulimit -n) with room for the rest: lower it, or raise the limit"
+            )
+        return v
+
     @field_validator("STORE")
     @classmethod
     def _store_is_a_folder(cls, v: Path) -> Path:
@@ -154,6 +197,11 @@ class Settings(BaseSettings):
     def _keys_are_readable(self) -> Settings:
         self.api_keys()  # a bad key or key file stops the start, with the reason
         return self
+
+    def max_lingering(self) -> int:
+        """Refused connections that may wait for their 503 to go out: the file descriptors
+        left between MAX_CONNECTIONS and the limit, less the reserve."""
+        return max(0, open_file_limit() - self.MAX_CONNECTIONS - FD_RESERVE)
 
     def api_keys(self) -> list[str]:
         """The API keys of API_KEYS and API_KEYS_FILE together; [] when keys are off."""

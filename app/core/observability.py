@@ -15,6 +15,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.redact import redact_path
+
 access_log = logging.getLogger("app.access")
 log = logging.getLogger("app")
 REQUEST_ID = b"x-request-id"
@@ -173,7 +175,8 @@ class ObservabilityMiddleware:
                     extra={
                         "fields": {
                             "method": method,
-                            "path": scope["path"][:200],  # a 65 KB path is not logged whole
+                            # no session id (a secret without keys); a 65 KB path cut short
+                            "path": redact_path(scope["path"][:200]),
                             "route": template,
                             "status": status,
                             "ms": round(elapsed * 1000, 3),

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from app.core.config import Settings
 from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong, UnknownModel
-from app.core.redact import clip, clip_number
+from app.core.redact import clip, clip_number, session_tag
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation
 from app.engine.registry import LoadedModel, ModelRegistry
@@ -343,7 +343,9 @@ class PredictionService:
         try:
             await lease.seq.step(feed, 1, self.applied(lease))
         except Exception as e:  # it keeps the state from before the request
-            log.warning("session %s: the words sent could not be kept: %s", lease.id, e)
+            log.warning(
+                "session %s: the words sent could not be kept: %s", session_tag(lease.id), e
+            )
 
 
 class Rewind:

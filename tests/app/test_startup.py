@@ -69,6 +69,8 @@ def test_refuses_to_start_when_nothing_is_usable(mixed_store, tmp_path_factory):
         ({"SESSION_CAP_POLICY": "drop"}, "SESSION_CAP_POLICY"),
         ({"SESSION_TTL_SECONDS": "-1"}, "SESSION_TTL_SECONDS"),
         ({"PORT": "70000"}, "PORT"),
+        ({"MAX_CONNECTIONS": str(10**9)}, "MAX_CONNECTIONS"),  # past the open-file limit
+        ({"HEADER_TIMEOUT_SECONDS": "0"}, "HEADER_TIMEOUT_SECONDS"),
     ],
 )
 def test_bad_settings_are_refused_at_start(monkeypatch, env, field):

@@ -58,7 +58,15 @@ def test_a_chunked_body_is_counted_as_it_comes(client):
             yield b"x" * 32_768  # 1.3 MB in all, no Content-Length
 
     r = client.post("/v1/next-word", content=chunks(), headers=JSON)
-    assert r.status_code == 413 and "MAX_BODY_BYTES" in r.json()["detail"]
+    assert r.status_code == 413, r.text
+    # issue 17 row 16: the bytes counted and the limit, as the Content-Length case says them
+    detail = r.json()["detail"]
+    m = re.fullmatch(
+        r"request body is at least ([\d,]+) bytes \(chunked, refused as it arrived\); "
+        r"this server takes at most 1,048,576 bytes \(MAX_BODY_BYTES\)",
+        detail,
+    )
+    assert m and 1_048_576 < int(m[1].replace(",", "")) <= 40 * 32_768, detail
 
     def small():
         yield b'{"text": '

@@ -1,9 +1,13 @@
 """No secret leaves the server: URLs are shown without credentials, inputs by a prefix."""
 
+import json
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.redact import clip, redact_url, short_digests
+from app.core.config import Settings
+from app.core.redact import clip, redact_path, redact_url, session_tag, short_digests
 from app.main import create_app
 from tests.app.conftest import make_settings
 from tests.redis_server import free_port
@@ -74,3 +78,32 @@ def test_errors_quote_an_input_by_a_short_prefix(store, path, body):
     assert 400 <= r.status_code < 500, r.text[:300]
     assert len(r.content) < 400, r.text[:400]
     assert "characters)" in r.text or "chars)" in r.text, r.text
+
+
+def test_session_ids_are_not_in_the_access_log(store, capfd):
+    """Issue 17 row 15: with keys off a session id is all it takes to use the session; the
+    access log shows a tag of it instead (the same on every line about that session)."""
+    settings = Settings(STORE=store, DEVICE="cpu")  # access log on
+    with TestClient(create_app(settings)) as c:
+        sid = c.post("/v1/sessions", json={"text": "one"}).json()["session_id"]
+        c.post(f"/v1/sessions/{sid}/next-word", json={"text": ","})
+        c.get(f"/v1/sessions/{sid}")
+        c.delete(f"/v1/sessions/{sid}")
+    err = capfd.readouterr().err
+    assert sid not in err and sid[:12] not in err
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    paths = [e["path"] for e in lines if e.get("logger") == "app.access"]
+    tag = session_tag(sid)
+    assert re.fullmatch("~[0-9a-f]{8}", tag)
+    assert paths == [
+        "/v1/sessions",
+        f"/v1/sessions/{tag}/next-word",
+        f"/v1/sessions/{tag}",
+        f"/v1/sessions/{tag}",
+    ]
+
+
+def test_redact_path():
+    assert redact_path("/v1/sessions") == "/v1/sessions"
+    assert redact_path("/v1/sessions/abc/reset") == f"/v1/sessions/{session_tag('abc')}/reset"
+    assert redact_path("/v1/next-word") == "/v1/next-word"

@@ -1,0 +1,234 @@
+"""The connection layer: what uvicorn's httptools protocol lacks, so that no client can hold the
+server's connections or make it buffer an endless request head.
+
+- A deadline for the request head (HEADER_TIMEOUT_SECONDS): from the connection's start, or
+  from the first byte of a later request on a kept-alive one, to the end of its headers.
+  Past it: 408 and the connection closed (a connection that sent nothing is just closed).
+- A cap on the head's size (MAX_HEADER_BYTES), counted in `data_received` as the bytes
+  arrive, before httptools has buffered them all: past it, 431 and closed. (httptools keeps
+  no limit of its own, and uvicorn joins a long URL or header piece by piece, which is
+  quadratic: a 250 MB header line froze the loop for minutes.)
+- A cap on open connections (MAX_CONNECTIONS, below the open-file limit): a connection past
+  it first makes room by closing the one whose head has been arriving longest (503), or else
+  the one idle longest (kept alive, or never sent a byte); when every connection is busy with
+  a request, the new one gets 503 with Retry-After and is closed. Either way the file
+  descriptors never run out, so clients beyond the cap are refused, not everyone.
+
+These answers are written here, before any ASGI app exists for the request: JSON bodies in
+the shape of the app's own (`{"detail": ...}`), one access-log line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_remote_addr
+
+access_log = logging.getLogger("app.access")
+MIN_IDLE_S = 0.25  # a connection younger than this in its state is never closed to make room
+LINGER_S = 1.0  # a connection answered here is read (and dropped) this long, then closed
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    head_timeout_s: float
+    max_head_bytes: int
+    max_connections: int
+    max_lingering: int = 256  # answered connections read at once at most (file descriptors)
+    access_log: bool = True
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head deadline, a head size cap and a connection
+    cap (the module's docstring). `limits` is set by `bounded_protocol`."""
+
+    limits: ConnectionLimits
+    lingering = 0  # connections answered here and still read, in this process
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_head = True  # between requests, or reading one's head
+        self.head_bytes = 0  # bytes of this head so far
+        self.since = 0.0  # when this connection went idle or began its head (loop time)
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.accepted = False  # counted among the server's connections
+        self.answered = False  # answered here: what comes is dropped until it closes
+
+    # -- the connection ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.since = self.loop.time()
+        if len(self.connections) >= self.limits.max_connections and not self._make_room():
+            self._refuse(transport)
+            return
+        super().connection_made(transport)
+        self.accepted = True
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.answered:
+            self.answered = False
+            BoundedHttpTools.lingering -= 1
+        if self.accepted:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return  # read and dropped, so that the answer is not lost to a reset
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_timer is None:
+                self._arm()
+        super().data_received(data)
+        if self.in_head and self.head_bytes > self.limits.max_head_bytes:
+            self._answer(
+                431,
+                f"the request head is more than {self.head_bytes:,} bytes and still coming; "
+                f"this server takes at most {self.limits.max_head_bytes:,} (MAX_HEADER_BYTES)",
+            )
+
+    # -- the parser's callbacks ----------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head, self.head_bytes, self.since = True, 0, self.loop.time()
+
+    # -- the head deadline ---------------------------------------------------------------------
+    def _arm(self) -> None:
+        self._disarm()
+        self.since = self.loop.time()
+        self.head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
+
+    def _disarm(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        if self.head_bytes == 0:  # nothing sent: close, as for an idle kept-alive connection
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        self._answer(
+            408,
+            f"the request head took longer than {self.limits.head_timeout_s:g} s to arrive "
+            "(HEADER_TIMEOUT_SECONDS)",
+        )
+
+    # -- the connection cap --------------------------------------------------------------------
+    def _waiting(self) -> bool:
+        """Between requests or reading a head, with no response on its way."""
+        return self.in_head and (self.cycle is None or self.cycle.response_complete)
+
+    def _make_room(self) -> bool:
+        """Close the connection slowest with its head (503), else the one idle longest (a
+        client between requests is not the likeliest abuser); False when every connection is
+        busy (or too young to judge)."""
+        now = self.loop.time()
+        idle: BoundedHttpTools | None = None
+        slow: BoundedHttpTools | None = None
+        for conn in self.connections:
+            if not isinstance(conn, BoundedHttpTools) or not conn._waiting():
+                continue
+            if now - conn.since < MIN_IDLE_S or conn.transport.is_closing():
+                continue
+            if conn.head_bytes == 0:
+                if idle is None or conn.since < idle.since:
+                    idle = conn
+            elif slow is None or conn.since < slow.since:
+                slow = conn
+        if slow is not None:
+            slow._answer(503, self._full_message(), retry_after=True)
+            slow.connections.discard(slow)  # the room is needed now, not when it is lost
+            return True
+        if idle is not None:
+            idle.transport.close()
+            idle.connections.discard(idle)
+            return True
+        return False
+
+    def _full_message(self) -> str:
+        return (
+            f"the server is at its limit of {self.limits.max_connections:,} open connections "
+            "(MAX_CONNECTIONS); try again shortly"
+        )
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """503 to a connection past the cap. It is kept a moment, its bytes read and dropped,
+        so that closing it with its request unread does not reset the answer away."""
+        self.transport = transport
+        self.client = get_remote_addr(transport)
+        self._close_after(self._response(503, self._full_message(), retry_after=True))
+        self._log(503, "connection refused: MAX_CONNECTIONS")
+
+    def _close_after(self, answer: bytes) -> None:
+        """Write `answer`, then close: after LINGER_S of reading and dropping what the client
+        still sends (closing with unread bytes would reset the connection, and the answer
+        with it), or at once when too many linger already."""
+        self._disarm()
+        self.answered = True
+        BoundedHttpTools.lingering += 1
+        transport = self.transport
+        transport.write(answer)
+        if BoundedHttpTools.lingering > self.limits.max_lingering or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.head_timer = self.loop.call_later(LINGER_S, transport.close)
+
+    # -- answers written here ------------------------------------------------------------------
+    def _answer(self, status: int, detail: str, retry_after: bool = False) -> None:
+        """Answer `status` and close, unless a response is already on its way on this
+        connection (a pipelined head): then the connection closes once it is sent."""
+        self._disarm()
+        if self.transport.is_closing() or self.answered:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            self.in_head = False  # count no more
+            self.flow.pause_reading()
+            return
+        self.in_head = False
+        self._close_after(self._response(status, detail, retry_after))
+        self._log(status, detail)
+
+    def _response(self, status: int, detail: str, retry_after: bool) -> bytes:
+        body = orjson.dumps({"detail": detail})
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\n")
+        if retry_after:
+            head.append(b"retry-after: 1\r\n")
+        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        return b"".join(head) + body
+
+    def _log(self, status: int, reason: str) -> None:
+        if self.limits.access_log:
+            client = self.client
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "route": "connection",
+                        "status": status,
+                        "client": f"{client[0]}:{client[1]}" if client else None,
+                        "reason": reason,
+                    }
+                },
+            )
+
+
+def bounded_protocol(limits: ConnectionLimits) -> type[BoundedHttpTools]:
+    """The protocol class to give uvicorn (`http=`), with these limits."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpTools,), {"limits": limits})
