@@ -52,30 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--layers", type=positive_int, dest="n_layers", help="GRU layers")
     common.add_argument("--copy-window", type=positive_int, help="gru-copy: K positions")
     common.add_argument("--key-size", type=positive_int, help="gru-copy: key size D")
-    common.add_argument(
-        "--copy-value",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="gru-copy: the head reads the offered word's embedding",
-    )
-    common.add_argument(
-        "--copy-start",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="gru-copy: the first word fed to the zero state can be copied",
-    )
-    common.add_argument(
-        "--restart-numbers",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="restarted rows jump to a random number's first word",
-    )
-    common.add_argument(
-        "--restart-bos",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="restarted rows read xxbos first",
-    )
+    for flag, what in (
+        ("--copy-value", "gru-copy: the head reads the offered word's embedding"),
+        ("--copy-start", "gru-copy: the first word fed to the zero state can be copied"),
+        ("--restart-numbers", "restarted rows jump to a random number's first word"),
+        ("--restart-bos", "restarted rows read xxbos first"),
+    ):
+        common.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=what)
     common.add_argument("--wd", type=float, help="AdamW weight decay")
     common.add_argument(
         "--reset", type=float, help="share of rows whose state is zeroed before a window"
