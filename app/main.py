@@ -17,6 +17,7 @@ from app.api.edge import BoundedRequests
 from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
+from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
 from app.api.routes import completions, health, models, predict, sessions
 from app.api.shutdown import ShutdownAnswers
 from app.core.config import Settings
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lm.batcher.start()
         sweeper = asyncio.create_task(sweep_expired(store, min(30.0, settings.SESSION_TTL_SECONDS)))
         app.state.service = PredictionService(registry, store, settings)
+        app.state.rate_limiter = RateLimiter.from_settings(settings)
         # Everything built so far lives as long as the process: move it out of the cyclic
         # GC's sight, and collect less often. Full collections over the frameworks' and
         # torch's objects were a third of the CPU time under load, and the p99 latency.
@@ -113,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for lm in registry.models.values():
                 await lm.batcher.stop()
             await store.close()
+            if app.state.rate_limiter is not None:
+                await app.state.rate_limiter.close()
             log.info("stopped")
 
     app = FastAPI(
@@ -129,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = keys
     app.state.metrics = metrics
     app.state.service = None
+    app.state.rate_limiter = None
     metrics.add_gauge(
         "sessions_live",
         "live sessions by model",
@@ -142,10 +147,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
     install_pages(app)
     install_openapi(app, settings)
-    # Middleware, innermost first: the fast path, the request bounds, CORS, the shutdown's
-    # answers, then ids, logs and metrics around everything (413s, 431s, CORS refusals, 503s).
+    # Middleware, innermost first: the fast path, the rate limits, the request bounds, CORS,
+    # the shutdown's answers, then ids, logs and metrics around everything (the 413s, 429s,
+    # 431s, CORS refusals and 503s).
     if settings.FAST_PATH:
         app.add_middleware(FastPath, fastapi_app=app)
+    app.add_middleware(RateLimits, fastapi_app=app)
     gated = {"/metrics"} if settings.AUTH_METRICS else set()
     if settings.AUTH_DOCS:
         gated |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -163,7 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.CORS_ORIGINS,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Session-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", *RATE_LIMIT_HEADERS],
         )
     app.add_middleware(ShutdownAnswers)  # after the drain grace: 503s and stream error events
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)

@@ -160,6 +160,32 @@ class Settings(BaseSettings):
     MAX_SESSIONS_PER_KEY: int = Field(
         1000, ge=1, description="live sessions one API key may hold (with keys on)"
     )
+    RATE_LIMIT_RPS: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="requests a second one API key (with keys off: one client address) may "
+        "make on /v1, a token bucket; past it 429 (None or 0: no limit)",
+    )
+    RATE_LIMIT_BURST: float | None = Field(
+        None,
+        ge=1,
+        allow_inf_nan=False,
+        description="the requests bucket's size: requests at once (default 2 x RATE_LIMIT_RPS)",
+    )
+    RATE_LIMIT_TOKENS_PER_SECOND: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="tokens a second (words fed and generated, estimated from the request "
+        "body) one API key or client address may use on /v1 (None or 0: no limit)",
+    )
+    RATE_LIMIT_TOKEN_BURST: float | None = Field(
+        None,
+        ge=1,
+        allow_inf_nan=False,
+        description="the tokens bucket's size (default 2 x RATE_LIMIT_TOKENS_PER_SECOND)",
+    )
     AUTH_METRICS: bool = Field(False, description="with keys on, /metrics needs a key too")
     AUTH_DOCS: bool = Field(
         False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
