@@ -2,6 +2,7 @@
 
     python -m benchmarks.abuse --store DIR             # a store with a `gru` checkpoint
     python -m benchmarks.abuse --store DIR --seconds 5 --rate 50 --scale 1
+    python -m benchmarks.abuse --store DIR --scale 1 --token-limit 20000   # with a rate limit
 
 The normal client feeds its own sessions (`POST /v1/sessions/{id}/next-word`) at `--rate`
 requests a second, open loop (a request starts on time whether or not the last one answered),
@@ -41,6 +42,11 @@ from benchmarks.serving import Server, redis_server
 
 SESSIONS = 20  # the normal client's
 Abuse = Callable[[httpx.AsyncClient], Awaitable[int]]
+# With --token-limit the server has API keys: the normal client and the abusers hold one each
+# (without it keys are off and these headers are ignored).
+NORMAL_KEY, ABUSER_KEY = "normal-client-key-0001", "abusive-client-key-0002"
+NORMAL = {"Authorization": f"Bearer {NORMAL_KEY}"}
+ABUSER = {"Authorization": f"Bearer {ABUSER_KEY}"}
 
 
 @dataclass
@@ -159,8 +165,8 @@ async def run_phase(
     before = server.rss_mib()
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
     async with (
-        httpx.AsyncClient(base_url=server.base, timeout=30, limits=limits) as http,
-        httpx.AsyncClient(base_url=server.base, timeout=120) as bad,
+        httpx.AsyncClient(base_url=server.base, timeout=30, limits=limits, headers=NORMAL) as http,
+        httpx.AsyncClient(base_url=server.base, timeout=120, headers=ABUSER) as bad,
     ):
         until = time.perf_counter() + args.seconds
         abusers = []
@@ -181,7 +187,7 @@ async def run_phase(
 async def settle(server: Server, seconds: float = 60) -> None:
     """Wait until the server answers a plain request quickly again (the abuse's work done)."""
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(base_url=server.base, timeout=5) as http:
+    async with httpx.AsyncClient(base_url=server.base, timeout=5, headers=NORMAL) as http:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             with contextlib.suppress(httpx.HTTPError):
@@ -213,7 +219,7 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
 
 
 async def session_ids(server: Server) -> list[str]:
-    async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=server.base, timeout=30, headers=NORMAL) as http:
         got = [await http.post("/v1/sessions", json={"text": "one ,"}) for _ in range(SESSIONS)]
     return [r.json()["session_id"] for r in got]
 
@@ -226,9 +232,19 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=25, help="the issue's sizes divided by this")
     ap.add_argument("--abusers", type=int, default=2, help="concurrent abuse loops")
     ap.add_argument("--only", nargs="*", help="run only these abuses")
+    ap.add_argument(
+        "--token-limit",
+        type=float,
+        default=None,
+        help="API keys on (one for the normal client, one for the abusers) and "
+        "RATE_LIMIT_TOKENS_PER_SECOND at this figure",
+    )
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         env = {"ACCESS_LOG": "false", "DEFAULT_MODEL": "gru", "DEVICE": "cpu"}
+        if args.token_limit is not None:
+            keys = f"{NORMAL_KEY},{ABUSER_KEY}"
+            env |= {"API_KEYS": keys, "RATE_LIMIT_TOKENS_PER_SECOND": str(args.token_limit)}
         url = None
         if shutil.which("redis-server"):
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
