@@ -28,11 +28,13 @@ import httpx
 
 from benchmarks.serving import Server
 from training.data import number_words
-from training.evaluation import COUNTING_CARRY, COUNTING_RANGES, crossing_name, crossing_trials
-
-
-def text_of(numbers: range) -> str:
-    return "".join(f"{number_words(n)}, " for n in numbers)
+from training.evaluation import (
+    COUNTING_CARRY,
+    COUNTING_RANGES,
+    crossing_name,
+    crossing_trials,
+    number_text,
+)
 
 
 def next_right(client: httpx.Client, model: str, start: int, fed: int) -> bool:
@@ -40,7 +42,7 @@ def next_right(client: httpx.Client, model: str, start: int, fed: int) -> bool:
     r = client.post(
         "/v1/continuation",
         json={
-            "text": text_of(range(start, start + fed)),
+            "text": number_text(range(start, start + fed)),
             "model": model,
             "stop": [","],
             "max_words": 9,  # a five-digit number has at most 7 words, then its ","
@@ -53,7 +55,7 @@ def next_right(client: httpx.Client, model: str, start: int, fed: int) -> bool:
 def counts_on(client: httpx.Client, model: str, start: int, fed: int, run: int) -> int:
     """How many numbers a session fed start .. start+fed-1 gets right in a row (at most run)."""
     r = client.post(
-        "/v1/sessions", json={"model": model, "text": text_of(range(start, start + fed))}
+        "/v1/sessions", json={"model": model, "text": number_text(range(start, start + fed))}
     )
     r.raise_for_status()
     sid = r.json()["session_id"]

@@ -43,6 +43,7 @@ from training.evaluation import (
     counts_on,
 )
 from training.loop import RECIPES, train
+from training.report import format_counting
 
 SEED_NOTEBOOK = {"gru": 0.774, "gru-cell": 0.745, "gru-custom": 0.685}
 
@@ -216,24 +217,15 @@ def main() -> None:
 
 
 def counting_table(variant: str, seeds: list[int], reports: list[dict[str, float]]) -> str:
-    """One line per seed, then the mean and the minimum over seeds, of counting_report."""
+    """One line per seed, then the mean and the minimum over seeds, of counting_report (in
+    the training report's table)."""
     names = list(reports[0])
-    widths = [max(len(n), 6) + 2 for n in names]
-    head = "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
-    lines = [f"  {variant} counting{head}"]
-    rows = [(f"seed {seed}", r) for seed, r in zip(seeds, reports, strict=True)]
+    rows = [{"name": f"seed {seed}", "counting": r} for seed, r in zip(seeds, reports, strict=True)]
     rows += [
-        ("mean", {n: statistics.mean(r[n] for r in reports) for n in names}),
-        ("min", {n: min(r[n] for r in reports) for n in names}),
+        {"name": "mean", "counting": {n: statistics.mean(r[n] for r in reports) for n in names}},
+        {"name": "min", "counting": {n: min(r[n] for r in reports) for n in names}},
     ]
-    for label, r in rows:
-        # rates with three decimals; the sessions' numbers right in a row as counts
-        cells = [
-            f"{r[n]:>{w}.0f}" if n.startswith("from") else f"{r[n]:>{w}.3f}"
-            for n, w in zip(names, widths, strict=True)
-        ]
-        lines.append(f"  {label:<{len(variant) + 9}}" + "".join(cells))
-    return "\n".join(lines)
+    return f"{variant} counting\n{format_counting(rows)}"
 
 
 if __name__ == "__main__":

@@ -199,9 +199,10 @@ def train(
         or config.restart_numbers
         or config.restart_bos
     )
-    bos = data.vocab.stoi[BOS]
-    cursors = CursorBatches(data.ids("train"), config.bs, config.bptt, device)
-    begin, carry, numbers = restart_points(data.ids("train"), data.vocab)
+    if jump:
+        bos = data.vocab.stoi[BOS]
+        cursors = CursorBatches(data.ids("train"), config.bs, config.bptt, device)
+        begin, carry, numbers = restart_points(data.ids("train"), data.vocab)
     steps_per_epoch = len(train_batches)
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
