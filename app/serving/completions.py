@@ -298,6 +298,15 @@ class Plan:
         return f"{ckpt.name}-v{ckpt.ref.version}-{ckpt.sha256[:12]}"
 
 
+def prompt_items(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of a request, one item each: a text, or a list of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [prompt]
+    return list(prompt)  # type: ignore[arg-type]
+
+
 class CompletionService:
     """Plans, runs and renders completions; handed the PredictionService for its models,
     sessions and checks."""
@@ -405,8 +414,7 @@ class CompletionService:
         self, prompt: str | list[str] | list[int] | list[list[int]], n: int, best_of: int
     ) -> None:
         """OverLimit past MAX_CHOICES (prompts x best_of), counted from the request alone."""
-        single = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
-        count = 1 if single else len(prompt)
+        count = len(prompt_items(prompt))
         limit = self.service.settings.MAX_CHOICES
         if count * best_of > limit:
             per = f"best_of {best_of}" if best_of > n else f"n {n}"
@@ -447,12 +455,7 @@ class CompletionService:
     def prompts(
         self, lm: LoadedModel, prompt: str | list[str] | list[int] | list[list[int]], session: bool
     ) -> list[Prompt]:
-        if isinstance(prompt, str):
-            raw: list[str | list[int]] = [prompt]
-        elif prompt and isinstance(prompt[0], int):
-            raw = [prompt]
-        else:
-            raw = list(prompt)  # type: ignore[arg-type]
+        raw = prompt_items(prompt)
         if not raw:
             raise InvalidRequest("prompt is an empty list: give at least one prompt", "prompt")
         out = []
