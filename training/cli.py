@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -61,16 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=what)
     common.add_argument("--wd", type=float, help="AdamW weight decay")
     common.add_argument(
-        "--reset", type=float, help="share of rows whose state is zeroed before a window"
+        "--reset", type=share, help="share of rows whose state is zeroed before a window"
     )
     common.add_argument(
         "--restart-begin",
-        type=float,
+        type=share,
         help="share of restarted rows that jump to one of the data's first 99 numbers",
     )
     common.add_argument(
         "--restart-carry",
-        type=float,
+        type=share,
         help="share of restarted rows that jump to a few numbers before a thousands carry",
     )
     common.add_argument("--seed", type=int)

@@ -54,6 +54,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int | None = None  # stop each epoch after this many batches (tests, smoke runs)
 
+    def __post_init__(self) -> None:
+        if self.restart_begin + self.restart_carry > 1:
+            raise ValueError(
+                f"restart_begin {self.restart_begin} + restart_carry {self.restart_carry} is "
+                "more than all the restarted rows (at most 1 together)"
+            )
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 

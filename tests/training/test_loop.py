@@ -156,3 +156,23 @@ def test_no_progress_bar_where_stderr_is_no_terminal(tmp_path):
     assert "\r" not in done.stderr and "\r" not in done.stdout, done.stderr[-300:]
     rows = [line for line in done.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
     assert len(rows) == 2, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--reset", "1.5"], "must be a share between 0 and 1, got 1.5"),
+        (["--restart-begin", "-0.1"], "must be a share between 0 and 1, got -0.1"),
+        (["--restart-carry", "nan"], "must be a share between 0 and 1, got nan"),
+        (["--restart-begin", "0.7", "--restart-carry", "0.6"], "at most 1 together"),
+    ],
+)
+def test_restart_shares_are_checked(tmp_path, capsys, flags, says):
+    args = ["train", "--variant", "gru-copy", "--store", str(tmp_path), *flags]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse refuses a bad value with exit status 2
+        code = e.code
+    assert code == 2
+    assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
