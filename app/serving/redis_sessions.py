@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -51,15 +50,15 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 from app.core.errors import NotReady, StateMismatch
 from app.core.redact import clip, redact_url
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel, ModelRegistry
-from app.engine.sequences import ExportedState, LayoutMismatch, Sequence
+from app.serving import redis_scripts as lua
+from app.serving.redis_records import RECORD_FIELDS, RedisLease, open_lease, parse_record
 from app.serving.sessions import (
-    LAST_WORDS,
     Lease,
     SessionRecord,
     SessionStore,
@@ -70,214 +69,6 @@ from app.serving.sessions import (
 
 log = logging.getLogger("app.sessions")
 T = TypeVar("T")
-RECORD_FIELDS = ["model", "tokens", "last", "created", "used", "owner"]
-
-FORGET = """
--- the owner's index forgets a session that is gone (deleted, evicted or expired)
-local function forget(prefix, id)
-  local owner = redis.call('HGET', prefix .. ':owner', id)
-  if owner then
-    redis.call('ZREM', prefix .. ':own:' .. owner, id)
-    redis.call('ZREM', prefix .. ':lru:' .. owner, id)
-    redis.call('HDEL', prefix .. ':owner', id)
-  end
-end
--- forget the sessions of one model's index idle since `before` (Redis expired them itself)
-local function sweep(prefix, index, before)
-  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', before)
-  for _, id in ipairs(dead) do forget(prefix, id) end
-  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', before) end
-  return #dead
-end
-"""
-
-ACQUIRE = """
--- KEYS: session, lock; ARGV: token, lock_ms, owner
--- nil: no such session (or another owner's); a negative number: leased by another request,
--- for -1 - that many ms more
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-if (redis.call('HGET', KEYS[1], 'owner') or '-') ~= ARGV[3] then return nil end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return -1 - math.max(redis.call('PTTL', KEYS[2]), 0)
-end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-COMMIT = """
--- KEYS: session, lock, index, owner's index, owner hash, owner's use order
--- ARGV: token, state, tokens, last, used_ms, ttl_ms, id, owner
--- 1: written; 0: the lease was lost (fencing); -1: the session was deleted meanwhile
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'tokens', ARGV[3], 'last', ARGV[4], 'used', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
-redis.call('ZADD', KEYS[4], 0, ARGV[7])  -- back, had a sweep taken it while it was busy
-redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
-redis.call('ZADD', KEYS[6], ARGV[5], ARGV[7])
-return 1
-"""
-
-RENEW = """
--- KEYS: lock; ARGV: token, lock_ms.  1: renewed; 0: the lease is no longer this token's
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-CREATE = (
-    FORGET
-    + """
--- KEYS: session, owner's index, owner hash, owner's use order, then the index of every
--- model (the new session's first)
--- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix,
---       owner, max_per_owner (0: no share)
--- 1: made; 0: the server is full; -1: the owner's share is full. With evict, room is made
--- by evicting the owner's own least recently used session; one that holds none gets 0.
-local now, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[10]
-local live = 0
-for i = 5, #KEYS do
-  sweep(prefix, KEYS[i], now - ttl)
-  live = live + redis.call('ZCARD', KEYS[i])
-end
-local function evict_own()
-  if ARGV[9] == '0' then return false end
-  local first = redis.call('ZRANGE', KEYS[4], 0, 0)
-  local victim = first[1]
-  if victim == nil then return false end
-  redis.call('DEL', prefix .. ':s:' .. victim)
-  for i = 5, #KEYS do redis.call('ZREM', KEYS[i], victim) end
-  forget(prefix, victim)
-  redis.call('ZREM', KEYS[4], victim)
-  return true
-end
-local share = tonumber(ARGV[12])
-if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then
-  if not evict_own() then return -1 end
-  live = live - 1
-end
-if live >= tonumber(ARGV[8]) and not evict_own() then return 0 end
-redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
-           'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6],
-           'owner', ARGV[11])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[11])
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
-return 1
-"""
-)
-
-DELETE = (
-    FORGET
-    + """
--- KEYS: session, lock; ARGV: id, prefix, token (the deleting request's lease)
--- the session's model; 0: the lease was lost; -1: the session is gone already
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
-redis.call('DEL', KEYS[2])
-local model = redis.call('HGET', KEYS[1], 'model')
-redis.call('DEL', KEYS[1])
-forget(ARGV[2], ARGV[1])
-if not model then return -1 end
-redis.call('ZREM', ARGV[2] .. ':idx:' .. model, ARGV[1])
-return model
-"""
-)
-
-SWEEP = (
-    FORGET
-    + """
--- KEYS: a model's index; ARGV: before_ms, prefix.  How many sessions it forgot
-return sweep(ARGV[2], KEYS[1], ARGV[1])
-"""
-)
-
-
-class ScriptBatcher:
-    """Runs the Lua calls that requests make in the same event-loop turn together, in one
-    pipeline: one round trip and one reply parse for all of them. Under load this is what
-    keeps Redis from costing more than the model (the engine batches forwards the same way).
-    Scripts are called by their sha1 (EVALSHA) and loaded again only if Redis forgot them
-    (a restart): redis-py's own pipelined scripts would ask SCRIPT EXISTS on every batch.
-    """
-
-    def __init__(self, redis: aioredis.Redis):
-        self.redis = redis
-        self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._scheduled = False
-        self._sources: dict[str, str] = {}
-
-    def register(self, source: str) -> str:
-        """The sha1 by which `source` is called."""
-        sha = hashlib.sha1(source.encode()).hexdigest()
-        self._sources[sha] = source
-        return sha
-
-    async def call(self, sha: str, keys: list[str], args: list[Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((sha, keys, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return await future
-
-    async def _run(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for sha, keys, args, _ in batch:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
-
-    async def _flush(self) -> None:
-        batch, self._pending, self._scheduled = self._pending, [], False
-        try:
-            results = await self._run(batch)
-            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted
-                for source in self._sources.values():
-                    await self.redis.script_load(source)
-                results = await self._run(batch)
-        except Exception as e:  # every caller hears of it; none is left waiting
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(e)
-            return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-
-@dataclass(eq=False)
-class RedisLease:
-    """A session leased from Redis: its state opened as a sequence for the request."""
-
-    id: str
-    model: LoadedModel
-    seq: Sequence
-    owner: str
-    tokens_seen: int
-    last_words: list[str]
-    created: float
-    used: float = 0.0
-    dirty: bool = False  # the state or counters changed: write back
-
-    def saw(self, words: list[str]) -> None:
-        self.tokens_seen += len(words)
-        self.last_words = (self.last_words + words)[-LAST_WORDS:]
-        self.dirty = True
-
-    def reset(self) -> None:
-        self.seq.reset()
-        self.tokens_seen, self.last_words, self.dirty = 0, [], True
 
 
 @dataclass
@@ -306,6 +97,7 @@ class RedisSessionStore(SessionStore):
         self.max_sessions = max_sessions
         self.policy = policy
         self.prefix = prefix
+        self.keys = lua.Keys(prefix)
         self.lock_ms = int(lock_s * 1000)
         self.wait_s = wait_s
         self.max_per_owner = max_per_owner  # None: no per-owner share; never for ANONYMOUS
@@ -318,36 +110,18 @@ class RedisSessionStore(SessionStore):
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[ConnectionError],
         )
-        self._batch = ScriptBatcher(self.redis)
-        self._acquire = self._batch.register(ACQUIRE)
-        self._commit = self._batch.register(COMMIT)
-        self._release = self._batch.register(RELEASE)
-        self._renew = self._batch.register(RENEW)
-        self._create = self._batch.register(CREATE)
-        self._delete = self._batch.register(DELETE)
-        self._sweep = self._batch.register(SWEEP)
+        self._batch = lua.ScriptBatcher(self.redis)
+        self._acquire = self._batch.register(lua.ACQUIRE)
+        self._commit = self._batch.register(lua.COMMIT)
+        self._release = self._batch.register(lua.RELEASE)
+        self._renew = self._batch.register(lua.RENEW)
+        self._create = self._batch.register(lua.CREATE)
+        self._delete = self._batch.register(lua.DELETE)
+        self._sweep = self._batch.register(lua.SWEEP)
         self._local: dict[str, _LocalQueue] = {}
         self._counts: dict[str, int] = {}
 
-    # -- keys and plumbing -------------------------------------------------------------------
-    def _key(self, sid: str) -> str:
-        return f"{self.prefix}:s:{sid}"
-
-    def _lock_key(self, sid: str) -> str:
-        return f"{self.prefix}:lock:{sid}"
-
-    def _index(self, model: str) -> str:
-        return f"{self.prefix}:idx:{model}"
-
-    def _owned(self, owner: str) -> str:
-        return f"{self.prefix}:own:{owner}"
-
-    def _use_order(self, owner: str) -> str:
-        return f"{self.prefix}:lru:{owner}"
-
-    def _owners(self) -> str:
-        return f"{self.prefix}:owner"
-
+    # -- plumbing ---------------------------------------------------------------------------
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """A Redis call; Redis being unreachable becomes a 503 that says so."""
         try:
@@ -369,17 +143,17 @@ class RedisSessionStore(SessionStore):
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
         zero = model.batcher.zero_export
-        indexes = [self._index(model.name)] + [
-            self._index(n) for n in sorted(self.registry.models) if n != model.name
+        indexes = [self.keys.index(model.name)] + [
+            self.keys.index(n) for n in sorted(self.registry.models) if n != model.name
         ]
         made = await self._call(
             lambda: self._batch.call(
                 self._create,
                 [
-                    self._key(sid),
-                    self._owned(owner),
-                    self._owners(),
-                    self._use_order(owner),
+                    self.keys.session(sid),
+                    self.keys.owned(owner),
+                    self.keys.owners(),
+                    self.keys.use_order(owner),
                     *indexes,
                 ],
                 [
@@ -435,7 +209,7 @@ class RedisSessionStore(SessionStore):
         fields = await self._take(sid, token, owner, deadline)
         renewing = asyncio.ensure_future(self._keep(sid, token))
         try:
-            lease = self._load(sid, owner, fields)
+            lease = open_lease(self.registry, sid, owner, fields)
         except BaseException:
             renewing.cancel()
             await self._give_back(sid, token)
@@ -462,7 +236,7 @@ class RedisSessionStore(SessionStore):
             await asyncio.sleep(self.lock_ms / 3000)
             try:
                 held = await self._batch.call(
-                    self._renew, [self._lock_key(sid)], [token, self.lock_ms]
+                    self._renew, [self.keys.lock(sid)], [token, self.lock_ms]
                 )
             except RedisError:
                 continue  # try again: the lease holds a while yet
@@ -473,7 +247,7 @@ class RedisSessionStore(SessionStore):
         """Release the lease, even when the request is being cancelled (shielded)."""
         with contextlib.suppress(NotReady, asyncio.CancelledError):
             await asyncio.shield(
-                self._call(lambda: self._batch.call(self._release, [self._lock_key(sid)], [token]))
+                self._call(lambda: self._batch.call(self._release, [self.keys.lock(sid)], [token]))
             )
 
     async def _take(self, sid: str, token: str, owner: str, deadline: float) -> list[bytes]:
@@ -484,7 +258,7 @@ class RedisSessionStore(SessionStore):
             got = await self._call(
                 lambda: self._batch.call(
                     self._acquire,
-                    [self._key(sid), self._lock_key(sid)],
+                    [self.keys.session(sid), self.keys.lock(sid)],
                     [token, self.lock_ms, owner],
                 )
             )
@@ -502,37 +276,6 @@ class RedisSessionStore(SessionStore):
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.05)
 
-    def _load(self, sid: str, owner: str, raw: list[bytes]) -> RedisLease:
-        try:
-            fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
-            name = fields["model"].decode()
-            saved = ExportedState(
-                fields["dtype"].decode(), fields["shape"].decode(), fields["state"]
-            )
-            tokens, last, created = (
-                int(fields["tokens"]),
-                words(fields["last"]),
-                int(fields["created"]),
-            )
-            used = int(fields["used"]) / 1000
-        except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
-            raise damaged(sid) from None
-        model = self.registry.models.get(name)
-        if model is None:
-            raise StateMismatch(
-                f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
-            )
-        try:
-            seq = model.batcher.open(saved)  # the last step: nothing can fail once it is open
-        except LayoutMismatch as e:
-            dtype, shape = e.layout
-            raise StateMismatch(
-                f"session {clip(sid)} holds {e.problem}, "
-                f"but model {name!r} now has states of shape ({shape}) {dtype}: "
-                "the model was replaced; delete the session and start a new one"
-            ) from None
-        return RedisLease(sid, model, seq, owner, tokens, last, created / 1000, used=used)
-
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
         state = lease.seq.export().data
         now_ms = int(time.time() * 1000)
@@ -540,12 +283,12 @@ class RedisSessionStore(SessionStore):
             lambda: self._batch.call(
                 self._commit,
                 [
-                    self._key(lease.id),
-                    self._lock_key(lease.id),
-                    self._index(lease.model.name),
-                    self._owned(lease.owner),
-                    self._owners(),
-                    self._use_order(lease.owner),
+                    self.keys.session(lease.id),
+                    self.keys.lock(lease.id),
+                    self.keys.index(lease.model.name),
+                    self.keys.owned(lease.owner),
+                    self.keys.owners(),
+                    self.keys.use_order(lease.owner),
                 ],
                 [
                     token,
@@ -575,34 +318,18 @@ class RedisSessionStore(SessionStore):
         return SessionRecord.of(lease, lease.created, (lease.used or time.time()) + self.ttl_s)
 
     async def describe(self, session_id: str, owner: str = ANONYMOUS) -> SessionRecord:
-        got = await self._call(lambda: self.redis.hmget(self._key(session_id), RECORD_FIELDS))
-        record = self._record(session_id, got, owner)
+        got = await self._call(
+            lambda: self.redis.hmget(self.keys.session(session_id), RECORD_FIELDS)
+        )
+        record = parse_record(session_id, got, owner, self.ttl_s)
         if record is None:
             raise unknown(session_id)
         return record
 
-    def _record(self, sid: str, got: list[Any], owner: str) -> SessionRecord | None:
-        """The record of a session's fields (RECORD_FIELDS); None if gone or not the owner's;
-        StateMismatch (409) if the record is damaged."""
-        if got[0] is None or (got[5] or b"-").decode() != owner:
-            return None
-        model, tokens, last, created, used, _ = got
-        try:
-            return SessionRecord(
-                sid,
-                model.decode(),
-                int(tokens),
-                words(last),
-                int(created) / 1000,
-                int(used) / 1000 + self.ttl_s,
-            )
-        except (ValueError, TypeError, AttributeError, RecursionError):
-            raise damaged(sid) from None
-
     async def page(
         self, owner: str, limit: int, after: str | None = None
     ) -> tuple[list[SessionRecord], str | None]:
-        owned, more = self._owned(owner), True
+        owned, more = self.keys.owned(owner), True
         records: list[SessionRecord] = []
         while more and len(records) < limit:  # again if some were gone: a page is full
             need = limit - len(records)
@@ -618,13 +345,13 @@ class RedisSessionStore(SessionStore):
             async def fetch(ids: list[str] = ids) -> list[Any]:
                 pipe = self.redis.pipeline(transaction=False)
                 for sid in ids:
-                    pipe.hmget(self._key(sid), RECORD_FIELDS)
+                    pipe.hmget(self.keys.session(sid), RECORD_FIELDS)
                 return list(await pipe.execute())
 
             rows = await self._call(fetch)
             for sid, row in zip(ids, rows, strict=True):
                 try:
-                    record = self._record(sid, row, owner)
+                    record = parse_record(sid, row, owner, self.ttl_s)
                 except StateMismatch:  # one damaged record does not hide the others
                     log.warning("session %s: its record in Redis is damaged", clip(sid))
                     continue
@@ -643,7 +370,7 @@ class RedisSessionStore(SessionStore):
             done = await self._call(
                 lambda: self._batch.call(
                     self._delete,
-                    [self._key(session_id), self._lock_key(session_id)],
+                    [self.keys.session(session_id), self.keys.lock(session_id)],
                     [session_id, self.prefix, token],
                 )
             )
@@ -660,7 +387,7 @@ class RedisSessionStore(SessionStore):
         before = int((time.time() - self.ttl_s) * 1000)
         dropped, counts = 0, {}
         for name in sorted(self.registry.models):
-            index = self._index(name)
+            index = self.keys.index(name)
             dropped += await self._call(
                 lambda i=index: self._batch.call(self._sweep, [i], [before, self.prefix])  # type: ignore[misc]
             )
@@ -670,18 +397,3 @@ class RedisSessionStore(SessionStore):
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
-
-
-def words(raw: bytes | None) -> list[str]:
-    """A record's `last` field: a JSON list of words; ValueError if it is not one."""
-    last = json.loads(raw) if raw is not None else None
-    if not isinstance(last, list) or not all(isinstance(w, str) for w in last):
-        raise ValueError("not a list of words")
-    return last
-
-
-def damaged(sid: str) -> StateMismatch:
-    return StateMismatch(
-        f"session {clip(sid)} is damaged in the session store (a field of its Redis record "
-        "cannot be read): delete it and start a new one"
-    )
