@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.lr_scheduler import OneCycleLR
 from tqdm import tqdm
 
 from model_store import HumanNumbersLM, ModelConfig, State, Vocab, build_model, resolve_device
 from model_store.vocab import BOS
 from training.batches import CursorBatches, LMBatches
 from training.data import HumanNumbers
-from training.schedule import OneCycle
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,13 @@ def restart_points(ids: list[int], vocab: Vocab) -> tuple[Tensor, Tensor, Tensor
     return torch.tensor(begin), torch.tensor(carry or begin), torch.tensor(starts)
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr_max: float, total_steps: int) -> OneCycleLR:
+    """fastai's one-cycle: OneCycleLR's defaults are fastai's. The lr warms up from lr_max / 25
+    over the first 30% of the steps and anneals (cosine) to lr_max / 25e4; Adam's beta1, the
+    momentum, goes 0.95 -> 0.85 -> 0.95 the other way. Step it after every optimizer step."""
+    return OneCycleLR(opt, max_lr=lr_max, total_steps=total_steps)
+
+
 def pick(points: Tensor, n: int) -> Tensor:
     return points[torch.randint(len(points), (n,))]
 
@@ -213,9 +220,10 @@ def train(
     steps_per_epoch = len(train_batches)
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
-    schedule = OneCycle(config.lr, steps_per_epoch * config.epochs)
-    lr0, mom0 = schedule.at(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr0, betas=(mom0, 0.99), weight_decay=config.wd)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.95, 0.99), weight_decay=config.wd
+    )
+    schedule = one_cycle(opt, config.lr, steps_per_epoch * config.epochs)
 
     result = TrainResult(model)
     log(table_header())
@@ -237,9 +245,6 @@ def train(
             cursors.rewind()
         windows = iter(train_batches)
         for _ in range(steps_per_epoch):
-            lr, mom = schedule.at(step)
-            for group in opt.param_groups:
-                group["lr"], group["betas"] = lr, (mom, group["betas"][1])
             if jump:
                 restart = torch.zeros(config.bs, dtype=torch.bool)
                 if config.reset > 0 and h is not None:
@@ -270,6 +275,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
             step += 1
             smooth = beta * smooth + (1 - beta) * loss.item()
             bar.set_postfix(loss=f"{smooth / (1 - beta**step):.4f}")
