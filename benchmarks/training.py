@@ -30,8 +30,7 @@ from dataclasses import replace
 
 import torch
 
-from model_store import count_parameters, resolve_device
-from training.cli import ALL_VARIANTS
+from model_store import VARIANTS, count_parameters, resolve_device
 from training.data import PROXIES, VALID_RANGE, load_data, proxy_data
 from training.evaluation import (
     COUNTING_CARRY,
@@ -51,7 +50,7 @@ SEED_NOTEBOOK = {"gru": 0.774, "gru-cell": 0.745, "gru-custom": 0.685}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="instead of --seeds")
     p.add_argument(
         "--proxy",

@@ -346,13 +346,36 @@ class CopyGRU(HumanNumbersLM):
         raise NotImplementedError("gru-copy's state is more than h: use head_state")
 
 
-# Variant names users type, and the seed notebook's model for each.
-VARIANTS: dict[str, type[HumanNumbersLM]] = {
-    "gru": Model5,
-    "gru-cell": Model6,
-    "gru-custom": Model7,
-    "gru-copy": CopyGRU,
+@dataclass(frozen=True)
+class Variant:
+    """A model users can train and serve, under the name they type for it."""
+
+    model: type[HumanNumbersLM]
+    about: str  # the architecture in a few words (the API's docs show it)
+    seed: bool = False  # one of the seed notebook's three, trained with its recipe
+    # Preferred as the service's default model when DEFAULT_MODEL is not set: the loaded
+    # variant of the lowest rank is the default (None: never preferred).
+    default_rank: int | None = None
+
+
+# The one registry of variants: training, the CLI, the checkpoint checks, the service and
+# the tests all read it. In training order: the seed notebook's three, then the rest.
+VARIANTS: dict[str, Variant] = {
+    "gru": Variant(Model5, "nn.GRU, the seed's Model5", seed=True, default_rank=1),
+    "gru-cell": Variant(Model6, "nn.GRUCell stepped in a loop, Model6", seed=True),
+    "gru-custom": Variant(Model7, "a hand-written GRU cell, Model7", seed=True),
+    "gru-copy": Variant(
+        CopyGRU, "nn.GRU with a copy path over its last K positions", default_rank=0
+    ),
 }
+SEED_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.seed)
+# The variants preferred as the default model, most preferred first.
+PREFERRED_DEFAULTS = tuple(
+    name
+    for _, name in sorted(
+        (v.default_rank, name) for name, v in VARIANTS.items() if v.default_rank is not None
+    )
+)
 
 
 @torch.no_grad()
@@ -377,7 +400,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(config: ModelConfig) -> HumanNumbersLM:
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; known: {', '.join(VARIANTS)}")
-    return VARIANTS[config.variant](config)
+    return VARIANTS[config.variant].model(config)
 
 
 def count_parameters(model: nn.Module) -> int:

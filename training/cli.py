@@ -14,9 +14,6 @@ from training.data import load_data, write_data
 from training.loop import RECIPES, train
 from training.report import collect, format_counting, format_table, plot
 
-# The three variants of the lesson, trained with the seed recipe, and the copy model.
-SEED_VARIANTS = ("gru", "gru-cell", "gru-custom")
-ALL_VARIANTS = (*SEED_VARIANTS, "gru-copy")
 DEFAULT_STORE = Path("store")
 
 
@@ -107,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
 
     sub.add_parser(
-        "train-all", parents=[common], help=f"train the four variants: {', '.join(ALL_VARIANTS)}"
+        "train-all", parents=[common], help=f"train every variant: {', '.join(VARIANTS)}"
     )
 
     r = sub.add_parser("report", help="table and accuracy plot of a store's checkpoints")
@@ -187,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             run_training(args, args.variant, args.name or args.variant)
         elif args.command == "train-all":
-            for variant in ALL_VARIANTS:
+            for variant in VARIANTS:
                 run_training(args, variant, variant)
             rows, _ = collect(args.store, load_data(args.data))
             print(format_table(rows))

@@ -14,7 +14,15 @@ from torch import Tensor
 from torch.optim.lr_scheduler import OneCycleLR
 from tqdm import tqdm
 
-from model_store import HumanNumbersLM, ModelConfig, State, Vocab, build_model, resolve_device
+from model_store import (
+    VARIANTS,
+    HumanNumbersLM,
+    ModelConfig,
+    State,
+    Vocab,
+    build_model,
+    resolve_device,
+)
 from model_store.vocab import BOS
 from training.batches import CursorBatches, LMBatches
 from training.data import HumanNumbers
@@ -81,10 +89,7 @@ class TrainConfig:
 # the others to a random number's first word, each reading xxbos first, as the service starts
 # every text (model_store.start_state): sessions from `one,` and from 5,990 counted on alone
 # for every seed, where no recipe without these did.
-RECIPES: dict[str, TrainConfig] = {
-    "gru": TrainConfig(variant="gru"),
-    "gru-cell": TrainConfig(variant="gru-cell"),
-    "gru-custom": TrainConfig(variant="gru-custom"),
+OWN_RECIPES: dict[str, TrainConfig] = {
     "gru-copy": TrainConfig(
         variant="gru-copy",
         epochs=40,
@@ -96,6 +101,13 @@ RECIPES: dict[str, TrainConfig] = {
         restart_numbers=True,
         restart_bos=True,
     ),
+}
+assert all(VARIANTS[name].seed == (name not in OWN_RECIPES) for name in VARIANTS), (
+    "a seed variant takes the seed recipe, every other variant has one of its own"
+)
+# Every variant's: the lesson's (TrainConfig's defaults) for a seed variant, else its own.
+RECIPES: dict[str, TrainConfig] = {
+    name: OWN_RECIPES.get(name, TrainConfig(variant=name)) for name in VARIANTS
 }
 
 

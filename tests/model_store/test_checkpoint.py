@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from model_store import (
+    VARIANTS,
     BadCheckpoint,
     ModelConfig,
     build_model,
@@ -35,7 +36,7 @@ def rewrite_meta(ref, **changes):
     path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("variant", ["gru", "gru-cell", "gru-custom", "gru-copy", "copy-value"])
+@pytest.mark.parametrize("variant", [*VARIANTS, "copy-value"])
 def test_round_trip(tmp_path, data, variant):
     torch.manual_seed(0)
     if variant == "copy-value":  # gru-copy whose head reads the offered word (the recipe's)
