@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from model_store import VARIANTS, save_checkpoint
 from training.data import load_data, write_data
-from training.loop import RECIPES, train
+from training.loop import MODEL_FIELDS, RECIPES, TrainConfig, train
 from training.report import collect, format_counting, format_table, plot
 
 DEFAULT_STORE = Path("store")
@@ -119,34 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-OVERRIDABLE = (
-    "epochs",
-    "lr",
-    "bs",
-    "bptt",
-    "hidden",
-    "n_layers",
-    "copy_window",
-    "key_size",
-    "copy_value",
-    "copy_start",
-    "wd",
-    "reset",
-    "restart_begin",
-    "restart_carry",
-    "restart_numbers",
-    "restart_bos",
-    "seed",
-    "device",
-    "max_steps",
-)
+def recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe fields given on the command line (a flag's dest is its field's name)."""
+    names = [n for n in MODEL_FIELDS if n != "variant"]
+    names += [f.name for f in fields(TrainConfig) if f.name != "model"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def run_training(args: argparse.Namespace, variant: str, name: str) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    given = {f: getattr(args, f) for f in OVERRIDABLE if getattr(args, f) is not None}
-    config = replace(RECIPES[variant], **given)
+    config = RECIPES[variant].updated(**recipe_flags(args))
     data = load_data(args.data)
     print(
         f"training {variant} -> {args.store}/{name}  (data: {data.source}, "

@@ -6,7 +6,8 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +31,11 @@ from training.data import HumanNumbers
 
 @dataclass(frozen=True)
 class TrainConfig:
-    variant: str = "gru"
+    model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size: the data's, in train
     epochs: int = 10
     lr: float = 1e-2  # max lr of the one-cycle schedule
     bs: int = 64
     bptt: int = 40
-    hidden: int = 56
-    n_layers: int = 1
-    copy_window: int = 16  # gru-copy only: K
-    key_size: int = 16  # gru-copy only: D
-    copy_value: bool = False  # gru-copy only: the head reads the offered word's embedding
-    copy_start: bool = False  # gru-copy only: the zero state's first word can be copied
     wd: float = 0.01  # AdamW's decoupled weight decay
     # Share of rows whose state is zeroed before a window: the model learns to pick up a
     # stream mid-way from nothing, as a session does (the text it is fed starts anywhere).
@@ -69,8 +64,27 @@ class TrainConfig:
                 "more than all the restarted rows (at most 1 together)"
             )
 
+    @property
+    def variant(self) -> str:
+        return self.model.variant
+
+    def updated(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes`, each to a field of this config or of its model's."""
+        of_model = {k: v for k, v in changes.items() if k in MODEL_FIELDS}
+        rest = {k: v for k, v in changes.items() if k not in MODEL_FIELDS}
+        return replace(self, model=replace(self.model, **of_model), **rest)
+
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The recipe as meta.json holds it: one flat object, the model's fields (but its
+        vocab_size, which is the data's) beside the training's."""
+        recipe = asdict(self)
+        model = recipe.pop("model")
+        del model["vocab_size"]
+        return {**model, **recipe}
+
+
+# The fields of ModelConfig a recipe sets (vocab_size is the data's).
+MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 
 
 # The recipe `train` and `train-all` use for each variant (command-line flags override it).
@@ -91,12 +105,10 @@ class TrainConfig:
 # for every seed, where no recipe without these did.
 OWN_RECIPES: dict[str, TrainConfig] = {
     "gru-copy": TrainConfig(
-        variant="gru-copy",
+        ModelConfig("gru-copy", hidden=96, copy_value=True),
         epochs=40,
-        hidden=96,
         reset=0.15,
         wd=0.1,
-        copy_value=True,
         restart_begin=0.1,
         restart_numbers=True,
         restart_bos=True,
@@ -107,7 +119,7 @@ assert all(VARIANTS[name].seed == (name not in OWN_RECIPES) for name in VARIANTS
 )
 # Every variant's: the lesson's (TrainConfig's defaults) for a seed variant, else its own.
 RECIPES: dict[str, TrainConfig] = {
-    name: OWN_RECIPES.get(name, TrainConfig(variant=name)) for name in VARIANTS
+    name: OWN_RECIPES.get(name, TrainConfig(ModelConfig(name))) for name in VARIANTS
 }
 
 
@@ -204,18 +216,7 @@ def train(
     """Train one model on `data` with the one-cycle recipe; log fastai's table as it goes."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    model = build_model(
-        ModelConfig(
-            variant=config.variant,
-            vocab_size=len(data.vocab),
-            hidden=config.hidden,
-            n_layers=config.n_layers,
-            copy_window=config.copy_window,
-            key_size=config.key_size,
-            copy_value=config.copy_value,
-            copy_start=config.copy_start,
-        )
-    ).to(device)
+    model = build_model(replace(config.model, vocab_size=len(data.vocab))).to(device)
     train_batches = LMBatches(data.ids("train"), config.bs, config.bptt, device)
     valid_batches = LMBatches(data.ids("valid"), config.bs, config.bptt, device)
     # Rows that restart elsewhere read the stream through cursors; otherwise as fastai does.

@@ -141,6 +141,10 @@ def test_meta_not_json(saved):
         ({"config": {"variant": "gru-custom", "hidden": -3}}, "'hidden' must be a positive"),
         ({"config": {"variant": "gru-custom", "evil": 1}}, "unknown config fields"),
         ({"config": {"variant": "gru-custom", "copy_value": "yes"}}, "'copy_value' must be true"),
+        ({"config": {"variant": "gru-custom", "copy_start": 1}}, "'copy_start' must be true or"),
+        ({"config": {"variant": "gru-custom", "vocab_size": True}}, "'vocab_size' must be a posi"),
+        ({"config": {"variant": "gru-custom", "key_size": 1.5}}, "'key_size' must be a positive"),
+        ({"config": {"variant": 7}}, "config field 'variant' must be a string"),
         ({"variant": "gru"}, "config variant 'gru-custom' != 'gru'"),
     ],
 )

@@ -4,11 +4,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model_store import VARIANTS
-from training.cli import main
+from model_store import VARIANTS, ModelConfig
+from training.cli import build_parser, main, recipe_flags
 from training.loop import RECIPES, TrainConfig, table_header, train
 
-FEW = TrainConfig(variant="gru", epochs=2, max_steps=4, bs=16, bptt=10)
+FEW = TrainConfig(ModelConfig("gru"), epochs=2, max_steps=4, bs=16, bptt=10)
 
 
 # The lesson's recipe, as meta.json's "recipe" holds it (the seed, device and steps aside).
@@ -46,6 +46,17 @@ def test_every_variant_has_its_recipe():
     assert RECIPES["gru-copy"].to_dict() == {"variant": "gru-copy", **SEED_RECIPE, **copy}
 
 
+def test_flags_override_the_model_and_the_training_fields():
+    flags = ["--hidden", "32", "--layers", "2", "--no-copy-value", "--epochs", "3", "--wd", "0.5"]
+    args = build_parser().parse_args(["train", "--variant", "gru-copy", *flags])
+    config = RECIPES["gru-copy"].updated(**recipe_flags(args))
+    assert config.model == replace(
+        RECIPES["gru-copy"].model, hidden=32, n_layers=2, copy_value=False
+    )
+    assert (config.epochs, config.wd, config.reset) == (3, 0.5, 0.15)  # the rest: the recipe's
+    assert config.to_dict()["hidden"] == 32 and "vocab_size" not in config.to_dict()
+
+
 def test_few_steps_learn_something(data):
     lines = []
     result = train(FEW, data, progress=False, log=lines.append)
@@ -80,9 +91,9 @@ def test_cli_train_and_report(tmp_path, capsys):
     names = sorted(p.name for p in store.iterdir())
     assert names == sorted([*VARIANTS, "tiny"])  # train-all trains every variant
     copy_meta = json.loads((store / "gru-copy" / "1" / "meta.json").read_text())
-    assert copy_meta["config"]["copy_window"] == RECIPES["gru-copy"].copy_window
+    assert copy_meta["config"]["copy_window"] == RECIPES["gru-copy"].model.copy_window
     assert copy_meta["recipe"]["epochs"] == 1  # the flag overrides the variant's recipe
-    assert copy_meta["recipe"]["hidden"] == RECIPES["gru-copy"].hidden  # the rest is its own
+    assert copy_meta["recipe"]["hidden"] == RECIPES["gru-copy"].model.hidden  # the rest is its own
 
     assert main(["report", "--store", str(store), "--out", str(tmp_path / "acc.png")]) == 0
     out = capsys.readouterr().out
