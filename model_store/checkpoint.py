@@ -99,14 +99,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _versions(folder: Path) -> list[int]:
     if not folder.is_dir():
         return []

@@ -141,10 +141,6 @@ class StepBatcher:
         self._closed = False
         self.failure: str | None = None  # why the loop stopped, if it ever does
 
-    @property
-    def serving(self) -> bool:
-        return self.failure is None and not self._closed
-
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         assert self._task is None, "batcher already started"

@@ -101,14 +101,14 @@ def test_advance_with_padding_equals_each_row_alone(variant):
         x[i, : len(r)] = r
     lengths = torch.tensor([len(r) for r in rows])
     with torch.no_grad():
-        h = model.advance(x, h0, lengths)
-        logits = model.head(h)
+        state = model.advance_state(x, {"h": h0}, lengths)
+        h, logits = state["h"], model.head_state(state)
         for i, r in enumerate(rows):
             out, h_i = model(r.unsqueeze(0), {"h": h0[i : i + 1]})
             torch.testing.assert_close(h[i : i + 1], h_i["h"], atol=1e-5, rtol=0)
             torch.testing.assert_close(logits[i], out[0, -1], atol=1e-5, rtol=0)
         torch.testing.assert_close(
-            model.advance(x, h0), model(x, {"h": h0})[1]["h"], atol=1e-5, rtol=0
+            model.advance_state(x, {"h": h0})["h"], model(x, {"h": h0})[1]["h"], atol=1e-5, rtol=0
         )
 
 
@@ -125,7 +125,10 @@ def test_scripted_cell_is_exact():
     lengths = torch.tensor([12, 3, 7, 1, 12])
     with torch.no_grad():
         torch.testing.assert_close(
-            scripted.advance(x, h, lengths), eager.advance(x, h, lengths), atol=1e-5, rtol=0
+            scripted.advance_state(x, {"h": h}, lengths)["h"],
+            eager.advance_state(x, {"h": h}, lengths)["h"],
+            atol=1e-5,
+            rtol=0,
         )
     other = build_model(ModelConfig("gru-cell"))
     assert compile_cell(other, "script").rnn.__class__ is torch.nn.GRUCell  # only Model7's cell
