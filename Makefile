@@ -37,6 +37,7 @@ lint: setup
 	$(BIN)/docker-compose -f docker-compose.yml config -q
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml config -q
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml --profile scale config -q
+	bash -n scripts/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

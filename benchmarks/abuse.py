@@ -38,7 +38,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import Server, redis_server
+from benchmarks.serving import Server
+from launchers import RedisServer
 
 SESSIONS = 20  # the normal client's
 Abuse = Callable[[httpx.AsyncClient], Awaitable[int]]
@@ -248,7 +249,7 @@ def main() -> None:
         url = None
         if shutil.which("redis-server"):
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            url = stack.enter_context(redis_server(tmp / "redis"))
+            url = stack.enter_context(RedisServer(tmp / "redis")).url
             env |= {"SESSION_BACKEND": "redis", "REDIS_URL": url}
         else:
             print("no redis-server: sessions in memory, the stale-lease phase skipped")

@@ -42,12 +42,12 @@ def main() -> None:
     with torch.inference_mode():
         for b, t in SHAPES:
             x = torch.randint(0, 40, (b, t))
-            h = torch.randn(b, 1, 56)
-            ref = eager.advance(x, h)
+            state = {"h": torch.randn(b, 1, 56)}
+            ref = eager.advance_state(x, state)["h"]
             times, diff = [], 0.0
             for model in variants.values():
-                times.append(per_call_us(model.advance, x, h))
-                diff = max(diff, float((model.advance(x, h) - ref).abs().max()))
+                times.append(per_call_us(model.advance_state, x, state))
+                diff = max(diff, float((model.advance_state(x, state)["h"] - ref).abs().max()))
             print(
                 f"{f'{b} x {t}':>15}" + "".join(f"{v:>10.0f}us" for v in times) + f"   {diff:.1e}"
             )

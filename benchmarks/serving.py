@@ -28,80 +28,28 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from launchers import AppProcess, RedisServer
+
 CONNECTIONS = (1, 16, 64, 256)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(AppProcess):
+    """The app as the benchmarks run it: DEVICE from this environment (auto if unset),
+    warnings only in its log, its output dropped."""
 
-
-class Server:
     def __init__(self, store: Path, **env: str):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "STORE": str(store),
-            "DEVICE": os.environ.get("DEVICE", "auto"),
-            "PORT": str(self.port),
-            "LOG_LEVEL": "warning",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited at start-up")
-            time.sleep(0.1)
-        raise RuntimeError("server did not get ready")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def cpu_s(self) -> float:
-        """CPU seconds the server process has used (user + system, all its threads)."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mib(self) -> float:
-        assert self.proc is not None
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        kib = int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1))  # type: ignore[union-attr]
-        return kib / 1024
+        defaults = {"DEVICE": os.environ.get("DEVICE", "auto"), "LOG_LEVEL": "warning"}
+        super().__init__(store, capture=False, **(defaults | env))
 
 
 def parse_latency(text: str) -> float:
@@ -248,35 +196,6 @@ def memory(
         return before, srv.rss_mib(), n
 
 
-@contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """Debian's redis-server on a free port, no persistence; its URL."""
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(folder),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
 def wrk_parallel(jobs: list[tuple[str, int, float, Path]]) -> list[dict[str, float]]:
     """Several wrk runs at once (one per replica); their results."""
     with ThreadPoolExecutor(len(jobs)) as pool:
@@ -286,7 +205,8 @@ def wrk_parallel(jobs: list[tuple[str, int, float, Path]]) -> list[dict[str, flo
 def redis_table(store: Path, args: argparse.Namespace, tmp: Path) -> None:
     """Session next-word at 64 connections: memory vs Redis, one and two replicas."""
     rows = []
-    with redis_server(tmp / "redis") as url:
+    with RedisServer(tmp / "redis") as redis:
+        url = redis.url
         for label, env, replicas in (
             ("memory, 1 replica", {}, 1),
             ("redis, 1 replica", {"SESSION_BACKEND": "redis", "REDIS_URL": url}, 1),

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import Server, live_sessions, redis_server, train_store
+from benchmarks.serving import Server, live_sessions, train_store
+from launchers import RedisServer
 
 # action -> weight
 MIX = {
@@ -194,10 +195,10 @@ def soak(store_name: str, model_store: Path, args: argparse.Namespace, tmp: Path
         "ACCESS_LOG": "false",
         "MAX_SESSIONS": "1000000",
     }
-    backend = redis_server(tmp / f"redis-{store_name}") if store_name == "redis" else None
-    with backend or contextlib.nullcontext() as url:
-        if url:
-            env |= {"SESSION_BACKEND": "redis", "REDIS_URL": url}
+    backend = RedisServer(tmp / f"redis-{store_name}") if store_name == "redis" else None
+    with backend or contextlib.nullcontext() as redis:
+        if redis:
+            env |= {"SESSION_BACKEND": "redis", "REDIS_URL": redis.url}
         with Server(model_store, **env) as srv:
             tally = Tally()
             start = time.monotonic()

@@ -25,7 +25,6 @@ import torch
 
 from model_store import (
     HumanNumbersLM,
-    ModelConfig,
     build_model,
     list_checkpoints,
     load_checkpoint,
@@ -42,16 +41,7 @@ def load(name: str, store: Path | None) -> HumanNumbersLM:
         if not refs:
             raise SystemExit(f"no checkpoint {name!r} in {store}")
         return load_checkpoint(refs[-1]).model.eval()
-    r = RECIPES[name]
-    config = ModelConfig(
-        name,
-        hidden=r.hidden,
-        n_layers=r.n_layers,
-        copy_window=r.copy_window,
-        key_size=r.key_size,
-        copy_value=r.copy_value,
-        copy_start=r.copy_start,
-    )
+    config = RECIPES[name].model
     return build_model(config).eval()
 
 

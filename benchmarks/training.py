@@ -30,8 +30,8 @@ from dataclasses import replace
 
 import torch
 
-from model_store import count_parameters, resolve_device
-from training.cli import ALL_VARIANTS
+from model_store import VARIANTS, count_parameters, resolve_device
+from training.cli import recipe_flags
 from training.data import PROXIES, VALID_RANGE, load_data, proxy_data
 from training.evaluation import (
     COUNTING_CARRY,
@@ -51,7 +51,7 @@ SEED_NOTEBOOK = {"gru": 0.774, "gru-cell": 0.745, "gru-custom": 0.685}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="instead of --seeds")
     p.add_argument(
         "--proxy",
@@ -90,26 +90,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
-    overrides = {
-        f: getattr(args, f)
-        for f in (
-            "epochs",
-            "lr",
-            "hidden",
-            "n_layers",
-            "copy_window",
-            "key_size",
-            "copy_value",
-            "reset",
-            "restart_begin",
-            "restart_carry",
-            "restart_numbers",
-            "restart_bos",
-            "copy_start",
-            "wd",
-        )
-        if getattr(args, f) is not None
-    }
+    overrides = {k: v for k, v in recipe_flags(args).items() if k != "device"}
     data = proxy_data(args.proxy) if args.proxy else load_data()
     # The counting check of benchmarks/counting.py, in process, on the evaluated numbers: the
     # next number after four (greedy, exactly right), and sessions fed two numbers counting on.
@@ -150,7 +131,7 @@ def main() -> None:
         + f"{'next #':>8}{f'count {args.run}':>10}{'params':>9}{'s/ep':>7}{'s/run':>7}"
     )
     for variant in args.variants:
-        recipe = replace(RECIPES[variant], device=args.device, **overrides)
+        recipe = RECIPES[variant].updated(device=args.device, **overrides)
         accs, ones, commas, thousands, spe, runs = [], [], [], [], [], []
         nexts, perfect, carried = [], 0, 0
         counting: list[dict[str, float]] = []

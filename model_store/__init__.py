@@ -11,11 +11,14 @@ from model_store.checkpoint import (
     save_checkpoint,
 )
 from model_store.models import (
+    PREFERRED_DEFAULTS,
+    SEED_VARIANTS,
     VARIANTS,
     HumanNumbersLM,
     ModelConfig,
     State,
     StateSpec,
+    Variant,
     build_model,
     compile_cell,
     count_parameters,
@@ -26,6 +29,8 @@ from model_store.vocab import BOS, UnknownWord, Vocab, split_words
 
 __all__ = [
     "BOS",
+    "PREFERRED_DEFAULTS",
+    "SEED_VARIANTS",
     "VARIANTS",
     "BadCheckpoint",
     "Checkpoint",
@@ -35,6 +40,7 @@ __all__ = [
     "State",
     "StateSpec",
     "UnknownWord",
+    "Variant",
     "Vocab",
     "build_model",
     "compile_cell",

@@ -13,11 +13,11 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +33,17 @@ FORMAT_VERSION = 1
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 METRIC_KEYS = ("epoch", "train_loss", "valid_loss", "accuracy", "seconds")
 MAX_META_BYTES = 16 << 20  # a meta.json is a few KB; past this it is not one
+
+
+# meta.json's config is checked field by field, by the field's type in ModelConfig: every int
+# there is a size (at least 1). `type(v) is` because JSON's true is not an integer here.
+CONFIG_TYPES: dict[str, type] = get_type_hints(ModelConfig)
+CONFIG_CHECKS: dict[type, tuple[Callable[[object], bool], str]] = {
+    int: (lambda v: type(v) is int and v >= 1, "a positive integer"),
+    bool: (lambda v: type(v) is bool, "true or false"),
+    str: (lambda v: type(v) is str, "a string"),
+}
+assert set(CONFIG_TYPES.values()) <= set(CONFIG_CHECKS), "a ModelConfig field type goes unchecked"
 
 
 class BadCheckpoint(Exception):
@@ -86,14 +97,6 @@ def check_name(name: str) -> str:
             f"bad checkpoint name {name!r}: use 1-64 lower-case letters, digits, '.', '_' or '-'"
         )
     return name
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions(folder: Path) -> list[int]:
@@ -226,18 +229,13 @@ def read_meta(ref_or_path: CheckpointRef | Path) -> dict[str, Any]:
 
 def _config_from_meta(meta: Mapping[str, Any], path: Path) -> ModelConfig:
     raw = _require(meta, "config", dict, path)
-    fields = ModelConfig.__dataclass_fields__
-    unknown = set(raw) - set(fields)
+    unknown = set(raw) - set(CONFIG_TYPES)
     if unknown:
         raise BadCheckpoint(path, f"unknown config fields {sorted(unknown)}")
-    for key in ("vocab_size", "hidden", "n_layers", "copy_window", "key_size"):
-        if key in raw and (
-            not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1
-        ):
-            raise BadCheckpoint(path, f"config field {key!r} must be a positive integer")
-    for key in ("copy_value", "copy_start"):
-        if key in raw and not isinstance(raw[key], bool):
-            raise BadCheckpoint(path, f"config field {key!r} must be true or false")
+    for key, value in raw.items():
+        holds, what = CONFIG_CHECKS[CONFIG_TYPES[key]]
+        if not holds(value):
+            raise BadCheckpoint(path, f"config field {key!r} must be {what}")
     config = ModelConfig(**raw)
     if config.variant != meta["variant"]:
         raise BadCheckpoint(path, f"config variant {config.variant!r} != {meta['variant']!r}")

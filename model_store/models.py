@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
 import torch
@@ -76,8 +77,10 @@ class GRUCell(nn.Module):
         return update * h + (1 - update) * new
 
 
-class HumanNumbersLM(nn.Module):
-    """Shared parts: embedding `i_h`, a recurrent core, `bn`, output `h_o`."""
+class HumanNumbersLM(nn.Module, ABC):
+    """Shared parts: embedding `i_h`, a recurrent core, `bn`, output `h_o`; and the one API
+    every model has: `forward` over a window (training), `advance_state` and `head_state` on
+    a sequence's whole state (serving), from `init_state`."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -85,10 +88,6 @@ class HumanNumbersLM(nn.Module):
         self.i_h = nn.Embedding(config.vocab_size, config.hidden)
         self.bn = BatchNorm1dFlat(config.hidden)
         self.h_o = nn.Linear(config.hidden, config.vocab_size)
-
-    def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """The zero state, (B, L, H)."""
-        return torch.zeros(batch_size, self.config.n_layers, self.config.hidden, device=device)
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -107,41 +106,42 @@ class HumanNumbersLM(nn.Module):
             for name, spec in self.state_spec.items()
         }
 
+    @abstractmethod
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """(B, T) ids read from `state` (the zero state if None): the logits (B, T, V) at every
+        position and the new state."""
+
+    @abstractmethod
     def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
-        """`advance` on a whole state: (B, T) ids, ragged by `lengths`, into the new state."""
-        return {"h": self.advance(x, state["h"], lengths)}
-
-    def head_state(self, state: State) -> Tensor:
-        """`head` on a whole state: next-token logits (B, V)."""
-        return self.head(state["h"])
-
-    def recur(self, emb: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T, H) embeddings and (B, L, H) state -> (B, T, H) outputs and the new state."""
-        raise NotImplementedError
-
-    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Feed (B, T) ids into (B, L, H) states and return the new states.
+        """Feed (B, T) ids into a (B, ...) state and return the new state.
 
         With `lengths` (B,), row b reads only its first lengths[b] >= 1 ids: the rest is padding
         and leaves its state alone. This is how the service steps many sessions in one batch.
         """
-        raise NotImplementedError
 
-    def head(self, h: Tensor) -> Tensor:
-        """Next-token logits (B, V) of (B, L, H) states.
+    def head_state(self, state: State) -> Tensor:
+        """Next-token logits (B, V) of a state.
 
         The output of a GRU at a position is its top layer's state, so the state alone gives
         the next-token distribution: nothing else needs keeping between calls.
         """
-        return self.h_o(self.bn(h[:, -1]))
+        return self.h_o(self.bn(state["h"][:, -1]))
+
+
+class SeedLM(HumanNumbersLM):
+    """The seed notebook's models, whose state is their hidden state alone: {"h": (B, L, H)}."""
+
+    @abstractmethod
+    def recur(self, emb: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, H) embeddings and (B, L, H) state -> (B, T, H) outputs and the new state."""
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        h = self.init_hidden(x.shape[0], x.device) if state is None else state["h"]
+        h = self.init_state(x.shape[0], x.device)["h"] if state is None else state["h"]
         out, h = self.recur(self.i_h(x), h)
         return self.h_o(self.bn(out)), {"h": h}
 
 
-class Model5(HumanNumbersLM):
+class Model5(SeedLM):
     """`nn.GRU` over the whole window."""
 
     def __init__(self, config: ModelConfig):
@@ -152,18 +152,18 @@ class Model5(HumanNumbersLM):
         out, h_n = self.rnn(emb, h.transpose(0, 1).contiguous())  # nn.GRU wants (L, B, H)
         return out, h_n.transpose(0, 1)
 
-    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
         emb = self.i_h(x)
-        h0 = h.transpose(0, 1).contiguous()
+        h0 = state["h"].transpose(0, 1).contiguous()
         if lengths is None or bool((lengths == x.shape[1]).all()):
-            return self.rnn(emb, h0)[1].transpose(0, 1)
+            return {"h": self.rnn(emb, h0)[1].transpose(0, 1)}
         packed = nn.utils.rnn.pack_padded_sequence(
             emb, lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        return self.rnn(packed, h0)[1].transpose(0, 1)  # h_n comes back in the rows' order
+        return {"h": self.rnn(packed, h0)[1].transpose(0, 1)}  # h_n comes back in rows' order
 
 
-class CellLoopLM(HumanNumbersLM):
+class CellLoopLM(SeedLM):
     """A GRU cell stepped over the window in a Python loop; subclasses pick the cell."""
 
     cell_type: type[nn.Module]
@@ -181,13 +181,13 @@ class CellLoopLM(HumanNumbersLM):
             outs.append(h1)
         return torch.stack(outs, dim=1), h1.unsqueeze(1)
 
-    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
+    def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
         emb = self.i_h(x)
-        h1 = h[:, 0]
+        h1 = state["h"][:, 0]
         for t in range(x.shape[1]):
             new = self.rnn(emb[:, t], h1)
             h1 = new if lengths is None else torch.where((lengths > t).unsqueeze(1), new, h1)
-        return h1.unsqueeze(1)
+        return {"h": h1.unsqueeze(1)}
 
 
 class Model6(CellLoopLM):
@@ -339,20 +339,37 @@ class CopyGRU(HumanNumbersLM):
         ids = state["ids"]
         return self._mix(out, state["keys"], ids, (ids < 0).unsqueeze(1))[:, 0]
 
-    def advance(self, x: Tensor, h: Tensor, lengths: Tensor | None = None) -> Tensor:
-        raise NotImplementedError("gru-copy's state is more than h: use advance_state")
 
-    def head(self, h: Tensor) -> Tensor:
-        raise NotImplementedError("gru-copy's state is more than h: use head_state")
+@dataclass(frozen=True)
+class Variant:
+    """A model users can train and serve, under the name they type for it."""
+
+    model: type[HumanNumbersLM]
+    about: str  # the architecture in a few words (the API's docs show it)
+    seed: bool = False  # one of the seed notebook's three, trained with its recipe
+    # Preferred as the service's default model when DEFAULT_MODEL is not set: the loaded
+    # variant of the lowest rank is the default (None: never preferred).
+    default_rank: int | None = None
 
 
-# Variant names users type, and the seed notebook's model for each.
-VARIANTS: dict[str, type[HumanNumbersLM]] = {
-    "gru": Model5,
-    "gru-cell": Model6,
-    "gru-custom": Model7,
-    "gru-copy": CopyGRU,
+# The one registry of variants: training, the CLI, the checkpoint checks, the service and
+# the tests all read it. In training order: the seed notebook's three, then the rest.
+VARIANTS: dict[str, Variant] = {
+    "gru": Variant(Model5, "nn.GRU, the seed's Model5", seed=True, default_rank=1),
+    "gru-cell": Variant(Model6, "nn.GRUCell stepped in a loop, Model6", seed=True),
+    "gru-custom": Variant(Model7, "a hand-written GRU cell, Model7", seed=True),
+    "gru-copy": Variant(
+        CopyGRU, "nn.GRU with a copy path over its last K positions", default_rank=0
+    ),
 }
+SEED_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.seed)
+# The variants preferred as the default model, most preferred first.
+PREFERRED_DEFAULTS = tuple(
+    name
+    for _, name in sorted(
+        (v.default_rank, name) for name, v in VARIANTS.items() if v.default_rank is not None
+    )
+)
 
 
 @torch.no_grad()
@@ -377,7 +394,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(config: ModelConfig) -> HumanNumbersLM:
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; known: {', '.join(VARIANTS)}")
-    return VARIANTS[config.variant](config)
+    return VARIANTS[config.variant].model(config)
 
 
 def count_parameters(model: nn.Module) -> int:

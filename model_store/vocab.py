@@ -37,8 +37,12 @@ class Vocab:
 
     itos: tuple[str, ...]
     stoi: dict[str, int] = field(init=False, repr=False, compare=False)
-    # the tokens a text may hold (the words and xxbos) and their ids, for `encode`
-    typable: dict[str, int] = field(init=False, repr=False, compare=False)
+    # The words: every token but fastai's special ones and the filler. They are what a model
+    # may predict; a text may hold them and xxbos (`typable`), the start-of-stream token the
+    # models were trained with, which is never predicted.
+    words: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    typable: dict[str, int] = field(init=False, repr=False, compare=False)  # token -> id
+    unpredictable: tuple[int, ...] = field(init=False, repr=False, compare=False)  # not words
 
     def __post_init__(self) -> None:
         real = [t for t in self.itos if t != PAD_FILLER]
@@ -47,19 +51,17 @@ class Vocab:
         stoi: dict[str, int] = {}
         for i, tok in enumerate(self.itos):
             stoi.setdefault(tok, i)
+        words = tuple(t for t in self.itos if t not in SPECIAL_TOKENS and t != PAD_FILLER)
+        typable = {t: stoi[t] for t in (*words, BOS) if t in stoi}
+        is_word = set(words)
+        unpredictable = tuple(i for i, t in enumerate(self.itos) if t not in is_word)
         object.__setattr__(self, "stoi", stoi)
-        typable = {t: i for t, i in stoi.items() if t not in SPECIAL_TOKENS and t != PAD_FILLER}
-        if BOS in stoi:
-            typable[BOS] = stoi[BOS]
+        object.__setattr__(self, "words", words)
         object.__setattr__(self, "typable", typable)
+        object.__setattr__(self, "unpredictable", unpredictable)
 
     def __len__(self) -> int:
         return len(self.itos)
-
-    @property
-    def words(self) -> list[str]:
-        """The tokens a user may type: every token but the special and filler ones."""
-        return [t for t in self.itos if t not in SPECIAL_TOKENS and t != PAD_FILLER]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text; raises UnknownWord naming the first word not in the vocabulary.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
+from launchers import AppProcess
 from tests.app.pages.browser import OfflineGuard, launch
-from tests.app.server_process import AppProcess
 
 TEXT = "one, two, three, four,"  # the playground's placeholder: the first thing a user types
 WIDTH = 1100

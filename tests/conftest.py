@@ -10,7 +10,7 @@ def data() -> HumanNumbers:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    from tests.redis_server import RedisServer
+    from launchers import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server

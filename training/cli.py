@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from model_store import VARIANTS, save_checkpoint
 from training.data import load_data, write_data
-from training.loop import RECIPES, train
+from training.loop import MODEL_FIELDS, RECIPES, TrainConfig, train
 from training.report import collect, format_counting, format_table, plot
 
-# The three variants of the lesson, trained with the seed recipe, and the copy model.
-SEED_VARIANTS = ("gru", "gru-cell", "gru-custom")
-ALL_VARIANTS = (*SEED_VARIANTS, "gru-copy")
 DEFAULT_STORE = Path("store")
 
 
@@ -107,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
 
     sub.add_parser(
-        "train-all", parents=[common], help=f"train the four variants: {', '.join(ALL_VARIANTS)}"
+        "train-all", parents=[common], help=f"train every variant: {', '.join(VARIANTS)}"
     )
 
     r = sub.add_parser("report", help="table and accuracy plot of a store's checkpoints")
@@ -122,34 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-OVERRIDABLE = (
-    "epochs",
-    "lr",
-    "bs",
-    "bptt",
-    "hidden",
-    "n_layers",
-    "copy_window",
-    "key_size",
-    "copy_value",
-    "copy_start",
-    "wd",
-    "reset",
-    "restart_begin",
-    "restart_carry",
-    "restart_numbers",
-    "restart_bos",
-    "seed",
-    "device",
-    "max_steps",
-)
+def recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe fields given on the command line (a flag's dest is its field's name)."""
+    names = [n for n in MODEL_FIELDS if n != "variant"]
+    names += [f.name for f in fields(TrainConfig) if f.name != "model"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def run_training(args: argparse.Namespace, variant: str, name: str) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    given = {f: getattr(args, f) for f in OVERRIDABLE if getattr(args, f) is not None}
-    config = replace(RECIPES[variant], **given)
+    config = RECIPES[variant].updated(**recipe_flags(args))
     data = load_data(args.data)
     print(
         f"training {variant} -> {args.store}/{name}  (data: {data.source}, "
@@ -187,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             run_training(args, args.variant, args.name or args.variant)
         elif args.command == "train-all":
-            for variant in ALL_VARIANTS:
+            for variant in VARIANTS:
                 run_training(args, variant, variant)
             rows, _ = collect(args.store, load_data(args.data))
             print(format_table(rows))

@@ -93,15 +93,14 @@ def counts_on(
 
     Greedy generation equals the true stream up to its first mistake, so one teacher-forced
     forward over prompt + true continuation finds that mistake: no step-by-step decoding.
-    Words a user may not type (the special tokens but xxbos) are never chosen, as in the engine.
+    Only words are chosen (never xxbos nor another special token), as in the engine.
     `fed` may differ by start (a list, one per start); `bos` puts `xxbos` before each prompt,
     as the service starts every text (model_store.start_state); False reads from the zero state.
     """
     model.eval()
     device = next(model.parameters()).device
     comma = vocab.stoi[","]
-    allowed = set(vocab.encode(" ".join([*vocab.words, "xxbos"])))
-    banned = torch.tensor([i for i in range(len(vocab)) if i not in allowed], dtype=torch.long)
+    banned = torch.tensor(vocab.unpredictable, dtype=torch.long)
     feds = fed if isinstance(fed, list) else [fed] * len(starts)
     head = "xxbos " if bos else ""
     pairs = list(zip(starts, feds, strict=True))

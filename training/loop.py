@@ -6,33 +6,36 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.lr_scheduler import OneCycleLR
 from tqdm import tqdm
 
-from model_store import HumanNumbersLM, ModelConfig, State, Vocab, build_model, resolve_device
+from model_store import (
+    VARIANTS,
+    HumanNumbersLM,
+    ModelConfig,
+    State,
+    Vocab,
+    build_model,
+    resolve_device,
+)
 from model_store.vocab import BOS
 from training.batches import CursorBatches, LMBatches
 from training.data import HumanNumbers
-from training.schedule import OneCycle
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    variant: str = "gru"
+    model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size: the data's, in train
     epochs: int = 10
     lr: float = 1e-2  # max lr of the one-cycle schedule
     bs: int = 64
     bptt: int = 40
-    hidden: int = 56
-    n_layers: int = 1
-    copy_window: int = 16  # gru-copy only: K
-    key_size: int = 16  # gru-copy only: D
-    copy_value: bool = False  # gru-copy only: the head reads the offered word's embedding
-    copy_start: bool = False  # gru-copy only: the zero state's first word can be copied
     wd: float = 0.01  # AdamW's decoupled weight decay
     # Share of rows whose state is zeroed before a window: the model learns to pick up a
     # stream mid-way from nothing, as a session does (the text it is fed starts anywhere).
@@ -61,8 +64,27 @@ class TrainConfig:
                 "more than all the restarted rows (at most 1 together)"
             )
 
+    @property
+    def variant(self) -> str:
+        return self.model.variant
+
+    def updated(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes`, each to a field of this config or of its model's."""
+        of_model = {k: v for k, v in changes.items() if k in MODEL_FIELDS}
+        rest = {k: v for k, v in changes.items() if k not in MODEL_FIELDS}
+        return replace(self, model=replace(self.model, **of_model), **rest)
+
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The recipe as meta.json holds it: one flat object, the model's fields (but its
+        vocab_size, which is the data's) beside the training's."""
+        recipe = asdict(self)
+        model = recipe.pop("model")
+        del model["vocab_size"]
+        return {**model, **recipe}
+
+
+# The fields of ModelConfig a recipe sets (vocab_size is the data's).
+MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 
 
 # The recipe `train` and `train-all` use for each variant (command-line flags override it).
@@ -81,21 +103,23 @@ class TrainConfig:
 # the others to a random number's first word, each reading xxbos first, as the service starts
 # every text (model_store.start_state): sessions from `one,` and from 5,990 counted on alone
 # for every seed, where no recipe without these did.
-RECIPES: dict[str, TrainConfig] = {
-    "gru": TrainConfig(variant="gru"),
-    "gru-cell": TrainConfig(variant="gru-cell"),
-    "gru-custom": TrainConfig(variant="gru-custom"),
+OWN_RECIPES: dict[str, TrainConfig] = {
     "gru-copy": TrainConfig(
-        variant="gru-copy",
+        ModelConfig("gru-copy", hidden=96, copy_value=True),
         epochs=40,
-        hidden=96,
         reset=0.15,
         wd=0.1,
-        copy_value=True,
         restart_begin=0.1,
         restart_numbers=True,
         restart_bos=True,
     ),
+}
+assert all(VARIANTS[name].seed == (name not in OWN_RECIPES) for name in VARIANTS), (
+    "a seed variant takes the seed recipe, every other variant has one of its own"
+)
+# Every variant's: the lesson's (TrainConfig's defaults) for a seed variant, else its own.
+RECIPES: dict[str, TrainConfig] = {
+    name: OWN_RECIPES.get(name, TrainConfig(ModelConfig(name))) for name in VARIANTS
 }
 
 
@@ -158,6 +182,13 @@ def restart_points(ids: list[int], vocab: Vocab) -> tuple[Tensor, Tensor, Tensor
     return torch.tensor(begin), torch.tensor(carry or begin), torch.tensor(starts)
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr_max: float, total_steps: int) -> OneCycleLR:
+    """fastai's one-cycle: OneCycleLR's defaults are fastai's. The lr warms up from lr_max / 25
+    over the first 30% of the steps and anneals (cosine) to lr_max / 25e4; Adam's beta1, the
+    momentum, goes 0.95 -> 0.85 -> 0.95 the other way. Step it after every optimizer step."""
+    return OneCycleLR(opt, max_lr=lr_max, total_steps=total_steps)
+
+
 def pick(points: Tensor, n: int) -> Tensor:
     return points[torch.randint(len(points), (n,))]
 
@@ -185,18 +216,7 @@ def train(
     """Train one model on `data` with the one-cycle recipe; log fastai's table as it goes."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    model = build_model(
-        ModelConfig(
-            variant=config.variant,
-            vocab_size=len(data.vocab),
-            hidden=config.hidden,
-            n_layers=config.n_layers,
-            copy_window=config.copy_window,
-            key_size=config.key_size,
-            copy_value=config.copy_value,
-            copy_start=config.copy_start,
-        )
-    ).to(device)
+    model = build_model(replace(config.model, vocab_size=len(data.vocab))).to(device)
     train_batches = LMBatches(data.ids("train"), config.bs, config.bptt, device)
     valid_batches = LMBatches(data.ids("valid"), config.bs, config.bptt, device)
     # Rows that restart elsewhere read the stream through cursors; otherwise as fastai does.
@@ -213,9 +233,10 @@ def train(
     steps_per_epoch = len(train_batches)
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
-    schedule = OneCycle(config.lr, steps_per_epoch * config.epochs)
-    lr0, mom0 = schedule.at(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr0, betas=(mom0, 0.99), weight_decay=config.wd)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.95, 0.99), weight_decay=config.wd
+    )
+    schedule = one_cycle(opt, config.lr, steps_per_epoch * config.epochs)
 
     result = TrainResult(model)
     log(table_header())
@@ -237,9 +258,6 @@ def train(
             cursors.rewind()
         windows = iter(train_batches)
         for _ in range(steps_per_epoch):
-            lr, mom = schedule.at(step)
-            for group in opt.param_groups:
-                group["lr"], group["betas"] = lr, (mom, group["betas"][1])
             if jump:
                 restart = torch.zeros(config.bs, dtype=torch.bool)
                 if config.reset > 0 and h is not None:
@@ -270,6 +288,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
             step += 1
             smooth = beta * smooth + (1 - beta) * loss.item()
             bar.set_postfix(loss=f"{smooth / (1 - beta**step):.4f}")

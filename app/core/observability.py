@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import pythonjsonlogger.json
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -94,18 +95,27 @@ class Metrics:
         self.registry.register(ReadAtScrape())
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """A log line is one JSON object: time, level (lower case), logger, message, the record's
+    `fields` (`extra={"fields": {...}}`) and, after an exception, `exc`."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "exc_info": "exc",
+            },
+        )
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        log_data["level"] = log_data["level"].lower()
+        log_data.update(log_data.pop("fields", {}))
+        return log_data
 
 
 def configure_logging(level: str) -> None:

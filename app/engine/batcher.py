@@ -133,20 +133,13 @@ class StepBatcher:
         self.layout = (self.zero_export.dtype, self.zero_export.shape)  # texts of its layout
         self.stats = BatchStats()
         # Tokens a user cannot type (fastai's special tokens, the filler) are never predicted.
-        allowed = set(vocab.words)
-        self._banned = torch.tensor(
-            [i for i, t in enumerate(vocab.itos) if t not in allowed], dtype=torch.long
-        ).to(device)
+        self._banned = torch.tensor(vocab.unpredictable, dtype=torch.long).to(device)
         self._queue: deque[Job] = deque()
         self._has_work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: list[Job] = []  # the batch of the pass under way
         self._closed = False
         self.failure: str | None = None  # why the loop stopped, if it ever does
-
-    @property
-    def serving(self) -> bool:
-        return self.failure is None and not self._closed
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

@@ -11,6 +11,7 @@ import torch
 from app.core.redact import short_digests
 from app.engine.batcher import BatcherConfig, StepBatcher
 from model_store import (
+    PREFERRED_DEFAULTS,
     BadCheckpoint,
     Checkpoint,
     Vocab,
@@ -41,10 +42,6 @@ class LoadedModel:
     @property
     def parameters(self) -> int:
         return count_parameters(self.checkpoint.model)
-
-
-# The model users get when DEFAULT_MODEL is not set: the first of these that is loaded.
-PREFERRED_DEFAULTS = ("gru-copy", "gru")
 
 
 class NoUsableModel(RuntimeError):

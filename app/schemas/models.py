@@ -5,13 +5,18 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.schemas.openai import OpenAIModel
+from model_store import VARIANTS
 
 
 class ModelInfo(OpenAIModel):
     """Our model fields, and OpenAI's (id, object, created, owned_by) for its clients."""
 
     name: str = Field(examples=["gru"])
-    variant: str = Field(description="architecture: gru, gru-cell or gru-custom", examples=["gru"])
+    variant: str = Field(
+        description="architecture, one of: "
+        + ", ".join(f"{name} ({v.about})" for name, v in VARIANTS.items()),
+        examples=["gru"],
+    )
     version: int = Field(description="checkpoint version in the store", examples=[1])
     parameters: int = Field(examples=[23784])
     hidden_size: int = Field(examples=[56])

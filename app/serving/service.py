@@ -117,7 +117,7 @@ class PredictionService:
         return ModelDetail(
             **self.model_info(lm).model_dump(),
             vocab=list(lm.vocab.itos),
-            words=[*lm.vocab.words, "xxbos"],
+            words=list(lm.vocab.typable),
         )
 
     # -- checks shared by the routes ---------------------------------------------------------

@@ -16,17 +16,18 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from model_store import VARIANTS as REGISTRY
 from model_store import save_checkpoint
 from training.data import load_data
 from training.loop import RECIPES, train
 
-VARIANTS = ("gru", "gru-cell", "gru-copy", "gru-custom")
+VARIANTS = tuple(sorted(REGISTRY))  # every variant, by name: as GET /v1/models lists them
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four variants trained 6 epochs: good enough that greedy continuations mean something."""
+    """Every variant trained 6 epochs: good enough that greedy continuations mean something."""
     root = tmp_path_factory.mktemp("store")
     data = load_data()
     for variant in VARIANTS:

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from launchers import AppProcess
 from model_store import save_checkpoint
 from tests.app.conftest import make_settings, run_app
-from tests.app.server_process import AppProcess
 from training.data import load_data
 from training.loop import RECIPES, train
 

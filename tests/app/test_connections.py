@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.app.server_process import AppProcess
+from launchers import AppProcess
 
 SLOW_HEAD = b"POST /v1/next-word HTTP/1.1\r\nHost: x\r\n"  # never finished
 MIB = 1 << 20

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.server_process import AppProcess
+from launchers import AppProcess
 
 SEED = 1
 MAX_EXAMPLES = 50

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
+from launchers import AppProcess
 from tests.app.conftest import VARIANTS
-from tests.app.server_process import AppProcess
 
 PROMPT = "one thousand one hundred one , one thousand one hundred two ,"
 

@@ -7,8 +7,7 @@ import sys
 import httpx
 import pytest
 
-from tests.app.server_process import AppProcess
-from tests.redis_server import free_port
+from launchers import AppProcess, free_port
 
 
 @pytest.fixture

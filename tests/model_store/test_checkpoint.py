@@ -1,3 +1,4 @@
+import hashlib
 import json
 import time
 
@@ -6,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from model_store import (
+    VARIANTS,
     BadCheckpoint,
     ModelConfig,
     build_model,
@@ -15,7 +17,12 @@ from model_store import (
     read_meta,
     save_checkpoint,
 )
-from model_store.checkpoint import MAX_META_BYTES, sha256_file
+from model_store.checkpoint import MAX_META_BYTES
+
+
+def sha256_file(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 METRICS = [{"epoch": 1, "train_loss": 2.0, "valid_loss": 2.1, "accuracy": 0.5, "seconds": 1.0}]
 
@@ -35,7 +42,7 @@ def rewrite_meta(ref, **changes):
     path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("variant", ["gru", "gru-cell", "gru-custom", "gru-copy", "copy-value"])
+@pytest.mark.parametrize("variant", [*VARIANTS, "copy-value"])
 def test_round_trip(tmp_path, data, variant):
     torch.manual_seed(0)
     if variant == "copy-value":  # gru-copy whose head reads the offered word (the recipe's)
@@ -140,6 +147,10 @@ def test_meta_not_json(saved):
         ({"config": {"variant": "gru-custom", "hidden": -3}}, "'hidden' must be a positive"),
         ({"config": {"variant": "gru-custom", "evil": 1}}, "unknown config fields"),
         ({"config": {"variant": "gru-custom", "copy_value": "yes"}}, "'copy_value' must be true"),
+        ({"config": {"variant": "gru-custom", "copy_start": 1}}, "'copy_start' must be true or"),
+        ({"config": {"variant": "gru-custom", "vocab_size": True}}, "'vocab_size' must be a posi"),
+        ({"config": {"variant": "gru-custom", "key_size": 1.5}}, "'key_size' must be a positive"),
+        ({"config": {"variant": 7}}, "config field 'variant' must be a string"),
         ({"variant": "gru"}, "config variant 'gru-custom' != 'gru'"),
     ],
 )

@@ -2,10 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from model_store import ModelConfig, build_model
-from model_store.models import GRUCell
-
-VARIANTS = ["gru", "gru-cell", "gru-custom"]
+from model_store import PREFERRED_DEFAULTS, SEED_VARIANTS, VARIANTS, ModelConfig, build_model
+from model_store.models import CopyGRU, GRUCell, Model5, Model6, Model7
 
 
 def test_hand_written_cell_equals_grucell():
@@ -35,7 +33,7 @@ def test_gru_and_grucell_models_agree_with_the_same_weights():
     torch.testing.assert_close(m5(x)[0], m6(x)[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", SEED_VARIANTS)
 def test_token_by_token_equals_the_whole_window(variant):
     torch.manual_seed(1)
     model = build_model(ModelConfig(variant)).eval()
@@ -55,7 +53,7 @@ def test_token_by_token_equals_the_whole_window(variant):
     torch.testing.assert_close(step_h, h, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("variant", [*VARIANTS, "gru-copy"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_keeps_no_state(variant):
     model = build_model(ModelConfig(variant)).eval()
     x = torch.randint(0, 40, (2, 5))
@@ -67,12 +65,28 @@ def test_forward_keeps_no_state(variant):
     assert not any(name.startswith("h") and not name.startswith("h_o") for name in vars(model))
 
 
+def test_the_variant_registry():
+    """One registry: the names users type, in training order, the seed notebook's model for
+    each, the three trained with the seed recipe, and the default model's order of preference."""
+    assert {name: v.model for name, v in VARIANTS.items()} == {
+        "gru": Model5,
+        "gru-cell": Model6,
+        "gru-custom": Model7,
+        "gru-copy": CopyGRU,
+    }
+    assert list(VARIANTS) == ["gru", "gru-cell", "gru-custom", "gru-copy"]
+    assert SEED_VARIANTS == ("gru", "gru-cell", "gru-custom")
+    assert PREFERRED_DEFAULTS == ("gru-copy", "gru")
+    for name, v in VARIANTS.items():
+        assert type(build_model(ModelConfig(name))) is v.model and v.about
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant 'lstm'"):
         build_model(ModelConfig("lstm"))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", SEED_VARIANTS)
 def test_advance_with_padding_equals_each_row_alone(variant):
     """The service's batched step: rows of different lengths, padded, give each row's state."""
     torch.manual_seed(2)
@@ -87,14 +101,14 @@ def test_advance_with_padding_equals_each_row_alone(variant):
         x[i, : len(r)] = r
     lengths = torch.tensor([len(r) for r in rows])
     with torch.no_grad():
-        h = model.advance(x, h0, lengths)
-        logits = model.head(h)
+        state = model.advance_state(x, {"h": h0}, lengths)
+        h, logits = state["h"], model.head_state(state)
         for i, r in enumerate(rows):
             out, h_i = model(r.unsqueeze(0), {"h": h0[i : i + 1]})
             torch.testing.assert_close(h[i : i + 1], h_i["h"], atol=1e-5, rtol=0)
             torch.testing.assert_close(logits[i], out[0, -1], atol=1e-5, rtol=0)
         torch.testing.assert_close(
-            model.advance(x, h0), model(x, {"h": h0})[1]["h"], atol=1e-5, rtol=0
+            model.advance_state(x, {"h": h0})["h"], model(x, {"h": h0})[1]["h"], atol=1e-5, rtol=0
         )
 
 
@@ -111,7 +125,10 @@ def test_scripted_cell_is_exact():
     lengths = torch.tensor([12, 3, 7, 1, 12])
     with torch.no_grad():
         torch.testing.assert_close(
-            scripted.advance(x, h, lengths), eager.advance(x, h, lengths), atol=1e-5, rtol=0
+            scripted.advance_state(x, {"h": h}, lengths)["h"],
+            eager.advance_state(x, {"h": h}, lengths)["h"],
+            atol=1e-5,
+            rtol=0,
         )
     other = build_model(ModelConfig("gru-cell"))
     assert compile_cell(other, "script").rnn.__class__ is torch.nn.GRUCell  # only Model7's cell

@@ -30,3 +30,16 @@ def test_unknown_words_are_named(data, text, word, pos):
         data.vocab.encode(text)
     assert e.value.word == word and e.value.position == pos
     assert repr(word) in str(e.value)
+
+
+def test_the_words_a_user_may_type_and_a_model_may_predict(data):
+    """One definition: the words (the 29 number words and ","), which are typed and predicted;
+    xxbos, which may be typed and is never predicted; the rest, neither."""
+    vocab = data.vocab
+    assert len(vocab.words) == 30 and "," in vocab.words and "thousand" in vocab.words
+    assert not any(w.startswith("xx") for w in vocab.words)
+    assert list(vocab.typable) == [*vocab.words, "xxbos"]
+    assert all(vocab.itos[i] == t for t, i in vocab.typable.items())
+    predicted = {vocab.stoi[w] for w in vocab.words}
+    assert set(vocab.unpredictable) == set(range(len(vocab))) - predicted
+    assert vocab.stoi["xxbos"] in vocab.unpredictable and vocab.stoi["xxpad"] in vocab.unpredictable

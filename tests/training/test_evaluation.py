@@ -24,6 +24,9 @@ class Peeker(HumanNumbersLM):
         v = self.config.vocab_size
         return one_hot(truth, v).float() + 2 * one_hot(wrong, v).float(), {}
 
+    def advance_state(self, x, state, lengths=None):
+        return state  # it reads its input, it keeps no state
+
 
 def test_counts_on_stops_at_the_first_wrong_number(data):
     v = data.vocab
@@ -43,6 +46,8 @@ def test_counts_on_never_chooses_a_special_token(data):
     v = data.vocab
     model = Peeker(len(v), wrong_at=v.stoi["hundred"], instead=v.stoi["xxpad"])
     # xxpad ranks first where "hundred" is next, the truth second: banned, so all right
+    assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [4, 4]
+    model.instead = v.stoi["xxbos"]  # typed, never predicted (the engine's rule): banned too
     assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [4, 4]
     model.instead = v.stoi["thousand"]  # a word a user may type: a mistake
     assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [1, 0]

@@ -4,10 +4,57 @@ from dataclasses import replace
 import pytest
 import torch
 
-from training.cli import main
+from model_store import SEED_VARIANTS, VARIANTS, ModelConfig
+from training.cli import build_parser, main, recipe_flags
 from training.loop import RECIPES, TrainConfig, table_header, train
 
-FEW = TrainConfig(variant="gru", epochs=2, max_steps=4, bs=16, bptt=10)
+FEW = TrainConfig(ModelConfig("gru"), epochs=2, max_steps=4, bs=16, bptt=10)
+
+
+# The lesson's recipe, as meta.json's "recipe" holds it (the seed, device and steps aside).
+SEED_RECIPE = {
+    "epochs": 10,
+    "lr": 0.01,
+    "bs": 64,
+    "bptt": 40,
+    "hidden": 56,
+    "n_layers": 1,
+    "copy_window": 16,
+    "key_size": 16,
+    "copy_value": False,
+    "copy_start": False,
+    "wd": 0.01,
+    "reset": 0.0,
+    "restart_begin": 0.0,
+    "restart_carry": 0.0,
+    "restart_numbers": False,
+    "restart_bos": False,
+    "seed": 42,
+    "device": "auto",
+    "max_steps": None,
+}
+
+
+def test_every_variant_has_its_recipe():
+    """The seed variants train with the lesson's recipe, gru-copy with its own: the same
+    figures, in the same keys, as every checkpoint's meta.json has held."""
+    assert list(RECIPES) == list(VARIANTS)
+    for name in SEED_VARIANTS:
+        assert RECIPES[name].to_dict() == {"variant": name, **SEED_RECIPE}
+    copy = {"hidden": 96, "copy_value": True, "wd": 0.1, "reset": 0.15, "restart_begin": 0.1}
+    copy |= {"epochs": 40, "restart_numbers": True, "restart_bos": True}
+    assert RECIPES["gru-copy"].to_dict() == {"variant": "gru-copy", **SEED_RECIPE, **copy}
+
+
+def test_flags_override_the_model_and_the_training_fields():
+    flags = ["--hidden", "32", "--layers", "2", "--no-copy-value", "--epochs", "3", "--wd", "0.5"]
+    args = build_parser().parse_args(["train", "--variant", "gru-copy", *flags])
+    config = RECIPES["gru-copy"].updated(**recipe_flags(args))
+    assert config.model == replace(
+        RECIPES["gru-copy"].model, hidden=32, n_layers=2, copy_value=False
+    )
+    assert (config.epochs, config.wd, config.reset) == (3, 0.5, 0.15)  # the rest: the recipe's
+    assert config.to_dict()["hidden"] == 32 and "vocab_size" not in config.to_dict()
 
 
 def test_few_steps_learn_something(data):
@@ -42,11 +89,11 @@ def test_cli_train_and_report(tmp_path, capsys):
     assert "epoch       train_loss  valid_loss  accuracy    time" in out
     assert f"wrote {store / 'tiny' / '1'}" in out
     names = sorted(p.name for p in store.iterdir())
-    assert names == ["gru", "gru-cell", "gru-copy", "gru-custom", "tiny"]
+    assert names == sorted([*VARIANTS, "tiny"])  # train-all trains every variant
     copy_meta = json.loads((store / "gru-copy" / "1" / "meta.json").read_text())
-    assert copy_meta["config"]["copy_window"] == RECIPES["gru-copy"].copy_window
+    assert copy_meta["config"]["copy_window"] == RECIPES["gru-copy"].model.copy_window
     assert copy_meta["recipe"]["epochs"] == 1  # the flag overrides the variant's recipe
-    assert copy_meta["recipe"]["hidden"] == RECIPES["gru-copy"].hidden  # the rest is its own
+    assert copy_meta["recipe"]["hidden"] == RECIPES["gru-copy"].model.hidden  # the rest is its own
 
     assert main(["report", "--store", str(store), "--out", str(tmp_path / "acc.png")]) == 0
     out = capsys.readouterr().out

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from app.api.ratelimit import Limit, MemoryBuckets, token_cost
 from app.core.config import Settings
 from app.main import create_app
+from launchers import free_port
 from tests.app.conftest import make_settings
-from tests.redis_server import free_port
 
 KEY1, KEY2 = "key-one-0123456789abcdef", "key-two-0123456789abcdef"
 AUTH1 = {"Authorization": f"Bearer {KEY1}"}

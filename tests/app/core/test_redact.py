@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.redact import clip, redact_path, redact_url, session_tag, short_digests
 from app.main import create_app
+from launchers import free_port
 from tests.app.conftest import make_settings
-from tests.redis_server import free_port
 
 
 @pytest.mark.parametrize(

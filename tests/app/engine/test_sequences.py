@@ -11,8 +11,8 @@ from app.engine.batcher import Generation, StepBatcher
 from app.engine.sequences import ExportedState, LayoutMismatch, SequenceClosed
 from model_store import ModelConfig, Vocab, build_model
 from model_store.vocab import SPECIAL_TOKENS
+from tests.app.conftest import VARIANTS
 
-VARIANTS = ("gru", "gru-cell", "gru-copy", "gru-custom")
 WORDS = ("one", "two", "three", "thousand", "hundred", ",")
 VOCAB = Vocab((*SPECIAL_TOKENS, *WORDS))
 T = TypeVar("T")

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from launchers import AppProcess
 from tests.app.pages.browser import OfflineGuard, launch, missing_chromium
-from tests.app.server_process import AppProcess
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from launchers import AppProcess
 from tests.app.pages.browser import OfflineGuard
-from tests.app.server_process import AppProcess
 
 KEY = "k-pages-test-secret"
 

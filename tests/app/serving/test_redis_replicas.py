@@ -6,8 +6,7 @@ import uuid
 import pytest
 import redis
 
-from tests.app.server_process import AppProcess
-from tests.redis_server import RedisServer
+from launchers import AppProcess, RedisServer
 from training.data import number_words
 
 WORDS = " , ".join(number_words(n) for n in range(2345, 2351)).split()

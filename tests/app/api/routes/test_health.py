@@ -1,7 +1,7 @@
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import make_settings
+from tests.app.conftest import VARIANTS, make_settings
 
 
 def test_health_and_ready(client):
@@ -10,7 +10,7 @@ def test_health_and_ready(client):
     assert r.status_code == 200
     assert r.json() == {
         "status": "ready",
-        "models": ["gru", "gru-cell", "gru-copy", "gru-custom"],
+        "models": list(VARIANTS),
         "skipped": [],
         "problem": None,
     }
