@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import get_owner
 from app.api.edge import BoundedRequests
+from app.api.errors import install_error_handlers, internal_error
 from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
@@ -21,9 +22,8 @@ from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
 from app.api.routes import completions, health, models, predict, sessions
 from app.api.shutdown import ShutdownAnswers
 from app.core.config import Settings
-from app.core.errors import NotReady, install_error_handlers
+from app.core.errors import NotReady
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
-from app.core.openai_errors import install_openai_error_handlers
 from app.core.security import ApiKeys
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
@@ -140,7 +140,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
     install_error_handlers(app)
-    install_openai_error_handlers(app)  # after ours: it wraps them
     app.include_router(health.router)
     # every /v1 route needs a key, when keys are on
     for module in (models, predict, sessions, completions):
@@ -173,7 +172,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After", *RATE_LIMIT_HEADERS],
         )
     app.add_middleware(ShutdownAnswers)  # after the drain grace: 503s and stream error events
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=metrics,
+        failure=internal_error,
+        log_requests=settings.ACCESS_LOG,
+    )
     return app
 
 

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.edge import replay
+from app.api.errors import send_response, service_error_response
 from app.core.errors import ServiceError
 from app.core.security import ApiKeys
 from app.schemas.predict import NextWordRequest
@@ -65,10 +65,8 @@ async def _session_next_word(
     return await service.session_next_word(sid, req, owner)
 
 
-def _json_headers(length: int, extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
-    return headers
+def _json_headers(length: int) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
 
 
 class FastPath:
@@ -104,7 +102,7 @@ class FastPath:
         try:  # the key first, as the routes' dependency does: before the body is read
             owner = keys.owner(dict(scope["headers"]).get(b"authorization"))
         except ServiceError as e:
-            await self._error(send, e)
+            await send_response(send, service_error_response(e))
             return
         body, more = b"", True
         while more:  # BoundedRequests has read it whole already: one message
@@ -119,17 +117,10 @@ class FastPath:
         try:
             response = await handler(service, req, sid, owner)
         except ServiceError as e:
-            await self._error(send, e)
+            await send_response(send, service_error_response(e))
             return
         payload = response.__pydantic_serializer__.to_json(response)
         await send(
             {"type": "http.response.start", "status": 200, "headers": _json_headers(len(payload))}
         )
-        await send({"type": "http.response.body", "body": payload})
-
-    @staticmethod
-    async def _error(send: Send, e: ServiceError) -> None:
-        payload = orjson.dumps({"detail": e.detail})
-        headers = _json_headers(len(payload), e.headers)
-        await send({"type": "http.response.start", "status": e.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api.routes import OPENAI_PATHS
 from app.core.config import Settings
-from app.core.openai_errors import OPENAI_PATHS
 from app.schemas.common import MAX_SEED
 
 ERROR = {"$ref": "#/components/schemas/ErrorDetail"}
