@@ -28,7 +28,6 @@ from app.core.security import ApiKeys
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
 from app.pages import install_pages
-from app.schemas.common import errors
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -143,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # every /v1 route needs a key, when keys are on
     for module in (models, predict, sessions, completions):
-        app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
+        app.include_router(module.router, dependencies=[Depends(get_owner)])
     install_pages(app)
     install_openapi(app, settings)
     # Middleware, innermost first: the fast path, the rate limits, the request bounds, CORS,

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import MetricsDep
 from app.api.errors import headers_of, status_of
+from app.api.openapi import documented
 from app.core.errors import NotReady
 
 router = APIRouter(tags=["operations"])
@@ -34,13 +35,7 @@ async def get_health() -> Health:
 @router.get(
     "/ready",
     response_model=Ready,
-    responses={
-        503: {
-            "model": Ready,
-            "description": "models not loaded (yet), shutting down, a model's engine stopped, "
-            "or the session store unreachable (see Retry-After)",
-        }
-    },
+    responses=documented(503, model=Ready),
 )
 async def get_ready(request: Request) -> Ready | JSONResponse:
     """Readiness: 200 once the models are loaded, 503 before and while shutting down."""

@@ -4,8 +4,9 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import ServiceDep
+from app.api.openapi import documented
 from app.api.streaming import event_stream
-from app.schemas.common import STREAM_RESPONSE, errors
+from app.schemas.common import STREAM_RESPONSE
 from app.schemas.predict import (
     ContinuationRequest,
     ContinuationResponse,
@@ -16,9 +17,7 @@ from app.schemas.predict import (
 router = APIRouter(prefix="/v1", tags=["prediction"])
 
 
-@router.post(
-    "/next-word", response_model=NextWordResponse, responses=errors(404, 413, 422, 429, 503)
-)
+@router.post("/next-word", response_model=NextWordResponse, responses=documented(404, 429))
 async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWordResponse:
     """The next-word distribution after a text, from the start state (after the implicit xxbos
     that starts every text)."""
@@ -28,7 +27,7 @@ async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWo
 @router.post(
     "/continuation",
     response_model=ContinuationResponse,
-    responses={**STREAM_RESPONSE, **errors(404, 413, 422, 429, 503)},
+    responses={**STREAM_RESPONSE, **documented(404, 429)},
 )
 async def create_continuation(
     req: ContinuationRequest, service: ServiceDep
