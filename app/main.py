@@ -27,7 +27,7 @@ from app.core.observability import Metrics, ObservabilityMiddleware, configure_l
 from app.core.security import ApiKeys
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
-from app.pages import install_pages
+from app.pages import DOCS_PATHS, install_pages
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RateLimits, fastapi_app=app)
     gated = {"/metrics"} if settings.AUTH_METRICS else set()
     if settings.AUTH_DOCS:
-        gated |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+        gated |= {path for path in (app.openapi_url, *DOCS_PATHS) if path}
     if keys.enabled and gated:
         app.add_middleware(KeyGate, keys=keys, paths=frozenset(gated))
     app.add_middleware(

@@ -12,12 +12,13 @@ from starlette.responses import Response
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
 from app.api.openapi import documented
+from app.api.routes import COMPLETIONS
 from app.api.sse import EventStream
 from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse
 from app.serving.completions import ChunkWriter, CompletionService, Plan
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(tags=["openai"])
 
 EXAMPLES: dict[str, Any] = {
     "batch": {
@@ -79,7 +80,7 @@ def json_response(body: dict[str, Any]) -> Response:
 
 
 @router.post(
-    "/completions",
+    COMPLETIONS,
     response_model=CompletionResponse,
     responses={**STREAM, **documented(404, 409, 429, openai=True)},
     openapi_extra={"requestBody": {"content": {"application/json": {"examples": EXAMPLES}}}},

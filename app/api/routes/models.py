@@ -4,9 +4,10 @@ from fastapi import APIRouter
 
 from app.api.deps import ServiceDep
 from app.api.openapi import documented
+from app.api.routes import API_PREFIX
 from app.schemas.models import ModelDetail, ModelList
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix=f"{API_PREFIX}/models", tags=["models"])
 
 
 @router.get("", response_model=ModelList)

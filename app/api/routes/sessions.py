@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.openapi import documented
+from app.api.routes import API_PREFIX, hot
 from app.api.streaming import event_stream
 from app.schemas.common import STREAM_RESPONSE
 from app.schemas.sessions import (
@@ -19,7 +20,7 @@ from app.schemas.sessions import (
     SessionNextWordResponse,
 )
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix=f"{API_PREFIX}/sessions", tags=["sessions"])
 
 
 @router.post(
@@ -66,6 +67,7 @@ async def delete_session(session_id: str, service: ServiceDep, owner: OwnerDep) 
     response_model=SessionNextWordResponse,
     responses=documented(404, 429),
 )
+@hot
 async def session_next_word(
     session_id: str, req: SessionNextWordRequest, service: ServiceDep, owner: OwnerDep
 ) -> SessionNextWordResponse:
