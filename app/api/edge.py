@@ -104,6 +104,16 @@ async def refuse(send: Send, status: int, detail: str) -> None:
     await send_response(send, error_response(status, detail, headers={"Connection": "close"}))
 
 
+async def read_body(receive: Receive) -> bytes:
+    """The request's body, which BoundedRequests has read whole already: one message."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
 def replay(body: bytes, rest: Receive) -> Receive:
     """A receive that gives the whole `body` first, then what `rest` has (a disconnect)."""
     sent = False

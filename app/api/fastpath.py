@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import get_owner, get_service
-from app.api.edge import replay
+from app.api.edge import read_body, replay
 from app.api.errors import send_response, service_error_response
 from app.api.routes import HOT
 from app.core.errors import ServiceError
@@ -136,11 +136,7 @@ class FastPath:
         except ServiceError as e:
             await send_response(send, service_error_response(e))
             return
-        body, more = b"", True
-        while more:  # BoundedRequests has read it whole already: one message
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(receive)
         try:
             kwargs[hot.body] = hot.model.model_validate_json(body)
         except ValidationError:  # FastAPI words the 422

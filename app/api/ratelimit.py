@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.edge import replay
+from app.api.edge import read_body, replay
 from app.api.errors import error_response, is_openai, send_response
 from app.api.routes import API_PREFIX, OPENAI_PATHS
 from app.core.config import Settings
@@ -344,11 +344,7 @@ class RateLimits:
         tokens = 0
         has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
         if limiter.counts_tokens and scope["method"] == "POST" and has_body:
-            body, more = b"", True
-            while more:  # BoundedRequests has read it whole already: one message
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
+            body = await read_body(receive)
             receive = replay(body, receive)
             tokens = min(token_cost(path, body), limiter.max_cost)
         verdict = await limiter.take(who, tokens)
