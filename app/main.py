@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.deps import get_owner
 from app.api.edge import BoundedRequests
+from app.api.errors import install_error_handlers, internal_error
 from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
@@ -21,14 +22,12 @@ from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
 from app.api.routes import completions, health, models, predict, sessions
 from app.api.shutdown import ShutdownAnswers
 from app.core.config import Settings
-from app.core.errors import NotReady, install_error_handlers
+from app.core.errors import NotReady
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
-from app.core.openai_errors import install_openai_error_handlers
 from app.core.security import ApiKeys
 from app.engine.batcher import BatcherConfig
 from app.engine.registry import ModelRegistry
-from app.pages import install_pages
-from app.schemas.common import errors
+from app.pages import DOCS_PATHS, install_pages
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -140,11 +139,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
     install_error_handlers(app)
-    install_openai_error_handlers(app)  # after ours: it wraps them
     app.include_router(health.router)
     # every /v1 route needs a key, when keys are on
     for module in (models, predict, sessions, completions):
-        app.include_router(module.router, dependencies=[Depends(get_owner)], responses=errors(401))
+        app.include_router(module.router, dependencies=[Depends(get_owner)])
     install_pages(app)
     install_openapi(app, settings)
     # Middleware, innermost first: the fast path, the rate limits, the request bounds, CORS,
@@ -155,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RateLimits, fastapi_app=app)
     gated = {"/metrics"} if settings.AUTH_METRICS else set()
     if settings.AUTH_DOCS:
-        gated |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+        gated |= {path for path in (app.openapi_url, *DOCS_PATHS) if path}
     if keys.enabled and gated:
         app.add_middleware(KeyGate, keys=keys, paths=frozenset(gated))
     app.add_middleware(
@@ -173,7 +171,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After", *RATE_LIMIT_HEADERS],
         )
     app.add_middleware(ShutdownAnswers)  # after the drain grace: 503s and stream error events
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_requests=settings.ACCESS_LOG)
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=metrics,
+        failure=internal_error,
+        log_requests=settings.ACCESS_LOG,
+    )
     return app
 
 

@@ -15,7 +15,7 @@ server's connections or make it buffer an endless request head.
   descriptors never run out, so clients beyond the cap are refused, not everyone.
 
 These answers are written here, before any ASGI app exists for the request: JSON bodies in
-the shape of the app's own (`{"detail": ...}`), one access-log line each.
+the shape of the app's own (app.api.errors renders them), one access-log line each.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
+
+from app.api.errors import error_response
 
 access_log = logging.getLogger("app.access")
 MIN_IDLE_S = 0.25  # a connection younger than this in its state is never closed to make room
@@ -203,15 +204,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._log(status, detail)
 
     def _response(self, status: int, detail: str, retry_after: bool) -> bytes:
-        body = orjson.dumps({"detail": detail})
+        headers = {"Retry-After": "1"} if retry_after else {}
+        answer = error_response(status, detail, headers={**headers, "Connection": "close"})
         head = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
+        for name, value in (*self.server_state.default_headers, *answer.raw_headers):
             head += [name, b": ", value, b"\r\n"]
-        head.append(b"content-type: application/json\r\n")
-        if retry_after:
-            head.append(b"retry-after: 1\r\n")
-        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-        return b"".join(head) + body
+        return b"".join([*head, b"\r\n", answer.body])
 
     def _log(self, status: int, reason: str) -> None:
         if self.limits.access_log:

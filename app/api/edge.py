@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import error_response, send_response
 
 
 class BoundedRequests:
@@ -100,14 +101,17 @@ class BoundedRequests:
 async def refuse(send: Send, status: int, detail: str) -> None:
     """Answer `status` with a JSON detail and close the connection (the rest of the request
     is never read)."""
-    payload = orjson.dumps({"detail": detail})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    await send_response(send, error_response(status, detail, headers={"Connection": "close"}))
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The request's body, which BoundedRequests has read whole already: one message."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
 
 
 def replay(body: bytes, rest: Receive) -> Receive:

@@ -1,35 +1,37 @@
 """The hot routes without FastAPI's per-request machinery.
 
 `POST /v1/next-word` and `POST /v1/sessions/{id}/next-word` are most of a busy server's
-traffic. This ASGI middleware answers them itself: the same pydantic request models
-(validated from the raw bytes in Rust), the same service calls, the same responses and
-errors, serialized straight to JSON bytes. Anything it does not fully understand (another
+traffic. This ASGI middleware answers them itself: the routes marked `hot` where they are
+declared (app.api.routes), read from the app's own routes once, when the middleware is built
+(path, body model, endpoint, its dependencies); the endpoint is called with the body validated
+from the raw bytes in Rust, its response serialized straight to JSON bytes, its errors rendered
+as FastAPI's handlers do (app.api.errors). Anything it does not fully understand (another
 route, a content type FastAPI would not read as JSON, a body that fails validation) goes on
 to FastAPI untouched, with the body replayed, so FastAPI's own answers (422 details included)
 stay the reference. The body's size was bounded before (app.api.edge).
-The FastAPI routes still exist and document these paths in the OpenAPI schema.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from re import Pattern
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.convertors import StringConvertor
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.edge import replay
+from app.api.deps import get_owner, get_service
+from app.api.edge import read_body, replay
+from app.api.errors import send_response, service_error_response
+from app.api.routes import HOT
 from app.core.errors import ServiceError
 from app.core.security import ApiKeys
-from app.schemas.predict import NextWordRequest
-from app.schemas.sessions import SessionNextWordRequest
 from app.serving.service import PredictionService
-
-SESSIONS = "/v1/sessions/"
-NEXT_WORD = "/next-word"
 
 
 def is_json(content_type: bytes) -> bool:
@@ -43,49 +45,77 @@ def is_json(content_type: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class RouteLabel:
-    """Stands for the matched route in the scope, as the metrics read its `path`."""
+class HotRoute:
+    """A hot route as the fast path calls it: `endpoint(**{body: request, **path params,
+    service: ..., owner: ...})`, the names being its parameters'."""
 
-    path: str
-
-
-NEXT_WORD_ROUTE = RouteLabel("/v1/next-word")
-SESSION_NEXT_WORD_ROUTE = RouteLabel("/v1/sessions/{session_id}/next-word")
-
-Handler = Callable[[PredictionService, BaseModel, str, str], Awaitable[BaseModel]]
-
-
-async def _next_word(service: PredictionService, req: Any, _: str, __: str) -> BaseModel:
-    return await service.next_word(req)
+    route: APIRoute  # the scope's route, as FastAPI sets it (the metrics read its path)
+    regex: Pattern[str]
+    endpoint: Callable[..., Any]
+    model: type[BaseModel]
+    body: str
+    service: str | None
+    owner: str | None
+    status: int
 
 
-async def _session_next_word(
-    service: PredictionService, req: Any, sid: str, owner: str
-) -> BaseModel:
-    return await service.session_next_word(sid, req, owner)
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """The app's APIRoutes, through the routers it includes."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (router := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(router.routes)
 
 
-def _json_headers(length: int, extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
-    return headers
+def hot_route(route: APIRoute) -> HotRoute:
+    """What the fast path needs of a route marked hot; ValueError for one it cannot serve."""
+    given = {dep.call: dep.name for dep in route.dependant.dependencies}
+    bodies = route.dependant.body_params
+    model = bodies[0].field_info.annotation if len(bodies) == 1 else None
+    if (
+        route.methods != {"POST"}
+        or not (isinstance(model, type) and issubclass(model, BaseModel))
+        or not set(given) <= {get_service, get_owner}
+        or not all(isinstance(c, StringConvertor) for c in route.param_convertors.values())
+    ):
+        raise ValueError(f"the fast path cannot serve {route.path}: see app.api.fastpath")
+    return HotRoute(
+        route,
+        route.path_regex,
+        route.endpoint,
+        model,
+        bodies[0].name,
+        given.get(get_service),
+        given.get(get_owner),
+        route.status_code or 200,
+    )
+
+
+def _json_headers(length: int) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
 
 
 class FastPath:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI):
         self.app = app
         self.fastapi_app = fastapi_app
+        routes = [hot_route(r) for r in api_routes(fastapi_app.routes) if r.endpoint in HOT]
+        if not routes:
+            raise ValueError("no route is marked hot: the fast path has nothing to serve")
+        # paths without parameters by a lookup, the others by their regex
+        self.fixed = {r.route.path: r for r in routes if not r.route.param_convertors}
+        self.templated = [r for r in routes if r.route.param_convertors]
 
-    def _match(self, scope: Scope) -> tuple[Handler, type[BaseModel], str, RouteLabel] | None:
+    def _match(self, scope: Scope) -> tuple[HotRoute, dict[str, Any]] | None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path: str = scope["path"]
-        if path == "/v1/next-word":
-            return _next_word, NextWordRequest, "", NEXT_WORD_ROUTE
-        if path.startswith(SESSIONS) and path.endswith(NEXT_WORD):
-            sid = path[len(SESSIONS) : -len(NEXT_WORD)]
-            if sid and "/" not in sid:
-                return _session_next_word, SessionNextWordRequest, sid, SESSION_NEXT_WORD_ROUTE
+        if (route := self.fixed.get(path)) is not None:
+            return route, {}
+        for route in self.templated:
+            if (match := route.regex.match(path)) is not None:
+                return route, match.groupdict()
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,38 +128,30 @@ class FastPath:
         ):
             await self.app(scope, receive, send)
             return
-        handler, model, sid, route = match
-        scope["route"] = route  # for the metrics' route label
+        hot, kwargs = match
+        scope["route"] = hot.route  # for the metrics' route label
         keys: ApiKeys = self.fastapi_app.state.keys
         try:  # the key first, as the routes' dependency does: before the body is read
             owner = keys.owner(dict(scope["headers"]).get(b"authorization"))
         except ServiceError as e:
-            await self._error(send, e)
+            await send_response(send, service_error_response(e))
             return
-        body, more = b"", True
-        while more:  # BoundedRequests has read it whole already: one message
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(receive)
         try:
-            req = model.model_validate_json(body)
+            kwargs[hot.body] = hot.model.model_validate_json(body)
         except ValidationError:  # FastAPI words the 422
             await self.app(scope, replay(body, receive), send)
             return
+        if hot.service is not None:
+            kwargs[hot.service] = service
+        if hot.owner is not None:
+            kwargs[hot.owner] = owner
         try:
-            response = await handler(service, req, sid, owner)
+            response = await hot.endpoint(**kwargs)
         except ServiceError as e:
-            await self._error(send, e)
+            await send_response(send, service_error_response(e))
             return
         payload = response.__pydantic_serializer__.to_json(response)
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": _json_headers(len(payload))}
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-    @staticmethod
-    async def _error(send: Send, e: ServiceError) -> None:
-        payload = orjson.dumps({"detail": e.detail})
-        headers = _json_headers(len(payload), e.headers)
-        await send({"type": "http.response.start", "status": e.status_code, "headers": headers})
+        headers = _json_headers(len(payload))
+        await send({"type": "http.response.start", "status": hot.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

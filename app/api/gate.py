@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import error_response
+from app.api.errors import service_error_response
 from app.core.security import ApiKeys, Unauthorized
 
 
@@ -22,6 +22,6 @@ class KeyGate:
             try:
                 self.keys.owner(dict(scope["headers"]).get(b"authorization"))
             except Unauthorized as e:
-                await error_response(e)(scope, receive, send)
+                await service_error_response(e)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -1,11 +1,12 @@
 """The OpenAPI document, completed with what every route can answer and this server's limits.
 
-FastAPI documents what each route declares. Some answers come from the layers around the
-routes, for every route alike: 400 (a body that is not JSON text), 413 (a body past
-MAX_BODY_BYTES), 503 (not ready, or a store unreachable); 422 is either one message (a string)
-or pydantic's list of field errors. And a few bounds are settings, known at app creation,
-as is whether the server has API keys: without any, the document declares neither the bearer
-scheme nor 401, which such a server never answers.
+FastAPI documents what each route declares: its own errors, from DESCRIPTIONS, the one table
+of what an error status means (`documented`). Some answers come from the layers around the
+routes, for every route alike, and are added here from the same table: 400 (a body that is not
+JSON text), 413 (a body past MAX_BODY_BYTES), 503 (not ready, or a store unreachable), 401
+(with keys); 422 is either one message (a string) or pydantic's list of field errors. And a
+few bounds are settings, known at app creation, as is whether the server has API keys: without
+any, the document declares neither the bearer scheme nor 401, which such a server never answers.
 """
 
 from __future__ import annotations
@@ -14,10 +15,49 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
+from app.api.routes import API_PREFIX, OPENAI_PATHS
 from app.core.config import Settings
-from app.core.openai_errors import OPENAI_PATHS
-from app.schemas.common import MAX_SEED
+from app.schemas.common import MAX_SEED, ErrorDetail
+from app.schemas.openai import OpenAIErrorResponse
+
+# What an error status means: on our routes, and on OpenAI's where it reads otherwise.
+DESCRIPTIONS: dict[int, str | tuple[str, str]] = {
+    400: (
+        "the body cannot be read as JSON text (not UTF-8)",
+        "a request the protocol refuses: an unknown field, a value out of range",
+    ),
+    401: "no valid API key (when the server has keys): see WWW-Authenticate",
+    404: "unknown model or session",
+    409: "the session's state does not fit its model",
+    413: ("text too long", "prompt too long"),
+    422: (
+        "bad input: an unknown word, an empty text, an option out of range (a message), "
+        "or fields that fail validation (a list)",
+        "an unknown word or token id in the prompt",
+    ),
+    429: (
+        "at capacity: too many sessions or queued steps (see Retry-After)",
+        "at capacity (see Retry-After)",
+    ),
+    503: "not ready, shutting down, the model's engine stopped, or the session store unreachable",
+}
+
+
+def describe(status: int, openai: bool = False) -> str:
+    what = DESCRIPTIONS[status]
+    return what if isinstance(what, str) else what[openai]
+
+
+def documented(
+    *codes: int, openai: bool = False, model: type[BaseModel] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses`: the error statuses it answers itself, described by the table,
+    with the body of its shape (or `model`)."""
+    body = model or (OpenAIErrorResponse if openai else ErrorDetail)
+    return {c: {"model": body, "description": describe(c, openai)} for c in codes}
+
 
 ERROR = {"$ref": "#/components/schemas/ErrorDetail"}
 OPENAI_ERROR = {"$ref": "#/components/schemas/OpenAIErrorResponse"}  # OPENAI_PATHS answer this
@@ -108,28 +148,20 @@ def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
             responses = op["responses"]
             if not keyed:
                 op.pop("security", None)
-                responses.pop("401", None)
-            elif openai and "401" in responses:
-                responses["401"] = _error(responses["401"]["description"], error)
-            # an OpenAI route declares its own errors (400 and 422 included) in OpenAI's shape
-            if not openai and ("422" in responses or "requestBody" in op):
-                responses["422"] = _error(
-                    "bad input: an unknown word, an empty text, an option out of range "
-                    "(a message), or fields that fail validation (a list)",
-                    {"$ref": "#/components/schemas/ValidationProblem"},
-                )
-            if "requestBody" in op and not openai:
-                responses["400"] = _error("the body cannot be read as JSON text (not UTF-8)")
-                responses.setdefault("413", _error("text or request body too long"))
-            if path.startswith("/v1/"):
-                responses["503"] = _error(
-                    "not ready, shutting down, the model's engine stopped, or the session "
-                    "store unreachable",
-                    error,
-                    headers=RETRY_AFTER,
-                )
-            if "429" in responses:
-                responses["429"]["headers"] = RETRY_AFTER
+            elif path.startswith(f"{API_PREFIX}/"):
+                responses["401"] = _error(describe(401), error)
+            # an OpenAI route's 422 is a message: FastAPI's list of field errors is a 400
+            if "requestBody" in op or ("422" in responses and not openai):
+                problem = error if openai else {"$ref": "#/components/schemas/ValidationProblem"}
+                responses["422"] = _error(describe(422, openai), problem)
+            if "requestBody" in op:
+                responses["400"] = _error(describe(400, openai), error)
+                responses["413"] = _error(describe(413, openai), error)
+            if path.startswith(f"{API_PREFIX}/"):
+                responses["503"] = _error(describe(503), error)
+            for status in ("429", "503"):
+                if status in responses:
+                    responses[status]["headers"] = RETRY_AFTER
     return spec
 
 

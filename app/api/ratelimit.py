@@ -31,11 +31,13 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.edge import replay
+from app.api.edge import read_body, replay
+from app.api.errors import error_response, is_openai, send_response
+from app.api.routes import API_PREFIX, OPENAI_PATHS
 from app.core.config import Settings
-from app.core.openai_errors import OPENAI_PATHS, error_response
 from app.core.redact import redact_url
 from app.core.security import ANONYMOUS, ApiKeys, Unauthorized
 from model_store.vocab import split_words
@@ -291,7 +293,9 @@ def token_cost(path: str, body: bytes) -> int:
     return per_prompt * (fed + len(prompts) * _count(data.get("max_tokens"), DEFAULT_MAX_TOKENS))
 
 
-def refusal(path: str, limit: Limit, who: str, tokens: int) -> tuple[bytes, int]:
+def refusal(
+    path: str, limit: Limit, who: str, tokens: int, headers: list[tuple[bytes, bytes]]
+) -> Response:
     caller = "this API key" if who.startswith("key:") else "this client address"
     if limit.name == "requests":
         what = f"{limit.rate:g} requests a second (bursts of {limit.burst:g})"
@@ -301,9 +305,14 @@ def refusal(path: str, limit: Limit, who: str, tokens: int) -> tuple[bytes, int]
             f"estimate is {tokens:,})"
         )
     message = f"rate limit exceeded: {caller} may make {what} ({limit.setting}); retry later"
-    if path in OPENAI_PATHS:
-        return bytes(error_response(429, message, code="rate_limit_exceeded").body), 429
-    return orjson.dumps({"detail": message}), 429
+    openai = is_openai(path)
+    return error_response(
+        429,
+        message,
+        openai=openai,
+        code="rate_limit_exceeded" if openai else None,
+        headers={name.decode(): value.decode() for name, value in headers},
+    )
 
 
 class RateLimits:
@@ -317,7 +326,7 @@ class RateLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter: RateLimiter | None = getattr(self.fastapi_app.state, "rate_limiter", None)
         path: str = scope.get("path", "")
-        if limiter is None or scope["type"] != "http" or not path.startswith("/v1"):
+        if limiter is None or scope["type"] != "http" or not path.startswith(API_PREFIX):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -335,11 +344,7 @@ class RateLimits:
         tokens = 0
         has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
         if limiter.counts_tokens and scope["method"] == "POST" and has_body:
-            body, more = b"", True
-            while more:  # BoundedRequests has read it whole already: one message
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
+            body = await read_body(receive)
             receive = replay(body, receive)
             tokens = min(token_cost(path, body), limiter.max_cost)
         verdict = await limiter.take(who, tokens)
@@ -348,14 +353,7 @@ class RateLimits:
             return
         i, extra = limiter.headers(verdict)
         if not verdict.allowed:
-            payload, status = refusal(path, limiter.limits[i], who, tokens)
-            head = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(payload)),
-                *extra,
-            ]
-            await send({"type": "http.response.start", "status": status, "headers": head})
-            await send({"type": "http.response.body", "body": payload})
+            await send_response(send, refusal(path, limiter.limits[i], who, tokens, extra))
             return
 
         async def send_with_headers(message: Message) -> None:

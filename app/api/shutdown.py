@@ -14,11 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_response, is_openai, openai_error, send_response
 from app.api.sse import DONE, event
-from app.core.openai_errors import ERROR_TYPES, OPENAI_PATHS
 
 MESSAGE = (
     "the server is shutting down and could not finish this request; "
@@ -50,25 +49,14 @@ class ShutdownAnswers:
         try:
             await self.app(scope, receive, watch)
         except asyncio.CancelledError:
-            openai = scope["path"] in OPENAI_PATHS
-            error = {
-                "message": MESSAGE,
-                "type": ERROR_TYPES[503],
-                "param": None,
-                "code": None,
-            }
+            openai = is_openai(scope["path"])
             with contextlib.suppress(Exception):  # the client may be gone: nothing to say
                 if not started:
-                    body = orjson.dumps({"error": error} if openai else {"detail": MESSAGE})
-                    headers = [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", b"1"),
-                        (b"connection", b"close"),
-                    ]
-                    await send({"type": "http.response.start", "status": 503, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
+                    headers = {"Retry-After": "1", "Connection": "close"}
+                    answer = error_response(503, MESSAGE, openai=openai, headers=headers)
+                    await send_response(send, answer)
                 elif stream:
+                    error = openai_error(503, MESSAGE)
                     last = event({"error": error}) + DONE if openai else event({"error": MESSAGE})
                     await send({"type": "http.response.body", "body": last, "more_body": False})
             # a plain response already half sent has nothing more to say: the connection closes

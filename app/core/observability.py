@@ -130,11 +130,18 @@ def configure_logging(level: str) -> None:
 class ObservabilityMiddleware:
     """Counts, times and logs every HTTP request, labelled by its route template; gives each
     an id (the client's X-Request-ID or a new one) returned on every response and logged.
-    An exception that escapes the app becomes a JSON 500 here, id included."""
+    An exception that escapes the app is answered here by `failure(request id)`, a 500."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool = True):
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        failure: Callable[[str], ASGIApp],
+        log_requests: bool = True,
+    ):
         self.app = app
         self.metrics = metrics
+        self.failure = failure
         self.log_requests = log_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,18 +166,7 @@ class ObservabilityMiddleware:
         except Exception:
             log.exception("request %s failed", rid.decode())
             if not started:
-                payload = b'{"detail":"internal error; the log has it under request id %s"}' % rid
-                await send_wrapper(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()),
-                        ],
-                    }
-                )
-                await send_wrapper({"type": "http.response.body", "body": payload})
+                await self.failure(rid.decode())(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")

@@ -21,12 +21,12 @@ OWNER_HEX = 16  # hex digits of a key's sha256 that name its owner in session re
 
 
 class Unauthorized(ServiceError):
-    status_code = 401
+    """No valid API key. `error` is RFC 6750's code for a key sent but refused (none when
+    the key is missing)."""
 
     def __init__(self, detail: str, error: str | None = None):
         super().__init__(detail)
-        # RFC 6750: a missing credential gets the bare challenge, a bad one says why
-        self.headers = {"WWW-Authenticate": f'Bearer error="{error}"' if error else "Bearer"}
+        self.error = error
 
 
 MISSING = "this server needs an API key: send it as 'Authorization: Bearer <key>'"

@@ -23,6 +23,7 @@ PLAYGROUND = Path(__file__).parent / "static"
 DOCS_ASSETS_URL = "/assets/docs"
 PLAYGROUND_URL = "/assets/playground"
 DOCS_URL, REDOC_URL, OAUTH2_REDIRECT_URL = "/docs", "/redoc", "/docs/oauth2-redirect"
+DOCS_PATHS = (DOCS_URL, OAUTH2_REDIRECT_URL, REDOC_URL)  # the pages that read /openapi.json
 SWAGGER_UI_PARAMETERS = {
     "persistAuthorization": True,  # a key entered with Authorize survives a reload
     "displayRequestDuration": True,

@@ -59,20 +59,6 @@ class ErrorDetail(BaseModel):
     detail: str = Field(examples=["unknown word 'eleventy' at position 2: ..."])
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, object]]:
-    """OpenAPI entries for the error statuses a route can answer."""
-    what = {
-        401: "no valid API key (when the server has keys): see WWW-Authenticate",
-        404: "unknown model or session",
-        409: "the session's state does not fit its model",
-        413: "text too long",
-        422: "bad input: an unknown word, an empty text, an option out of range",
-        429: "at capacity: too many sessions or queued steps (see Retry-After)",
-        503: "not ready, or shutting down",
-    }
-    return {c: {"model": ErrorDetail, "description": what[c]} for c in codes}
-
-
 def sse_event(data: str) -> dict[str, object]:
     """The schema of one Server-Sent Event, as OpenAPI reads `schema` of `text/event-stream`
     (3.2's `itemSchema`): the event's fields, `data` a line of text."""

@@ -26,8 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from app.core.errors import BadText, OverLimit
-from app.core.openai_errors import InvalidRequest
+from app.core.errors import BadText, InvalidRequest, OverLimit
 from app.core.redact import clip_number
 from app.core.security import ANONYMOUS
 from app.engine.batcher import Applied, Generation, Job

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.core.openai_errors import InvalidRequest
+from app.core.errors import InvalidRequest
 from app.core.redact import clip, clip_number
 from model_store import Vocab
 

@@ -11,12 +11,14 @@ from starlette.responses import Response
 
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
+from app.api.openapi import documented
+from app.api.routes import COMPLETIONS
 from app.api.sse import EventStream
 from app.schemas.common import TEXT_EXAMPLE, sse_event
-from app.schemas.openai import CompletionRequest, CompletionResponse, OpenAIErrorResponse
+from app.schemas.openai import CompletionRequest, CompletionResponse
 from app.serving.completions import ChunkWriter, CompletionService, Plan
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(tags=["openai"])
 
 EXAMPLES: dict[str, Any] = {
     "batch": {
@@ -61,18 +63,6 @@ EXAMPLES: dict[str, Any] = {
     },
 }
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": OpenAIErrorResponse, "description": what}
-    for code, what in {
-        400: "a request the protocol refuses: an unknown field, a value out of range",
-        404: "unknown model or session",
-        409: "the session's state does not fit its model",
-        413: "prompt too long",
-        422: "an unknown word or token id in the prompt",
-        429: "at capacity (see Retry-After)",
-        503: "not ready, or shutting down",
-    }.items()
-}
 STREAM: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON, or with `stream: true` Server-Sent Events: one "
@@ -90,9 +80,9 @@ def json_response(body: dict[str, Any]) -> Response:
 
 
 @router.post(
-    "/completions",
+    COMPLETIONS,
     response_model=CompletionResponse,
-    responses={**STREAM, **ERRORS},
+    responses={**STREAM, **documented(404, 409, 429, openai=True)},
     openapi_extra={"requestBody": {"content": {"application/json": {"examples": EXAMPLES}}}},
 )
 async def create_completion(

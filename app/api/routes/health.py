@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from app.api.deps import MetricsDep
+from app.api.errors import headers_of, status_of
+from app.api.openapi import documented
 from app.core.errors import NotReady
 
 router = APIRouter(tags=["operations"])
@@ -33,20 +35,14 @@ async def get_health() -> Health:
 @router.get(
     "/ready",
     response_model=Ready,
-    responses={
-        503: {
-            "model": Ready,
-            "description": "models not loaded (yet), shutting down, a model's engine stopped, "
-            "or the session store unreachable (see Retry-After)",
-        }
-    },
+    responses=documented(503, model=Ready),
 )
 async def get_ready(request: Request) -> Ready | JSONResponse:
     """Readiness: 200 once the models are loaded, 503 before and while shutting down."""
     service = getattr(request.app.state, "service", None)
     if service is None:
         body = Ready(status="not_ready", models=[], skipped=[], problem="models not loaded")
-        return JSONResponse(body.model_dump(), status_code=503, headers=NotReady("").headers)
+        return JSONResponse(body.model_dump(), 503, headers_of(NotReady("")))
     models, skipped = sorted(service.registry.models), service.registry.problems
     try:
         for lm in service.registry.models.values():
@@ -55,7 +51,7 @@ async def get_ready(request: Request) -> Ready | JSONResponse:
         await service.sessions.check()
     except NotReady as e:
         body = Ready(status="not_ready", models=models, skipped=skipped, problem=e.detail)
-        return JSONResponse(body.model_dump(), status_code=503, headers=e.headers)
+        return JSONResponse(body.model_dump(), status_of(e), headers_of(e))
     return Ready(status="ready", models=models, skipped=skipped)
 
 

@@ -4,8 +4,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import ServiceDep
+from app.api.openapi import documented
+from app.api.routes import API_PREFIX, hot
 from app.api.streaming import event_stream
-from app.schemas.common import STREAM_RESPONSE, errors
+from app.schemas.common import STREAM_RESPONSE
 from app.schemas.predict import (
     ContinuationRequest,
     ContinuationResponse,
@@ -13,12 +15,11 @@ from app.schemas.predict import (
     NextWordResponse,
 )
 
-router = APIRouter(prefix="/v1", tags=["prediction"])
+router = APIRouter(prefix=API_PREFIX, tags=["prediction"])
 
 
-@router.post(
-    "/next-word", response_model=NextWordResponse, responses=errors(404, 413, 422, 429, 503)
-)
+@router.post("/next-word", response_model=NextWordResponse, responses=documented(404, 429))
+@hot
 async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWordResponse:
     """The next-word distribution after a text, from the start state (after the implicit xxbos
     that starts every text)."""
@@ -28,7 +29,7 @@ async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWo
 @router.post(
     "/continuation",
     response_model=ContinuationResponse,
-    responses={**STREAM_RESPONSE, **errors(404, 413, 422, 429, 503)},
+    responses={**STREAM_RESPONSE, **documented(404, 429)},
 )
 async def create_continuation(
     req: ContinuationRequest, service: ServiceDep

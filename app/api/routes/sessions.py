@@ -5,8 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import OwnerDep, ServiceDep
+from app.api.openapi import documented
+from app.api.routes import API_PREFIX, hot
 from app.api.streaming import event_stream
-from app.schemas.common import STREAM_RESPONSE, errors
+from app.schemas.common import STREAM_RESPONSE
 from app.schemas.sessions import (
     SessionContinuationRequest,
     SessionContinuationResponse,
@@ -18,14 +20,14 @@ from app.schemas.sessions import (
     SessionNextWordResponse,
 )
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix=f"{API_PREFIX}/sessions", tags=["sessions"])
 
 
 @router.post(
     "",
     response_model=SessionCreated,
     status_code=201,
-    responses=errors(404, 413, 422, 429, 503),
+    responses=documented(404, 429),
 )
 async def create_session(
     req: SessionCreateRequest, service: ServiceDep, owner: OwnerDep
@@ -34,7 +36,7 @@ async def create_session(
     return await service.create_session(req, owner)
 
 
-@router.get("", response_model=SessionList, responses=errors(422))
+@router.get("", response_model=SessionList)
 async def list_sessions(
     service: ServiceDep,
     owner: OwnerDep,
@@ -47,13 +49,13 @@ async def list_sessions(
     return await service.list_sessions(owner, limit, cursor)
 
 
-@router.get("/{session_id}", response_model=SessionInfo, responses=errors(404))
+@router.get("/{session_id}", response_model=SessionInfo, responses=documented(404))
 async def get_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
     """One session: its model, tokens seen, last words and expiry (reading it is not use)."""
     return await service.get_session(session_id, owner)
 
 
-@router.delete("/{session_id}", status_code=204, response_class=Response, responses=errors(404))
+@router.delete("/{session_id}", status_code=204, response_class=Response, responses=documented(404))
 async def delete_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> Response:
     """Delete a session (after the requests already queued on it)."""
     await service.delete_session(session_id, owner)
@@ -63,8 +65,9 @@ async def delete_session(session_id: str, service: ServiceDep, owner: OwnerDep) 
 @router.post(
     "/{session_id}/next-word",
     response_model=SessionNextWordResponse,
-    responses=errors(404, 413, 422, 429, 503),
+    responses=documented(404, 429),
 )
+@hot
 async def session_next_word(
     session_id: str, req: SessionNextWordRequest, service: ServiceDep, owner: OwnerDep
 ) -> SessionNextWordResponse:
@@ -75,7 +78,7 @@ async def session_next_word(
 @router.post(
     "/{session_id}/continuation",
     response_model=SessionContinuationResponse,
-    responses={**STREAM_RESPONSE, **errors(404, 413, 422, 429, 503)},
+    responses={**STREAM_RESPONSE, **documented(404, 429)},
 )
 async def session_continuation(
     session_id: str, req: SessionContinuationRequest, service: ServiceDep, owner: OwnerDep
@@ -91,7 +94,7 @@ async def session_continuation(
     return await service.session_continuation(session_id, req, owner=owner)
 
 
-@router.post("/{session_id}/reset", response_model=SessionInfo, responses=errors(404))
+@router.post("/{session_id}/reset", response_model=SessionInfo, responses=documented(404))
 async def reset_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
     """Back to the start state (after the implicit xxbos that starts every text)."""
     return await service.reset_session(session_id, owner)

@@ -1,10 +1,18 @@
 """The fast path answers exactly as FastAPI does, and leaves it what it does not handle."""
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.fastpath import FastPath, hot_route
+from app.api.routes import predict, sessions
 from app.main import create_app
+from app.schemas.predict import NextWordRequest
+from app.schemas.sessions import SessionNextWordRequest
 from tests.app.conftest import make_settings
+
+GOLDEN_STORE = Path(__file__).parents[1] / "golden" / "store"
 
 CASES = [
     {"text": "one , two ,", "top_k": 7},
@@ -136,3 +144,20 @@ def test_fast_path_requests_are_counted_by_route(both):
         'http_requests_total{method="POST",route="/v1/sessions/{session_id}/next-word",'
         'status="422"} 1.0'
     ) in text
+
+
+def test_the_fast_path_serves_the_routes_marked_hot_as_declared():
+    """Its table is read from the app's own routes: their templates, body models and
+    endpoints; a route it could not serve as FastAPI does is refused when it is built."""
+    app = create_app(make_settings(GOLDEN_STORE, FAST_PATH=True))
+    fast = FastPath(app.router, app)
+    routes = [*fast.fixed.values(), *fast.templated]
+    assert {r.route.path for r in routes} == {
+        "/v1/next-word",
+        "/v1/sessions/{session_id}/next-word",
+    }
+    assert {r.model for r in routes} == {NextWordRequest, SessionNextWordRequest}
+    assert {r.endpoint for r in routes} == {predict.predict_next_word, sessions.session_next_word}
+    (listing,) = [r for r in sessions.router.routes if r.endpoint is sessions.list_sessions]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="cannot serve /v1/sessions"):
+        hot_route(listing)
