@@ -12,7 +12,7 @@ import orjson
 
 from app.api.sse import EventStream, event
 from app.core.errors import ServiceError
-from app.engine.batcher import Generation
+from app.engine.generation import Generation
 from app.schemas.predict import ContinuationResponse
 
 

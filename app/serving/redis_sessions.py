@@ -368,7 +368,7 @@ class RedisSessionStore(SessionStore):
     async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
-        zero = model.batcher.zero_export
+        zero = model.engine.zero_export
         indexes = [self._index(model.name)] + [
             self._index(n) for n in sorted(self.registry.models) if n != model.name
         ]
@@ -523,7 +523,7 @@ class RedisSessionStore(SessionStore):
                 f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
             )
         try:
-            seq = model.batcher.open(saved)  # the last step: nothing can fail once it is open
+            seq = model.engine.open(saved)  # the last step: nothing can fail once it is open
         except LayoutMismatch as e:
             dtype, shape = e.layout
             raise StateMismatch(

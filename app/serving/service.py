@@ -16,9 +16,10 @@ from app.core.config import Settings
 from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong, UnknownModel
 from app.core.redact import clip, clip_number, session_tag
 from app.core.security import ANONYMOUS
-from app.engine.batcher import Applied, Generation
+from app.engine.generation import Generation
+from app.engine.params import SamplingParams
 from app.engine.registry import LoadedModel, ModelRegistry
-from app.engine.sequences import ExportedState
+from app.engine.sequences import Applied, ExportedState
 from app.schemas.common import WordProb
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
 from app.schemas.openai import OpenAIModel
@@ -146,10 +147,9 @@ class PredictionService:
                 f"top_k is {clip_number(top_k)}; it must be between 1 and {len(lm.vocab)}"
             )
 
-    def generation(
-        self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool, stream: Delivery | None
-    ) -> Generation:
-        """The engine's generation for these options, once checked against model and settings."""
+    def sampling(self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool) -> SamplingParams:
+        """The engine's sampling parameters for these options, once checked against model and
+        settings."""
         if opts.max_words > self.settings.MAX_WORDS:
             raise BadText(
                 f"max_words is {clip_number(opts.max_words)}; this server generates at most "
@@ -165,7 +165,7 @@ class PredictionService:
                     f"(GET /v1/models/{lm.name} lists them)"
                 )
             stop.add(lm.vocab.stoi[tokens[0]])
-        gen = Generation(
+        return SamplingParams(
             max_words=opts.max_words,
             temperature=opts.temperature,
             top_k=opts.top_k,
@@ -174,9 +174,6 @@ class PredictionService:
             stop=frozenset(stop),
             feed_last=feed_last,
         )
-        if stream is not None:
-            stream.watch(lm.vocab.itos, gen)
-        return gen
 
     def admit_tokens(self, ids: list[int], max_words: int) -> None:
         """OverLimit when a continuation's text and max_words pass MAX_REQUEST_TOKENS (with
@@ -198,7 +195,7 @@ class PredictionService:
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text, need_words=True)
-        seq = lm.batcher.open()
+        seq = lm.engine.open()
         try:
             top = await seq.step(ids, req.top_k)
         finally:
@@ -211,12 +208,15 @@ class PredictionService:
         self, req: ContinuationRequest, stream: Delivery | None = None
     ) -> ContinuationResponse:
         lm = self.model(req.model)
-        gen = self.generation(lm, req, feed_last=False, stream=stream)
+        params = self.sampling(lm, req, feed_last=False)
         ids = self.encode(lm, req.text, need_words=True)
         self.admit_tokens(ids, req.max_words)
-        seq = lm.batcher.open()
+        seq = lm.engine.open()
         try:
-            await seq.generate(ids, gen)
+            gen = seq.start(ids, params)
+            if stream is not None:
+                stream.watch(lm.vocab.itos, gen)
+            await gen.wait()
         finally:
             seq.close()
         return ContinuationResponse(**generated(lm, gen))
@@ -309,17 +309,19 @@ class PredictionService:
         """
         async with self.sessions.lease(session_id, owner) as lease:
             lm = lease.model  # checks come first: a bad request changes nothing
-            gen = self.generation(lm, req, feed_last=True, stream=stream)
+            params = self.sampling(lm, req, feed_last=True)
             ids = self.encode(lm, req.text)
             self.admit_tokens(ids, req.max_words)
             if not ids and not lease.tokens_seen:
                 raise BadText("the session has seen no word yet: give a text to continue from")
             if stream is None:
-                await lease.seq.generate(ids, gen, self.applied(lease))
+                gen = await lease.seq.generate(ids, params, self.applied(lease))
             else:
                 before = self.rewind_point(lease)
+                gen = lease.seq.start(ids, params, self.applied(lease))
+                stream.watch(lm.vocab.itos, gen)
                 try:
-                    await lease.seq.generate(ids, gen, self.applied(lease))
+                    await gen.wait()
                     await stream.drained()
                 except BaseException:
                     await self.keep_sent(lease, before, ids + gen.words[: stream.sent])

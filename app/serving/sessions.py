@@ -214,7 +214,7 @@ class MemorySessionStore(SessionStore):
         if len(self._sessions) >= self.max_sessions:
             self._make_room(owner, server_full(self.max_sessions))
         now = self.clock()
-        session = Session(secrets.token_urlsafe(16), model, model.batcher.open(), owner, now, now)
+        session = Session(secrets.token_urlsafe(16), model, model.engine.open(), owner, now, now)
         self._sessions[session.id] = session
         self._owned.setdefault(owner, SortedList()).add(session.id)
         self._used.setdefault(owner, OrderedDict())[session.id] = session

@@ -9,12 +9,14 @@ import orjson
 from fastapi import APIRouter, Header, Request
 from starlette.responses import Response
 
+from app.api.chunks import ChunkWriter
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
 from app.api.sse import EventStream
 from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse, OpenAIErrorResponse
-from app.serving.completions import ChunkWriter, CompletionService, Plan
+from app.serving.completion_plan import Plan
+from app.serving.completions import CompletionService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -126,7 +128,6 @@ async def stream(completions: CompletionService, plan: Plan, owner: str) -> Even
         writer = ChunkWriter(completions, plan, lease, stack)
         writer.start(events)
     except BaseException:
-        completions.release(plan, lease)
         await stack.aclose()
         raise
     events.source = writer
