@@ -14,12 +14,11 @@ from typing import Any
 from app.core.errors import BadText, OverLimit
 from app.core.openai_errors import InvalidRequest
 from app.core.redact import clip_number
-from app.engine.generation import Generation
 from app.engine.params import SamplingParams
 from app.engine.registry import LoadedModel
-from app.engine.sequences import Sequence
 from app.schemas.openai import CompletionRequest
 from app.serving.logit_bias import logit_bias
+from app.serving.runs import Choice
 from app.serving.service import PredictionService
 from model_store import split_words
 
@@ -28,24 +27,6 @@ log = logging.getLogger("app.completions")
 MAX_STOPS = 4  # OpenAI's limit
 GREEDY_RNG = random.Random(0)  # never drawn from: temperature 0 is argmax
 Prompts = str | list[str] | list[int] | list[list[int]]
-
-
-@dataclass(slots=True)
-class Choice:
-    """One sample of one prompt."""
-
-    prompt: int  # index of its prompt
-    params: SamplingParams
-    gen: Generation | None = None  # once started
-    seq: Sequence | None = None  # the lease's, or its own (closed when done)
-    started: bool = (
-        False  # started (or never to be: the request failed); its generation's end ends it
-    )
-    index: int = 0  # in the response
-
-    @property
-    def done(self) -> bool:
-        return self.started and (self.gen is None or self.gen.done)
 
 
 @dataclass

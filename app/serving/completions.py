@@ -12,106 +12,20 @@ Planning is app.serving.completion_plan, the answer's shapes app.serving.complet
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import dataclasses
-import functools
-from collections.abc import Callable
 from typing import Any
 
 from app.core.errors import BadText
 from app.core.openai_errors import InvalidRequest
 from app.core.security import ANONYMOUS
-from app.engine.generation import Generation, OnWord
-from app.engine.sequences import Applied
 from app.schemas.openai import CompletionRequest
 from app.serving.completion_format import body
-from app.serving.completion_plan import Choice, Plan, Planner
+from app.serving.completion_plan import Plan, Planner
+from app.serving.runs import Run
 from app.serving.service import PredictionService
 from app.serving.sessions import Lease
-
-
-class Feeder:
-    """Submits a plan's choices to the engine, at most `window` jobs at once: as one ends, the
-    next goes in, in the place the ended one held (`reserved`: a full queue does not refuse
-    it). So one request never holds more than its share of the model's queue, and since the
-    engine takes its queue in turn, a large request's words come interleaved with everyone
-    else's: it slows down instead of starving others. A choice's own sequence is closed as
-    soon as it ends (its state is no longer needed; its words are in its generation)."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        lease: Lease | None,
-        window: int,
-        applied: Applied | None,
-        on_end: Callable[[], None] | None,
-        on_word: OnWord | None,
-    ):
-        self.plan = plan
-        self.lease = lease
-        self.window = window
-        self.applied = applied
-        self.on_end = on_end
-        self.on_word = on_word
-        self.next = 0  # the first choice not yet started
-        self.running = 0
-        self.stopped = False
-        self.error: BaseException | None = None
-        self.finished = asyncio.Event()
-
-    def fill(self, reserved: bool) -> None:
-        choices = self.plan.choices
-        while self.running < self.window and self.next < len(choices) and not self.stopped:
-            c = choices[self.next]
-            self.next += 1
-            self.submit(c, reserved)
-        if self.running == 0 and self.next >= len(choices):
-            self.finished.set()
-
-    def submit(self, c: Choice, reserved: bool) -> None:
-        lease, params = self.lease, c.params
-        ids = self.plan.prompts[c.prompt].ids
-        # the prompt's words before the scored ones; nothing, when there is nothing to
-        # generate and no session to keep them
-        keep = lease is not None or params.max_words or params.forced
-        feed = ids[: len(ids) - len(params.forced)] if keep else []
-        c.seq = lease.seq if lease is not None else self.plan.lm.engine.open()
-        c.started = True
-        end = functools.partial(self.ended, c)
-        c.gen = c.seq.start(feed, params, self.applied, self.on_word, end, reserved)
-        self.running += 1
-
-    def ended(self, c: Choice, gen: Generation) -> None:
-        self.running -= 1
-        self.close(c)
-        if self.stopped:
-            return
-        if (error := gen.error) is not None:
-            self.fail(error)
-        else:
-            try:
-                self.fill(reserved=True)
-            except Exception as e:  # the engine stopped, say: the rest cannot run
-                self.fail(e)
-        if self.on_end is not None:
-            self.on_end()
-
-    def close(self, c: Choice) -> None:
-        if self.lease is None and c.seq is not None:
-            c.seq.close()
-        c.seq = None
-
-    def fail(self, error: BaseException) -> None:
-        """No more submits; the choices never started count as ended (a stream ends them)."""
-        self.error = error
-        self.stop()
-        for c in self.plan.choices[self.next :]:
-            c.started = True
-        self.next = len(self.plan.choices)
-        self.finished.set()
-
-    def stop(self) -> None:
-        self.stopped = True
+from app.serving.streams import GenerationStream
 
 
 class CompletionService:
@@ -131,53 +45,44 @@ class CompletionService:
         """The jobs one request may have in its model's queue at once (MAX_QUEUE_SHARE)."""
         return max(1, int(plan.lm.engine.config.max_queue * self.service.settings.MAX_QUEUE_SHARE))
 
-    def start(
-        self,
-        plan: Plan,
-        lease: Lease | None = None,
-        on_end: Callable[[], None] | None = None,
-        on_word: OnWord | None = None,
-    ) -> Feeder:
-        """Submit the choices to the engine, one job each, a window of them at a time (see
-        Feeder); `on_end` hears of each choice's end. A full queue refuses the request here
-        (AtCapacity), before any word is generated."""
-        applied = self.service.applied(lease) if lease is not None else None
-        feeder = Feeder(plan, lease, self.window(plan), applied, on_end, on_word)
-        try:
-            feeder.fill(reserved=False)
-        except BaseException:
-            self.release(feeder)
-            raise
-        return feeder
-
-    @staticmethod
-    def release(feeder: Feeder) -> None:
-        """Stop: cancel what still runs (the engine drops it), submit nothing more, and close
-        the choices' sequences."""
-        feeder.stop()
-        for c in feeder.plan.choices:
-            if c.gen is not None:
-                c.gen.cancel()
-            feeder.close(c)
+    def run_of(self, plan: Plan, lease: Lease | None = None) -> Run:
+        """The plan's choices, to start on its model's engine, a window of them at a time."""
+        return Run(
+            plan.lm.engine, [p.ids for p in plan.prompts], plan.choices, lease, self.window(plan)
+        )
 
     async def run(self, plan: Plan, owner: str = ANONYMOUS) -> dict[str, Any]:
-        """Run a non-streamed completion; the response body."""
+        """Run a non-streamed completion; the response body. A full queue refuses it
+        (AtCapacity) before any word is generated."""
         if plan.session_id is None:
-            await self.finish(self.start(plan))
+            run = self.run_of(plan)
+            run.start()
+            await run.wait()
             return body(plan)
         async with self.service.sessions.lease(plan.session_id, owner) as lease:
             self.check_session(plan, lease)
-            await self.finish(self.start(plan, lease))
+            run = self.run_of(plan, lease)
+            run.start()
+            await run.wait()
         return body(plan)
 
-    async def finish(self, feeder: Feeder) -> None:
-        """Until every choice has ended (the first error of one, if any); then release."""
+    async def stream(self, plan: Plan, owner: str = ANONYMOUS) -> GenerationStream:
+        """Start a streamed completion (app.serving.streams): a session's is held until the
+        stream ends. A full queue refuses it (AtCapacity) before any word is generated."""
+        stack = contextlib.AsyncExitStack()
         try:
-            await feeder.finished.wait()
-            if feeder.error is not None:
-                raise feeder.error
-        finally:
-            self.release(feeder)
+            lease = None
+            if plan.session_id is not None:
+                lease = await stack.enter_async_context(
+                    self.service.sessions.lease(plan.session_id, owner)
+                )
+                self.check_session(plan, lease)
+            stream = GenerationStream(self.run_of(plan, lease), stack)
+            stream.start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        return stream
 
     def check_session(self, plan: Plan, lease: Lease) -> None:
         if lease.model.name != plan.lm.name:

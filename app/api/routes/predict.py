@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api.deps import ServiceDep
-from app.api.streaming import event_stream
+from app.api.streaming import WordEvents, respond
 from app.schemas.common import STREAM_RESPONSE, errors
 from app.schemas.predict import (
     ContinuationRequest,
@@ -35,9 +35,6 @@ async def create_continuation(
 ) -> ContinuationResponse | Response:
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
-        return await event_stream(
-            lambda stream: service.continuation(req, stream),
-            service.settings.SSE_FLUSH_MS / 1000,
-            service.settings.STREAM_WRITE_TIMEOUT_SECONDS,
-        )
+        stream = await service.continuation_stream(req)
+        return respond(stream, WordEvents(stream), service.settings)
     return await service.continuation(req)
