@@ -33,6 +33,7 @@ from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, start_state
 # A row of the batch for one job: its next-word probabilities, or for a greedy generation its
 # likeliest word and that word's probability.
 Row = list[float] | tuple[int, float]
+Observer = Callable[[int, int, int], None]  # told (rows, tokens, words) of every pass
 log = logging.getLogger("app.engine")
 
 
@@ -65,9 +66,6 @@ class BatchStats:
         self.words += words
         for observe in self.observers:
             observe(rows, tokens, words)
-
-
-Observer = Callable[[int, int, int], None]  # told (rows, tokens, words) of every pass
 
 
 class Engine:

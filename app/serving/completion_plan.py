@@ -146,15 +146,19 @@ class Planner:
         if top >= 0:
             common["logprobs"] = top
         choices = []
+        score = top >= 0 and echo
+        shared = None  # without a seed or scored words, every choice has the same parameters
         for p, prompt in enumerate(prompts):
-            score = top >= 0 and echo
             forced = tuple(prompt.ids[0 if session_id else 1 :]) if score else ()
             for k in range(best_of):
-                if req.seed is not None:
+                if req.seed is not None:  # each choice's own draws
                     rng = random.Random(req.seed if k == 0 else f"{req.seed}/{k}")
+                    params = SamplingParams(max_tokens, rng=rng, forced=forced, **common)
+                elif score or shared is None:
+                    params = SamplingParams(max_tokens, rng=shared_rng, forced=forced, **common)
+                    shared = params
                 else:
-                    rng = shared_rng
-                params = SamplingParams(max_tokens, rng=rng, forced=forced, **common)
+                    params = shared
                 choices.append(Choice(p, params))
         if req.user:
             log.info("completion for user %r: %d choices", req.user[:64], len(choices))
