@@ -25,7 +25,7 @@ from app.core.config import Settings
 from app.core.errors import NotReady
 from app.core.observability import Metrics, ObservabilityMiddleware, configure_logging
 from app.core.security import ApiKeys
-from app.engine.batcher import BatcherConfig
+from app.engine.engine import EngineConfig
 from app.engine.registry import ModelRegistry
 from app.pages import DOCS_PATHS, install_pages
 from app.serving.redis_sessions import RedisSessionStore
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.STORE,
             settings.DEVICE,
             settings.DEFAULT_MODEL,
-            BatcherConfig(
+            EngineConfig(
                 max_batch=settings.MAX_BATCH_SIZE,
                 max_queue=settings.MAX_QUEUE,
                 batch_wait_s=settings.BATCH_WAIT_MS / 1000,
@@ -94,8 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         store = await open_session_store(settings, registry)
         for name, lm in registry.models.items():
-            lm.batcher.stats.observers.append(metrics.batch_observer(name))
-            lm.batcher.start()
+            lm.engine.observe(metrics.batch_observer(name))
+            lm.engine.start()
         sweeper = asyncio.create_task(sweep_expired(store, min(30.0, settings.SESSION_TTL_SECONDS)))
         app.state.service = PredictionService(registry, store, settings)
         app.state.rate_limiter = RateLimiter.from_settings(settings)
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service = None  # /ready turns 503 while draining
             sweeper.cancel()
             for lm in registry.models.values():
-                await lm.batcher.stop()
+                await lm.engine.stop()
             await store.close()
             if app.state.rate_limiter is not None:
                 await app.state.rate_limiter.close()

@@ -25,7 +25,7 @@ from model_store.models import (
     resolve_device,
     start_state,
 )
-from model_store.vocab import BOS, UnknownWord, Vocab, split_words
+from model_store.vocab import BOS, UnknownWord, Vocab, split_words, token_ends
 
 __all__ = [
     "BOS",
@@ -53,4 +53,5 @@ __all__ = [
     "save_checkpoint",
     "split_words",
     "start_state",
+    "token_ends",
 ]

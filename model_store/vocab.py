@@ -93,3 +93,8 @@ class Vocab:
         while len(itos) % 8 != 0:
             itos.append(PAD_FILLER)
         return cls(tuple(itos))
+
+
+def token_ends(text: str) -> list[int]:
+    """Where each token of `text` ends, in characters (the tokens `split_words` finds)."""
+    return [m.end() for m in _TOKEN_RE.finditer(text)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from app.core.redact import short_digests
-from app.engine.batcher import BatcherConfig, StepBatcher
+from app.engine.engine import Engine, EngineConfig
 from model_store import (
     PREFERRED_DEFAULTS,
     BadCheckpoint,
@@ -29,7 +29,7 @@ log = logging.getLogger("app.models")
 class LoadedModel:
     checkpoint: Checkpoint
     device: torch.device
-    batcher: StepBatcher
+    engine: Engine
 
     @property
     def name(self) -> str:
@@ -60,7 +60,7 @@ class ModelRegistry:
         store: Path,
         device_name: str,
         default: str | None,
-        batcher_config: BatcherConfig,
+        engine_config: EngineConfig,
         cell_mode: str = "eager",
     ) -> ModelRegistry:
         """Load the latest version of every checkpoint; skip bad ones, saying which and why."""
@@ -88,7 +88,7 @@ class ModelRegistry:
             models[ref.name] = LoadedModel(
                 ckpt,
                 device,
-                StepBatcher(ckpt.model, ckpt.vocab, device, batcher_config, name=ref.name),
+                Engine(ckpt.model, ckpt.vocab, device, engine_config, name=ref.name),
             )
             log.info("loaded %s v%d (%s) on %s", ref.name, ref.version, ckpt.config.variant, device)
         if not models:

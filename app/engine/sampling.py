@@ -47,3 +47,21 @@ def top_words(probs: list[float], k: int) -> list[tuple[int, float]]:
     """The k most likely (index, prob), most likely first, leaving out impossible words."""
     ranked = sorted(((p, i) for i, p in enumerate(probs) if p > 0), reverse=True)[:k]
     return [(i, p) for p, i in ranked]
+
+
+def adjusted(
+    row: list[float],
+    bias: tuple[float, ...] | None,
+    counts: dict[int, int],
+    presence: float,
+    frequency: float,
+) -> list[float]:
+    """The row with OpenAI's logit bias and penalties applied (in probability space:
+    p * exp(bias - count * frequency - presence) for a word generated count > 0 times),
+    normalized."""
+    add = list(bias) if bias is not None else [0.0] * len(row)
+    for word, count in counts.items():
+        add[word] -= count * frequency + presence
+    out = [p * math.exp(a) if p > 0 else 0.0 for p, a in zip(row, add, strict=True)]
+    total = sum(out)
+    return [p / total for p in out] if total > 0 else row

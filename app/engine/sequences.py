@@ -10,15 +10,18 @@ does not fit its model.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from app.core.errors import EngineFailure
-from app.engine.slots import describe, from_bytes, to_bytes
+from app.engine.generation import Generation, OnWord
+from app.engine.params import SamplingParams
+from app.engine.slots import SlotPool, describe, from_bytes, to_bytes
 from model_store import State, StateSpec
 
-if TYPE_CHECKING:
-    from app.engine.batcher import Applied, Generation, Job, StepBatcher
+Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
 
 
 class SequenceClosed(EngineFailure):
@@ -62,14 +65,40 @@ class ExportedState:
             raise LayoutMismatch(f"a damaged state ({e})", layout) from None
 
 
+@dataclass(eq=False, slots=True)
+class Job:
+    """One request on a sequence, queued in its engine: feed `feed`, then answer the `top_k`
+    next words (a step) or go on with `gen` (a generation). The engine's own."""
+
+    seq: Sequence
+    feed: list[int]  # ids still to feed
+    future: asyncio.Future[Any]
+    top_k: int = 0
+    gen: Generation | None = None
+    on_applied: Applied | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """What a sequence needs of its engine: the model's name, the pool its state is a row
+    of, the vocabulary's words (for stop strings), and the queue its jobs join (which
+    refuses them when the engine is full, stopped or failed)."""
+
+    name: str
+    pool: SlotPool
+    itos: tuple[str, ...]
+    enqueue: Callable[[Job, bool], None]
+
+
 class Sequence:
-    """A handle on one sequence of `engine`'s model. Feeding it (`step`, `generate`) goes
-    through the engine's batches; `export`, `restore`, `reset` and `close` act at once."""
+    """A handle on one sequence of an engine's model. Feeding it (`step`, `generate`,
+    `start`) goes through the engine's batches; `export`, `restore`, `reset` and `close` act
+    at once. A closed handle refuses every use."""
 
-    __slots__ = ("_engine", "_row")
+    __slots__ = ("_host", "_row")
 
-    def __init__(self, engine: StepBatcher, row: int):
-        self._engine = engine
+    def __init__(self, host: Host, row: int):
+        self._host = host
         self._row = row  # -1 once closed
 
     @property
@@ -85,19 +114,16 @@ class Sequence:
 
     def closed_error(self) -> SequenceClosed:
         return SequenceClosed(
-            f"a closed sequence of model {self._engine.name!r} was used: open a new one"
+            f"a closed sequence of model {self._host.name!r} was used: open a new one"
         )
 
-    def submit(
-        self,
-        ids: list[int],
-        top_k: int = 0,
-        gen: Generation | None = None,
-        on_applied: Applied | None = None,
-        reserved: bool = False,
-    ) -> Job:
-        """Queue a job on this sequence (see StepBatcher.submit); its future resolves."""
-        return self._engine.submit(self, ids, top_k, gen, on_applied, reserved)
+    def _submit(self, job: Job, reserved: bool) -> None:
+        if self._row < 0:  # refused before anything is queued
+            raise self.closed_error()
+        self._host.enqueue(job, reserved)
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
 
     async def step(
         self, ids: list[int], top_k: int, on_applied: Applied | None = None
@@ -107,37 +133,66 @@ class Sequence:
         `on_applied` hears of every piece of ids as soon as the state holds it, even if the
         caller is cancelled meanwhile, so bookkeeping never drifts from the state itself.
         """
-        job = self._engine.submit(self, ids, top_k, None, on_applied)
-        result: list[tuple[int, float]] = await job.future  # type: ignore[assignment]
+        job = Job(self, ids, self._future(), top_k, None, on_applied)
+        self._submit(job, False)
+        result: list[tuple[int, float]] = await job.future
         return result
 
-    async def generate(
-        self, ids: list[int], gen: Generation, on_applied: Applied | None = None
+    def start(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        on_applied: Applied | None = None,
+        on_word: OnWord | None = None,
+        on_end: Callable[[Generation], None] | None = None,
+        reserved: bool = False,
     ) -> Generation:
-        """Feed `ids`, then generate words (fed back in) until a stop word or max_words."""
-        job = self._engine.submit(self, ids, 0, gen, on_applied)
-        await job.future
+        """Feed `ids`, then generate words (fed back in) until a stop or max_words, without
+        waiting: the generation fills as the engine goes, `on_end` hears of its end (finished,
+        failed or cancelled). A `reserved` one takes the place of one of its request's that
+        just ended, so a full queue does not refuse it. With nothing to feed nor generate it
+        ends at once, without a job."""
+        future = self._future()
+        gen = Generation(params, self._host.itos, on_word, future)
+        if on_end is not None:
+            future.add_done_callback(lambda _: on_end(gen))
+        if gen.finish is not None and not ids:
+            future.set_result(None)
+            return gen
+        self._submit(Job(self, ids, future, 0, gen, on_applied), reserved)
+        return gen
+
+    async def generate(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        on_applied: Applied | None = None,
+        on_word: OnWord | None = None,
+    ) -> Generation:
+        """`start`, and wait for the end."""
+        gen = self.start(ids, params, on_applied, on_word)
+        await gen.wait()
         return gen
 
     def state(self) -> State:
         """A copy of every part, on the engine's device."""
-        return self._engine._pool.read(self.row)
+        return self._host.pool.read(self.row)
 
     def export(self) -> ExportedState:
         """The state as bytes with its layout; a sequence never fed exports the start state."""
-        return ExportedState.pack(self.state(), self._engine.spec)
+        return ExportedState.pack(self.state(), self._host.pool.spec)
 
     def restore(self, saved: ExportedState) -> None:
         """Set the state to an exported one (this model's: LayoutMismatch otherwise)."""
         row = self.row
-        self._engine._pool.write(row, saved.unpack(self._engine.spec))
+        self._host.pool.write(row, saved.unpack(self._host.pool.spec))
 
     def reset(self) -> None:
         """Back to the start state."""
-        self._engine._pool.zero(self.row)
+        self._host.pool.zero(self.row)
 
     def close(self) -> None:
         """Give the state back to the engine; closing again does nothing."""
         if self._row >= 0:
-            self._engine._pool.free(self._row)
+            self._host.pool.free(self._row)
             self._row = -1

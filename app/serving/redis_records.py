@@ -61,7 +61,7 @@ def open_lease(registry: ModelRegistry, sid: str, owner: str, raw: list[bytes]) 
             f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
         )
     try:
-        seq = model.batcher.open(saved)  # the last step: nothing can fail once it is open
+        seq = model.engine.open(saved)  # the last step: nothing can fail once it is open
     except LayoutMismatch as e:
         dtype, shape = e.layout
         raise StateMismatch(

@@ -142,7 +142,7 @@ class RedisSessionStore(SessionStore):
     async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
-        zero = model.batcher.zero_export
+        zero = model.engine.zero_export
         indexes = [self.keys.index(model.name)] + [
             self.keys.index(n) for n in sorted(self.registry.models) if n != model.name
         ]

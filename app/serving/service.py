@@ -10,15 +10,15 @@ import logging
 import random
 import secrets
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong, UnknownModel
-from app.core.redact import clip, clip_number, session_tag
+from app.core.redact import clip, clip_number
 from app.core.security import ANONYMOUS
-from app.engine.batcher import Applied, Generation
+from app.engine.generation import Generation
+from app.engine.params import SamplingParams
 from app.engine.registry import LoadedModel, ModelRegistry
-from app.engine.sequences import ExportedState
 from app.schemas.common import WordProb
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
 from app.schemas.openai import OpenAIModel
@@ -40,23 +40,12 @@ from app.schemas.sessions import (
     SessionNextWordRequest,
     SessionNextWordResponse,
 )
-from app.serving.sessions import Lease, SessionRecord, SessionStore
+from app.serving.runs import Choice, Run
+from app.serving.sessions import Lease, SessionRecord, SessionStore, applied
+from app.serving.streams import GenerationStream
 from model_store import UnknownWord, split_words
 
 log = logging.getLogger("app.service")
-
-
-class Delivery(Protocol):
-    """A stream's side of a continuation: shown the generation before it runs (it reads the
-    words as the engine appends them, and sets `gen.on_word` to hear of each), it counts the
-    words sent to the client."""
-
-    sent: int  # words the client was sent so far
-
-    def watch(self, itos: tuple[str, ...], gen: Generation) -> None: ...
-
-    async def drained(self) -> None:
-        """Return once every word generated so far has been sent."""
 
 
 OWNED_BY = "human-numbers"  # OpenAI's `owned_by` of our models
@@ -146,10 +135,9 @@ class PredictionService:
                 f"top_k is {clip_number(top_k)}; it must be between 1 and {len(lm.vocab)}"
             )
 
-    def generation(
-        self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool, stream: Delivery | None
-    ) -> Generation:
-        """The engine's generation for these options, once checked against model and settings."""
+    def sampling(self, lm: LoadedModel, opts: GenerationOptions, feed_last: bool) -> SamplingParams:
+        """The engine's sampling parameters for these options, once checked against model and
+        settings."""
         if opts.max_words > self.settings.MAX_WORDS:
             raise BadText(
                 f"max_words is {clip_number(opts.max_words)}; this server generates at most "
@@ -165,7 +153,7 @@ class PredictionService:
                     f"(GET /v1/models/{lm.name} lists them)"
                 )
             stop.add(lm.vocab.stoi[tokens[0]])
-        gen = Generation(
+        return SamplingParams(
             max_words=opts.max_words,
             temperature=opts.temperature,
             top_k=opts.top_k,
@@ -174,9 +162,6 @@ class PredictionService:
             stop=frozenset(stop),
             feed_last=feed_last,
         )
-        if stream is not None:
-            stream.watch(lm.vocab.itos, gen)
-        return gen
 
     def admit_tokens(self, ids: list[int], max_words: int) -> None:
         """OverLimit when a continuation's text and max_words pass MAX_REQUEST_TOKENS (with
@@ -198,7 +183,7 @@ class PredictionService:
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text, need_words=True)
-        seq = lm.batcher.open()
+        seq = lm.engine.open()
         try:
             top = await seq.step(ids, req.top_k)
         finally:
@@ -207,19 +192,55 @@ class PredictionService:
             model=lm.name, tokens=lm.vocab.decode(ids), next=self.next_list(lm, top)
         )
 
-    async def continuation(
-        self, req: ContinuationRequest, stream: Delivery | None = None
-    ) -> ContinuationResponse:
+    async def continuation(self, req: ContinuationRequest) -> ContinuationResponse:
         lm = self.model(req.model)
-        gen = self.generation(lm, req, feed_last=False, stream=stream)
-        ids = self.encode(lm, req.text, need_words=True)
-        self.admit_tokens(ids, req.max_words)
-        seq = lm.batcher.open()
+        params, ids = self.continuation_input(lm, req, None)
+        seq = lm.engine.open()
         try:
-            await seq.generate(ids, gen)
+            gen = await seq.generate(ids, params)
         finally:
             seq.close()
         return ContinuationResponse(**generated(lm, gen))
+
+    def continuation_input(
+        self,
+        lm: LoadedModel,
+        req: ContinuationRequest | SessionContinuationRequest,
+        lease: Lease | None,
+    ) -> tuple[SamplingParams, list[int]]:
+        """A continuation's sampling parameters and text ids, checked (a session's: its
+        words advance it, and with no text it continues from what it saw)."""
+        params = self.sampling(lm, req, feed_last=lease is not None)
+        ids = self.encode(lm, req.text, need_words=lease is None)
+        self.admit_tokens(ids, req.max_words)
+        if lease is not None and not ids and not lease.tokens_seen:
+            raise BadText("the session has seen no word yet: give a text to continue from")
+        return params, ids
+
+    async def continuation_stream(self, req: ContinuationRequest) -> GenerationStream:
+        """A continuation's words as they come (see `stream`)."""
+        lm = self.model(req.model)
+        return await self.stream(lm, req, None, contextlib.AsyncExitStack())
+
+    async def stream(
+        self,
+        lm: LoadedModel,
+        req: ContinuationRequest | SessionContinuationRequest,
+        lease: Lease | None,
+        stack: contextlib.AsyncExitStack,
+    ) -> GenerationStream:
+        """A continuation's stream, once its first word came: one that fails before any
+        raises its error. A session's (its `lease` entered in `stack`) is held until the
+        stream ends; if it ends early, the session keeps its text and the words sent."""
+        try:
+            params, ids = self.continuation_input(lm, req, lease)
+            stream = GenerationStream(Run(lm.engine, [ids], [Choice(0, params)], lease), stack)
+            stream.start()
+        except BaseException:
+            await stack.aclose()
+            raise
+        await stream.first()
+        return stream
 
     # -- sessions ----------------------------------------------------------------------------
     def session_info(self, r: SessionRecord) -> SessionInfo:
@@ -232,16 +253,11 @@ class PredictionService:
             expires_at=timestamp(r.expires_at),
         )
 
-    @staticmethod
-    def applied(lease: Lease) -> Applied:
-        decode = lease.model.vocab.decode
-        return lambda ids: lease.saw(decode(ids))
-
     async def _session_step(self, lease: Lease, ids: list[int], top_k: int) -> list[WordProb]:
         """Feed ids (maybe none) into the session; its top words, [] if it saw no word yet."""
         if not ids and not lease.tokens_seen:
             return []
-        top = await lease.seq.step(ids, top_k, self.applied(lease))
+        top = await lease.seq.step(ids, top_k, applied(lease))
         return self.next_list(lease.model, top)
 
     async def create_session(
@@ -298,63 +314,23 @@ class PredictionService:
         )
 
     async def session_continuation(
-        self,
-        session_id: str,
-        req: SessionContinuationRequest,
-        stream: Delivery | None = None,
-        owner: str = ANONYMOUS,
+        self, session_id: str, req: SessionContinuationRequest, owner: str = ANONYMOUS
     ) -> SessionContinuationResponse:
-        """With a `stream`, the session is held until every word was sent; if the stream
-        ends early (the client left), the session keeps its text and the words sent, no more.
-        """
         async with self.sessions.lease(session_id, owner) as lease:
             lm = lease.model  # checks come first: a bad request changes nothing
-            gen = self.generation(lm, req, feed_last=True, stream=stream)
-            ids = self.encode(lm, req.text)
-            self.admit_tokens(ids, req.max_words)
-            if not ids and not lease.tokens_seen:
-                raise BadText("the session has seen no word yet: give a text to continue from")
-            if stream is None:
-                await lease.seq.generate(ids, gen, self.applied(lease))
-            else:
-                before = self.rewind_point(lease)
-                try:
-                    await lease.seq.generate(ids, gen, self.applied(lease))
-                    await stream.drained()
-                except BaseException:
-                    await self.keep_sent(lease, before, ids + gen.words[: stream.sent])
-                    raise
+            params, ids = self.continuation_input(lm, req, lease)
+            gen = await lease.seq.generate(ids, params, applied(lease))
         return SessionContinuationResponse(
             **generated(lm, gen), session_id=lease.id, tokens_seen=lease.tokens_seen
         )
 
-    def rewind_point(self, lease: Lease) -> Rewind:
-        """The session as it is now, to come back to if a stream is cut short."""
-        return Rewind(lease.seq.export(), lease)
-
-    async def keep_sent(self, lease: Lease, before: Rewind, feed: list[int]) -> None:
-        """Back to the state before the continuation, then feed its text and the words sent
-        (feeding in pieces or whole gives the same state: that is the engine's invariant)."""
-        lease.reset()
-        lease.seq.restore(before.state)
-        lease.tokens_seen, lease.last_words = before.tokens_seen, before.last_words
-        if not feed:
-            return
-        try:
-            await lease.seq.step(feed, 1, self.applied(lease))
-        except Exception as e:  # it keeps the state from before the request
-            log.warning(
-                "session %s: the words sent could not be kept: %s", session_tag(lease.id), e
-            )
-
-
-class Rewind:
-    """A session as it was before a request."""
-
-    def __init__(self, state: ExportedState, lease: Lease):
-        self.state = state
-        self.tokens_seen = lease.tokens_seen
-        self.last_words = list(lease.last_words)
+    async def session_continuation_stream(
+        self, session_id: str, req: SessionContinuationRequest, owner: str = ANONYMOUS
+    ) -> GenerationStream:
+        """The session continuation's words as they come (see `stream`)."""
+        stack = contextlib.AsyncExitStack()
+        lease = await stack.enter_async_context(self.sessions.lease(session_id, owner))
+        return await self.stream(lease.model, req, lease, stack)
 
 
 def encode_cursor(session_id: str) -> str:

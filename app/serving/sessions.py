@@ -26,7 +26,7 @@ from app.core.errors import AtCapacity, UnknownSession
 from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel
-from app.engine.sequences import Sequence
+from app.engine.sequences import Applied, Sequence
 
 LAST_WORDS = 10  # words of its text a session remembers for display
 
@@ -66,6 +66,13 @@ class Lease(Protocol):
     def saw(self, words: list[str]) -> None: ...
 
     def reset(self) -> None: ...
+
+
+def applied(lease: Lease) -> Applied:
+    """The engine's callback that counts each piece of ids into the session's record (its
+    tokens seen, its last words) as soon as its state holds them."""
+    decode = lease.model.vocab.decode
+    return lambda ids: lease.saw(decode(ids))
 
 
 class SessionStore(abc.ABC):
@@ -214,7 +221,7 @@ class MemorySessionStore(SessionStore):
         if len(self._sessions) >= self.max_sessions:
             self._make_room(owner, server_full(self.max_sessions))
         now = self.clock()
-        session = Session(secrets.token_urlsafe(16), model, model.batcher.open(), owner, now, now)
+        session = Session(secrets.token_urlsafe(16), model, model.engine.open(), owner, now, now)
         self._sessions[session.id] = session
         self._owned.setdefault(owner, SortedList()).add(session.id)
         self._used.setdefault(owner, OrderedDict())[session.id] = session

@@ -160,14 +160,14 @@ def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
     small = {"prompt": ["three four"] * 16, "max_tokens": 5, "temperature": 0}
 
     async def scenario(c: httpx.AsyncClient) -> None:
-        batcher = app.state.service.registry.models["gru"].batcher
+        engine = app.state.service.registry.models["gru"].engine
         held = 0  # the large request's jobs in the engine at most
 
         async def watch() -> None:
             nonlocal held
             while True:
-                jobs = [*batcher._queue, *batcher._running]
-                held = max(held, sum(1 for j in jobs if j.gen and j.gen.max_words == 150))
+                jobs = [*engine._queue, *engine._running]
+                held = max(held, sum(1 for j in jobs if j.gen and j.gen.params.max_words == 150))
                 await asyncio.sleep(0)
 
         watcher = asyncio.create_task(watch())

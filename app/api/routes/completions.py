@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any
 
 import orjson
@@ -13,10 +12,10 @@ from app.api.deps import OwnerDep, ServiceDep
 from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
 from app.api.openapi import documented
 from app.api.routes import COMPLETIONS
-from app.api.sse import EventStream
+from app.api.streaming import CompletionChunks, respond
 from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse
-from app.serving.completions import ChunkWriter, CompletionService, Plan
+from app.serving.completions import CompletionService
 
 router = APIRouter(tags=["openai"])
 
@@ -98,26 +97,5 @@ async def create_completion(
     if not req.stream:  # work nobody will read stops when its client leaves
         body = await unless_client_leaves(request.receive, completions.run(plan, owner))
         return Response(status_code=CLIENT_CLOSED) if body is None else json_response(body)
-    return await stream(completions, plan, owner)
-
-
-async def stream(completions: CompletionService, plan: Plan, owner: str) -> EventStream:
-    """Start the choices, then stream them; a session stays leased until the stream ends."""
-    stack = contextlib.AsyncExitStack()
-    lease = None
-    try:
-        if plan.session_id is not None:
-            lease = await stack.enter_async_context(
-                completions.service.sessions.lease(plan.session_id, owner)
-            )
-            completions.check_session(plan, lease)
-        settings = completions.service.settings
-        events = EventStream(settings.SSE_FLUSH_MS / 1000, settings.STREAM_WRITE_TIMEOUT_SECONDS)
-        writer = ChunkWriter(completions, plan, lease, stack)
-        writer.start(events)
-    except BaseException:
-        completions.release(plan, lease)
-        await stack.aclose()
-        raise
-    events.source = writer
-    return events
+    stream = await completions.stream(plan, owner)
+    return respond(stream, CompletionChunks(stream, plan), service.settings)

@@ -46,8 +46,8 @@ async def get_ready(request: Request) -> Ready | JSONResponse:
     models, skipped = sorted(service.registry.models), service.registry.problems
     try:
         for lm in service.registry.models.values():
-            if lm.batcher.failure is not None:  # a model whose engine stopped serves nothing
-                raise NotReady(lm.batcher.failure)
+            if lm.engine.failure is not None:  # a model whose engine stopped serves nothing
+                raise NotReady(lm.engine.failure)
         await service.sessions.check()
     except NotReady as e:
         body = Ready(status="not_ready", models=models, skipped=skipped, problem=e.detail)

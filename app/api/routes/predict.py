@@ -6,7 +6,7 @@ from starlette.responses import Response
 from app.api.deps import ServiceDep
 from app.api.openapi import documented
 from app.api.routes import API_PREFIX, hot
-from app.api.streaming import event_stream
+from app.api.streaming import WordEvents, respond
 from app.schemas.common import STREAM_RESPONSE
 from app.schemas.predict import (
     ContinuationRequest,
@@ -36,9 +36,6 @@ async def create_continuation(
 ) -> ContinuationResponse | Response:
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
-        return await event_stream(
-            lambda stream: service.continuation(req, stream),
-            service.settings.SSE_FLUSH_MS / 1000,
-            service.settings.STREAM_WRITE_TIMEOUT_SECONDS,
-        )
+        stream = await service.continuation_stream(req)
+        return respond(stream, WordEvents(stream), service.settings)
     return await service.continuation(req)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.openapi import documented
 from app.api.routes import API_PREFIX, hot
-from app.api.streaming import event_stream
+from app.api.streaming import WordEvents, respond
 from app.schemas.common import STREAM_RESPONSE
 from app.schemas.sessions import (
     SessionContinuationRequest,
@@ -86,11 +86,8 @@ async def session_continuation(
     """Continue from the session's state; the generated words advance it. A stream that the
     client leaves stops there: the session keeps the words that were sent, no more."""
     if req.stream:
-        return await event_stream(
-            lambda stream: service.session_continuation(session_id, req, stream, owner),
-            service.settings.SSE_FLUSH_MS / 1000,
-            service.settings.STREAM_WRITE_TIMEOUT_SECONDS,
-        )
+        stream = await service.session_continuation_stream(session_id, req, owner)
+        return respond(stream, WordEvents(stream), service.settings)
     return await service.session_continuation(session_id, req, owner=owner)
 
 

@@ -80,7 +80,7 @@ def test_pieces_equal_the_whole_under_concurrency(store, backend, variant, batch
                 _, h = lm.checkpoint.model(ids)
             for name, part in h.items():
                 torch.testing.assert_close(state[name], part[0], atol=1e-5, rtol=0)
-        return lm.batcher.stats
+        return lm.engine.stats
 
     stats = run_app(app, scenario)
     assert stats.batches < stats.rows  # requests really were batched together
@@ -98,7 +98,7 @@ def test_large_batches_equal_one_at_a_time(store):
         )
         registry = app.state.service.registry
         lm = registry.models[registry.default]  # gru-copy: its state has four parts
-        stats = (lm.batcher.stats.batches, lm.batcher.stats.rows)
+        stats = (lm.engine.stats.batches, lm.engine.stats.rows)
         alone = [(await c.post("/v1/next-word", json={"text": t, "top_k": 40})) for t in texts]
         return together, alone, stats
 

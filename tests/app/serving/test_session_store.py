@@ -14,7 +14,7 @@ import torch
 
 from app.core.errors import AtCapacity, NotReady, UnknownSession
 from app.core.security import ANONYMOUS
-from app.engine.batcher import StepBatcher
+from app.engine.engine import Engine
 from app.engine.sequences import ExportedState
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -29,8 +29,8 @@ def model():
     engine: the stores open, export and close its sequences."""
     vocab = Vocab(("xxunk", "one", ","))
     lm = build_model(ModelConfig("gru", vocab_size=len(vocab), hidden=4))
-    batcher = StepBatcher(lm, vocab, torch.device("cpu"), name="m")
-    return SimpleNamespace(name="m", batcher=batcher, device=batcher.device)
+    engine = Engine(lm, vocab, torch.device("cpu"), name="m")
+    return SimpleNamespace(name="m", engine=engine, device=engine.device)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -83,16 +83,14 @@ def test_a_lease_keeps_its_work_and_describe_shows_it(make, model):
         assert (r.model, r.tokens_seen, r.last_words) == ("m", 0, [])
         assert r.expires_at == pytest.approx(r.created + 100, abs=0.01)
         async with store.lease(r.id, A) as lease:
-            lease.seq.restore(
-                ExportedState.pack({"h": torch.full((1, 4), 0.5)}, model.batcher.spec)
-            )
+            lease.seq.restore(ExportedState.pack({"h": torch.full((1, 4), 0.5)}, model.engine.spec))
             lease.saw(["one", ","])
         async with store.lease(r.id, A) as lease:
             assert lease.tokens_seen == 2 and lease.last_words == ["one", ","]
             assert torch.equal(lease.seq.state()["h"], torch.full((1, 4), 0.5))
         got = await store.describe(r.id, A)
         assert (got.tokens_seen, got.last_words, got.created) == (2, ["one", ","], r.created)
-        assert model.batcher.open_sequences == (1 if isinstance(store, MemorySessionStore) else 0)
+        assert model.engine.open_sequences == (1 if isinstance(store, MemorySessionStore) else 0)
 
     run(make, scenario)
 

@@ -13,8 +13,10 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from app.engine.generation import Generation
+from app.engine.params import SamplingParams
+from app.engine.sampling import adjusted
 from app.main import create_app
-from app.serving.completions import CompletionGeneration
 from tests.app.conftest import VARIANTS, make_settings, run_app
 
 PROMPT = "one thousand one hundred one , one thousand one hundred two ,"
@@ -243,9 +245,6 @@ def test_logit_bias_by_word_and_by_id(oai, http):
 
 def test_penalties_as_openai_defines_them():
     row = [0.0, 0.5, 0.3, 0.2]
-    gen = CompletionGeneration(
-        max_words=5, presence=0.5, frequency=1.0, bias=[0.0, 0.0, 0.0, 1.0], counts={1: 2, 2: 1}
-    )
     # logit_j - count_j * frequency - (count_j > 0) * presence + bias_j, then softmax
     logits = [
         -math.inf,
@@ -254,8 +253,24 @@ def test_penalties_as_openai_defines_them():
         math.log(0.2) + 1.0,
     ]
     z = sum(math.exp(x) for x in logits[1:])
-    assert gen.adjusted(row) == pytest.approx([0.0] + [math.exp(x) / z for x in logits[1:]])
-    assert gen.choose(row) == 3  # temperature 0 over the adjusted row
+    got = adjusted(row, (0.0, 0.0, 0.0, 1.0), {1: 2, 2: 1}, 0.5, 1.0)
+    assert got == pytest.approx([0.0] + [math.exp(x) / z for x in logits[1:]])
+    # the engine's generation counts its words and chooses greedily over the adjusted row
+    params = SamplingParams(
+        max_words=5, presence_penalty=0.5, frequency_penalty=1.0, logit_bias=(0.0, 0.0, 0.0, 1.0)
+    )
+    loop = asyncio.new_event_loop()
+    gen = Generation(params, ("a", "b", "c", "d"), None, loop.create_future())
+    loop.close()
+    assert not gen.greedy()  # the penalties need the row: never the batch's argmax
+    picks = [gen.choose(row) for _ in range(4)]
+    want, counts = [], {}
+    for _ in range(4):
+        adj = adjusted(row, (0.0, 0.0, 0.0, 1.0), counts, 0.5, 1.0)
+        word = max(range(4), key=adj.__getitem__)
+        want.append(word)
+        counts[word] = counts.get(word, 0) + 1
+    assert picks == want and picks[0] == 3 and len(set(picks)) > 1
 
 
 def test_frequency_penalty_changes_what_greedy_repeats(oai):
@@ -366,7 +381,7 @@ def test_too_long_and_at_capacity(store):
         busy = asyncio.create_task(
             c.post("/v1/completions", json={"prompt": ["one", "two"], "max_tokens": 200})
         )
-        while not busy.done() and not app.state.service.registry.get("gru").batcher._queue:
+        while not busy.done() and not app.state.service.registry.get("gru").engine.queued:
             await asyncio.sleep(0)
         r = await c.post("/v1/completions", json={"prompt": ["three"], "max_tokens": 2})
         assert (await busy).status_code == 200

@@ -21,7 +21,7 @@ def poison(app, model=None):
     registry = app.state.service.registry
     lm = registry.models[model or registry.default]
     bad = lm.vocab.stoi[POISON]
-    advance = lm.batcher.model.advance_state
+    advance = lm.engine.model.advance_state
     failed = []
 
     def failing(x, state, lengths=None):
@@ -30,7 +30,7 @@ def poison(app, model=None):
             raise RuntimeError("boom: a weight went bad")
         return advance(x, state, lengths)
 
-    lm.batcher.model.advance_state = failing
+    lm.engine.model.advance_state = failing
     return failed
 
 
@@ -75,8 +75,8 @@ def test_a_callback_that_raises_fails_its_job_only(store):
 
     async def scenario(c):
         lm = app.state.service.registry.models["gru"]
-        batcher = lm.batcher
-        seq, other = batcher.open(), batcher.open()
+        engine = lm.engine
+        seq, other = engine.open(), engine.open()
 
         def broken(_ids):
             raise ValueError("bookkeeping broke")
@@ -101,12 +101,12 @@ class Fatal(BaseException):
 
 def test_a_stopped_loop_means_not_ready_and_fast_failures(store):
     with TestClient(create_app(make_settings(store, DEFAULT_MODEL="gru"))) as c:
-        batcher = c.app.state.service.registry.models["gru"].batcher
+        engine = c.app.state.service.registry.models["gru"].engine
 
         def die(batch):
             raise Fatal("the loop is gone")
 
-        batcher._run = die
+        engine._run = die
         r = c.post("/v1/next-word", json={"text": "one"})  # in flight when it dies: answered
         assert r.status_code == 503, r.text
         assert r.json()["detail"] == "the engine of model 'gru' stopped (Fatal: the loop is gone)"
@@ -135,11 +135,11 @@ def test_shutdown_is_clean_whatever_the_loop_did(store, cancelled):
     app = create_app(make_settings(store, DEFAULT_MODEL="gru"))
 
     async def scenario(c):
-        batcher = app.state.service.registry.models["gru"].batcher
+        engine = app.state.service.registry.models["gru"].engine
         if cancelled:
-            batcher._task.cancel()
+            engine._task.cancel()
         else:
-            batcher._run = lambda batch: (_ for _ in ()).throw(Fatal("gone"))
+            engine._run = lambda batch: (_ for _ in ()).throw(Fatal("gone"))
         r = await c.post("/v1/next-word", json={"text": "one"})
         return r, await c.get("/ready")
 

@@ -1,4 +1,4 @@
-"""The step batcher: continuous batching of every sequence of one model.
+"""The engine: continuous batching of every sequence of one model.
 
 A job feeds token ids into a sequence's state and then either returns the next-word
 distribution (a step) or goes on generating words, each fed back in (a generation). One loop
@@ -8,15 +8,15 @@ pass, and resolves the jobs that are done. Jobs that arrive meanwhile join the n
 generations advance together, one word per pass, and leave the batch when they finish. Long
 inputs are fed `prefill_chunk` ids per pass, so one long text does not pad everyone's batch.
 
-The batcher owns the sequences' states (a `SlotPool`); callers `open` a `Sequence` handle and
-never see where its state is.
+The engine owns the sequences' states (a `SlotPool`); callers `open` a `Sequence` handle
+(app.engine.sequences) and never see where its state is, nor a job. Its health: `failure`
+(why its loop stopped, if it did) and the counts of its passes (`stats`, `observe`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 import torch
 
 from app.core.errors import AtCapacity, EngineFailure, NotReady
-from app.engine.sampling import sample, top_words
-from app.engine.sequences import ExportedState, Sequence, SequenceClosed
+from app.engine.generation import Generation
+from app.engine.sampling import top_words
+from app.engine.sequences import ExportedState, Host, Job, Sequence, SequenceClosed
 from app.engine.slots import SlotPool
 from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, start_state
 
-Applied = Callable[[list[int]], None]  # told each piece of ids once the state holds it
 # A row of the batch for one job: its next-word probabilities, or for a greedy generation its
 # likeliest word and that word's probability.
 Row = list[float] | tuple[int, float]
+Observer = Callable[[int, int, int], None]  # told (rows, tokens, words) of every pass
 log = logging.getLogger("app.engine")
 
 
@@ -42,49 +43,8 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}".rstrip(": ")
 
 
-@dataclass(slots=True)
-class Generation:
-    """Options and progress of a generating job."""
-
-    max_words: int
-    temperature: float = 0.0  # 0: greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    rng: random.Random = field(default_factory=random.Random)
-    stop: frozenset[int] = frozenset()  # ids that end it; never returned nor fed
-    feed_last: bool = False  # feed the last word too (sessions: the words advance the state)
-    on_word: Callable[[int, float], None] | None = None  # each word as it comes (streams)
-    words: list[int] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
-    finish: str | None = None  # "stop" or "length" once decided
-
-    def greedy(self) -> bool:
-        """Whether the next word is the likeliest of the row, as it is: the engine then picks
-        it for the whole batch at once, and `choose` is not called."""
-        return self.temperature == 0
-
-    def choose(self, row: list[float]) -> int:
-        if self.temperature == 0:
-            return max(range(len(row)), key=row.__getitem__)
-        return sample(row, self.temperature, self.top_k, self.top_p, self.rng)
-
-    def stops(self, word: int) -> bool:
-        """Whether `word`, just chosen, ends the generation (it is neither returned nor fed)."""
-        return word in self.stop
-
-
-@dataclass(eq=False, slots=True)
-class Job:
-    seq: Sequence
-    feed: list[int]  # ids still to feed
-    future: asyncio.Future[object]
-    top_k: int = 0  # a step answers its top_k words
-    gen: Generation | None = None
-    on_applied: Applied | None = None
-
-
 @dataclass
-class BatcherConfig:
+class EngineConfig:
     max_batch: int = 256  # jobs in one forward
     max_queue: int = 4096  # jobs waiting or running before AtCapacity
     batch_wait_s: float = 0.0  # wait this long for a fuller batch when not full (0: never)
@@ -97,7 +57,7 @@ class BatchStats:
     rows: int = 0
     tokens: int = 0  # ids fed into states
     words: int = 0  # words generated
-    observers: list[Callable[[int, int, int], None]] = field(default_factory=list)
+    observers: list[Observer] = field(default_factory=list)
 
     def record(self, rows: int, tokens: int, words: int) -> None:
         self.batches += 1
@@ -108,20 +68,23 @@ class BatchStats:
             observe(rows, tokens, words)
 
 
-class StepBatcher:
+class Engine:
+    """One model's engine: `open` sequences on it (app.engine.sequences: step, generate,
+    export, close), `start` its loop and `stop` it; `failure` says why it stopped serving."""
+
     def __init__(
         self,
         model: HumanNumbersLM,
         vocab: Vocab,
         device: torch.device,
-        config: BatcherConfig | None = None,
+        config: EngineConfig | None = None,
         name: str = "model",
     ):
         self.name = name
         self.model = model
         self.vocab = vocab
         self.device = device
-        self.config = config or BatcherConfig()
+        self.config = config or EngineConfig()
         self.spec: dict[str, StateSpec] = model.state_spec
         # A sequence starts after an implicit xxbos, as every text the model was trained on
         # (model_store.start_state): new, reset and reused rows all read as this state. A
@@ -139,13 +102,30 @@ class StepBatcher:
         self._task: asyncio.Task[None] | None = None
         self._running: list[Job] = []  # the batch of the pass under way
         self._closed = False
-        self.failure: str | None = None  # why the loop stopped, if it ever does
+        self._failure: str | None = None  # why the loop stopped, if it ever does
+        self._host = Host(name, self._pool, vocab.itos, self._enqueue)
+
+    # -- health ----------------------------------------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        """Why the engine stopped serving, if it did (its loop died): it then refuses every
+        request with NotReady, and /ready says so."""
+        return self._failure
+
+    def observe(self, observer: Observer) -> None:
+        """Tell `observer` the rows, tokens fed and words generated of every pass."""
+        self.stats.observers.append(observer)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting or running."""
+        return len(self._queue) + len(self._running)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        assert self._task is None, "batcher already started"
+        assert self._task is None, "engine already started"
         self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"step-batcher-{self.name}"
+            self._loop(), name=f"engine-{self.name}"
         )
         self._task.add_done_callback(self._ended)
 
@@ -153,9 +133,9 @@ class StepBatcher:
         """The loop ended: on purpose (stop), or it died. Either way nobody waits forever."""
         if not self._closed:
             why = "it was cancelled" if task.cancelled() else describe(task.exception())  # type: ignore[arg-type]
-            self.failure = f"the engine of model {self.name!r} stopped ({why})"
-            log.error("%s", self.failure, exc_info=None if task.cancelled() else task.exception())
-        self._fail_all(NotReady(self.failure or "the server is shutting down"))
+            self._failure = f"the engine of model {self.name!r} stopped ({why})"
+            log.error("%s", self._failure, exc_info=None if task.cancelled() else task.exception())
+        self._fail_all(NotReady(self._failure or "the server is shutting down"))
 
     def _fail_all(self, error: Exception) -> None:
         for job in [*self._running, *self._queue]:
@@ -175,45 +155,29 @@ class StepBatcher:
         """A new sequence at the start state (model_store.start_state), or at an exported one
         (LayoutMismatch if it does not fit this model's layout: nothing is opened then)."""
         state = saved.unpack(self.spec) if saved is not None else None
-        seq = Sequence(self, self._pool.alloc())
+        row = self._pool.alloc()
         if state is not None:
-            self._pool.write(seq.row, state)
-        return seq
+            self._pool.write(row, state)
+        return Sequence(self._host, row)
 
     @property
     def open_sequences(self) -> int:
         return self._pool.in_use
 
-    # -- requests --------------------------------------------------------------------------
-    def submit(
-        self,
-        seq: Sequence,
-        feed: list[int],
-        top_k: int = 0,
-        gen: Generation | None = None,
-        on_applied: Applied | None = None,
-        reserved: bool = False,
-    ) -> Job:
-        """Queue a job: feed `feed` into `seq`'s state, then answer the `top_k` next words,
-        or go on generating with `gen`. Its future resolves with the answer (None for a
-        generation, whose words are in `gen`). A `reserved` job takes the place of one of
-        its request's that just ended, so a full queue does not refuse it."""
-        if seq._row < 0 or seq._engine is not self:  # refused before anything is queued
-            assert seq._engine is self, "a sequence of another model"
-            raise seq.closed_error()
-        if self.failure is not None:
-            raise NotReady(self.failure)
+    def _enqueue(self, job: Job, reserved: bool) -> None:
+        """Queue a job of one of this engine's sequences; its future resolves with the answer
+        (None for a generation, whose words are in `job.gen`). A `reserved` job takes the
+        place of one of its request's that just ended, so a full queue does not refuse it."""
+        if self._failure is not None:
+            raise NotReady(self._failure)
         if self._closed:
             raise NotReady("the server is shutting down")
         if len(self._queue) >= self.config.max_queue and not reserved:
             raise AtCapacity(
                 f"the server is at capacity ({len(self._queue)} jobs queued): retry shortly"
             )
-        future = asyncio.get_running_loop().create_future()
-        job = Job(seq, feed, future, top_k, gen, on_applied)
         self._queue.append(job)
         self._has_work.set()
-        return job
 
     # -- the loop --------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -227,7 +191,7 @@ class StepBatcher:
                 job = self._queue.popleft()
                 if job.future.done():  # a cancelled caller's job is dropped, never applied
                     continue
-                if job.seq._row < 0:  # closed: its row may be another sequence's by now
+                if job.seq.closed:  # its row may be another sequence's by now
                     fail(job, SequenceClosed("the sequence was closed before its job ran"))
                     continue
                 batch.append(job)
@@ -286,26 +250,19 @@ class StepBatcher:
             word = gen.choose(row)
             prob = row[word]
         if gen.stops(word):
-            gen.finish = "stop"
             job.future.set_result(None)
             return 0
-        gen.words.append(word)
-        gen.probs.append(prob)
-        if gen.on_word is not None:
-            gen.on_word(word, prob)
-        if len(gen.words) == gen.max_words:
-            gen.finish = "length"
-            if not gen.feed_last:
-                job.future.set_result(None)
-                return 1
-        job.feed = [word]
+        if gen.take(word, prob):
+            job.feed = [word]
+        else:
+            job.future.set_result(None)
         return 1
 
     def _forward(self, batch: list[Job]) -> tuple[list[Row | None], int]:
         """One batched forward: gather, advance, scatter. For each job whose ids are all fed
         now, its next-word probabilities, or its likeliest word and its probability if it
         generates greedily (None for a job with more to feed); the ids fed."""
-        at = [j.seq._row for j in batch]
+        at = [j.seq.row for j in batch]
         assert len(set(at)) == len(at), "a sequence appears twice in a batch"
         chunk = self.config.prefill_chunk
         pieces = [job.feed[:chunk] for job in batch]  # job.feed shrinks once the states hold them
