@@ -30,12 +30,21 @@ def free_port() -> int:
 class AppProcess:
     """`python -m app --store STORE` on a free port; the settings come from `env`, over this
     process's environment (DEVICE cpu and LOG_LEVEL info unless given). With `capture` its
-    output is kept in `output` (read when it stops); else it goes nowhere."""
+    output is kept in `output` (read when it stops); else it goes nowhere. With `cwd` the app
+    is the one of that checkout (a benchmark's "before" tree), else this one's."""
 
     READY_S = 120  # the models load and warm up first
 
-    def __init__(self, store: Path, port: int | None = None, capture: bool = True, **env: str):
+    def __init__(
+        self,
+        store: Path,
+        port: int | None = None,
+        capture: bool = True,
+        cwd: Path | None = None,
+        **env: str,
+    ):
         self.store = store
+        self.cwd = cwd
         self.port = port or free_port()
         self.base = f"http://{HOST}:{self.port}"
         self.env = {**os.environ, "DEVICE": "cpu", "LOG_LEVEL": "info", **env}
@@ -53,6 +62,7 @@ class AppProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + self.READY_S
         while time.monotonic() < deadline:

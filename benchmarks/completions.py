@@ -26,9 +26,8 @@ import tempfile
 from pathlib import Path
 
 from app.core.config import Settings
-from benchmarks.serving import Server, lua_post, train_store, wrk
+from benchmarks.serving import Server, lua_post, prompt_list, train_store, wrk
 
-WORDS = ["one", "two", "three", "seven", "eight", "nine", "twenty", "hundred", "thousand"]
 EARLIER_SSE = 23_694  # words/s of 256 streams before (docs/benchmarks.md, an idle machine)
 GOAL = 2.5
 
@@ -52,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         store = args.store or train_store(tmp / "store")
-        prompts = [f"{WORDS[i % 9]} thousand {WORDS[(i // 9) % 9]} ," for i in range(256)]
+        prompts = prompt_list()
         batch = lua_post(
             tmp,
             "batch",

@@ -12,7 +12,11 @@ Prints, measured side by side in one run:
 - session next-word at 64 connections with the Redis store (one and two replicas) vs memory;
 - session next-word at 64 connections with API keys on (`Authorization: Bearer`) vs off;
 - with several --models: session next-word at 64 connections of each model on one server,
-  driven in turn, and the RSS of 100,000 idle sessions of each.
+  driven in turn, and the RSS of 100,000 idle sessions of each;
+- with --before CHECKOUT (another tree of this repo, e.g. `git worktree add /tmp/before REV`):
+  that tree's server and this one's, up at once on one store and driven in turn: session
+  next-word at 64 connections and /v1/completions with lists of 256 prompts (max_tokens 1,
+  4 connections).
 Needs `wrk` and `redis-server` (Debian packages). Trains the --models (`gru` by default) into
 a temp store unless --store. The first of --models is the server's default model, which the
 parts that name no model measure.
@@ -47,9 +51,9 @@ class Server(AppProcess):
     """The app as the benchmarks run it: DEVICE from this environment (auto if unset),
     warnings only in its log, its output dropped."""
 
-    def __init__(self, store: Path, **env: str):
+    def __init__(self, store: Path, cwd: Path | None = None, **env: str):
         defaults = {"DEVICE": os.environ.get("DEVICE", "auto"), "LOG_LEVEL": "warning"}
-        super().__init__(store, capture=False, **(defaults | env))
+        super().__init__(store, capture=False, cwd=cwd, **(defaults | env))
 
 
 def parse_latency(text: str) -> float:
@@ -318,6 +322,72 @@ def keys_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3
         )
 
 
+def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3) -> None:
+    """This tree's server against --before's, both up at once on one store, driven in turn
+    `rounds` times (before, after, before, ...), so a load from elsewhere falls on both alike:
+    session next-word at 64 connections, then /v1/completions with lists of 256 prompts. Beside
+    the rates, the same per CPU-second of the server process: less noisy on a shared machine."""
+    prompts = prompt_list()
+    batch = lua_post(
+        tmp / "trees",
+        "batch",
+        "/v1/completions",
+        {"model": args.models[0], "prompt": prompts, "max_tokens": 1, "temperature": 0},
+    )
+    loads = (("next-word", 64, None, 1), ("completions, 256 prompts", 4, batch, len(prompts)))
+    trees = (("before", args.before), ("after", None))
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for label, cwd in trees:
+            srv = stack.enter_context(Server(store, cwd=cwd))
+            ids = asyncio.run(create_sessions(srv.base, args.sessions))
+            script = lua_sessions(ids, tmp / f"trees-{label}")
+            wrk(srv.base, 16, 1, script)  # warm-up
+            wrk(srv.base, 4, 1, batch)
+            targets.append((label, srv, script))
+        for i in range(rounds):
+            for load, conns, body, _ in loads:
+                for label, srv, script in targets:
+                    cpu = srv.cpu_s()
+                    r = wrk(srv.base, conns, args.duration, body or script)
+                    r["cpu_s"] = srv.cpu_s() - cpu
+                    runs.setdefault((load, label), []).append(r)
+                b, a = runs[(load, "before")][-1]["rps"], runs[(load, "after")][-1]["rps"]
+                print(f"  round {i + 1}, {load}: before {b:.0f}, after {a:.0f} req/s", flush=True)
+    print(
+        f"\nthis tree against {args.before}, {rounds} rounds of {args.duration:g} s each, in turn:"
+    )
+    for load, conns, _, per in loads:
+        rps = {t: sum(r["rps"] for r in runs[(load, t)]) / rounds for t, _ in trees}
+        per_cpu = {
+            t: sum(r["rps"] * args.duration for r in runs[(load, t)])
+            / sum(r["cpu_s"] for r in runs[(load, t)])
+            for t, _ in trees
+        }
+        ratios = " ".join(
+            f"{a['rps'] / b['rps']:.2f}"
+            for a, b in zip(runs[(load, "after")], runs[(load, "before")], strict=True)
+        )
+        errors = sum(r["errors"] for t, _ in trees for r in runs[(load, t)])
+        print(
+            f"  {load:<26} {conns:>2} conns: before {rps['before'] * per:>8.0f}, after "
+            f"{rps['after'] * per:>8.0f} {'predictions' if per > 1 else 'req'}/s (means): "
+            f"{rps['after'] / rps['before']:.2f}x (rounds: {ratios}); per server CPU-second: "
+            f"{per_cpu['before'] * per:.0f} vs {per_cpu['after'] * per:.0f}, "
+            f"{per_cpu['after'] / per_cpu['before']:.2f}x"
+            + (f"  ({errors} non-2xx)" if errors else "")
+        )
+
+
+WORDS = ["one", "two", "three", "seven", "eight", "nine", "twenty", "hundred", "thousand"]
+
+
+def prompt_list(n: int = 256) -> list[str]:
+    """`n` short prompts, most of them different (the completions benchmarks' lists)."""
+    return [f"{WORDS[i % 9]} thousand {WORDS[(i // 9) % 9]} ," for i in range(n)]
+
+
 def train_store(folder: Path, variants: Sequence[str] = ("gru",)) -> Path:
     for variant in variants:
         subprocess.run(
@@ -387,7 +457,16 @@ def main() -> None:
     p.add_argument(
         "--parts",
         default="serving,memory,redis,keys,models",
-        help="comma-separated: serving, memory, redis, keys, models (with 2+ --models)",
+        help="comma-separated: serving, memory, redis, keys, models (with 2+ --models), "
+        "trees (with --before)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the keys, models and trees parts"
+    )
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout of this repo to measure this tree against (the trees part)",
     )
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -411,9 +490,11 @@ def main() -> None:
         if "redis" in args.parts:
             redis_table(store, args, tmp)
         if "keys" in args.parts:
-            keys_table(store, args, tmp)
+            keys_table(store, args, tmp, args.rounds)
         if "models" in args.parts and len(args.models) > 1:
-            models_table(store, args, tmp)
+            models_table(store, args, tmp, args.rounds)
+        if args.before is not None:
+            trees_table(store, args, tmp, args.rounds)
         if "memory" in args.parts:
             print()
             for model in args.models:
