@@ -34,7 +34,12 @@ from benchmarks.serving import Server, create_sessions, lua_sessions, train_stor
 from launchers import HOST
 
 BENCH_KEY = "bench-key-0123456789abcdef"
-DEPLOYED = {"API_KEYS": BENCH_KEY, "MAX_SESSIONS_PER_KEY": "100000", "ACCESS_LOG": "true"}
+DEPLOYED = {  # as a deployment runs: keys on, access log on (info level), metrics (always on)
+    "API_KEYS": BENCH_KEY,
+    "MAX_SESSIONS_PER_KEY": "100000",
+    "ACCESS_LOG": "true",
+    "LOG_LEVEL": "info",
+}
 BODY = b'{"status":"ok"}'  # 15 bytes, as our /health's
 
 
