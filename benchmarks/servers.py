@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -40,6 +41,7 @@ DEPLOYED = {  # as a deployment runs: keys on, access log on (info level), metri
     "ACCESS_LOG": "true",
     "LOG_LEVEL": "info",
 }
+NO_LOG = "ours /health (uvicorn, no access log)"
 BODY = b'{"status":"ok"}'  # 15 bytes, as our /health's
 
 
@@ -144,7 +146,7 @@ def summary(
 
 def row(label: str, s: dict[str, Any], ref_label: str | None = None, percent: bool = False) -> str:
     """One table line of `summary`'s figures."""
-    line = f"  {label:<34} {s['rps']:>8.0f} req/s  p50 {s['p50']:>6.2f} ms  p99 {s['p99']:>6.2f} ms"
+    line = f"  {label:<38} {s['rps']:>8.0f} req/s  p50 {s['p50']:>6.2f} ms  p99 {s['p99']:>6.2f} ms"
     if "cpu_ms" in s:
         line += f"  {s['cpu_ms']:.3f} CPU-ms/req"
     if ref_label is not None:
@@ -162,16 +164,20 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sessions", type=int, default=100, help="live sessions for next-word")
+    p.add_argument(
+        "--access-log-off-too",
+        action="store_true",
+        help="also our /health on uvicorn with ACCESS_LOG=false (what the log costs)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         store = args.store or train_store(tmp / "store", ["gru-copy"])
         print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, load {os.getloadavg()}")
-        with (
-            Server(store, **DEPLOYED) as ours,
-            Granian(store, **DEPLOYED) as gran,
-            BareUvicorn(store) as bare_srv,
-        ):
+        with contextlib.ExitStack() as stack:
+            ours = stack.enter_context(Server(store, **DEPLOYED))
+            gran = stack.enter_context(Granian(store, **DEPLOYED))
+            bare_srv = stack.enter_context(BareUvicorn(store))
             scripts = {}
             for name, srv in (("uvicorn", ours), ("granian", gran)):
                 ids = asyncio.run(create_sessions(srv.base, args.sessions, BENCH_KEY))
@@ -183,6 +189,9 @@ def main() -> None:
                 Case("ours next-word (uvicorn)", ours.base, 64, scripts["uvicorn"], ours.cpu_s),
                 Case("ours next-word (granian)", gran.base, 64, scripts["granian"], gran.cpu_s),
             ]
+            if args.access_log_off_too:
+                quiet = stack.enter_context(Server(store, **(DEPLOYED | {"ACCESS_LOG": "false"})))
+                cases.insert(2, Case(NO_LOG, f"{quiet.base}/health", 64, None, quiet.cpu_s))
             runs = in_turn(cases, args.rounds, args.duration)
         print(
             f"\n64 connections, wrk -t1, {args.rounds} rounds of {args.duration:g} s, in turn, "
@@ -190,7 +199,9 @@ def main() -> None:
         )
         bare_runs = runs["bare ASGI /health"]
         print(row("bare ASGI /health (uvicorn)", summary(bare_runs)))
-        for label in ("ours /health (uvicorn)", "ours /health (granian)"):
+        for label in ("ours /health (uvicorn)", NO_LOG, "ours /health (granian)"):
+            if label not in runs:
+                continue
             print(row(label, summary(runs[label], bare_runs), "bare", percent=True))
         uv = runs["ours next-word (uvicorn)"]
         print(row("ours next-word (uvicorn)", summary(uv)))
