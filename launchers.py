@@ -52,12 +52,16 @@ class AppProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
 
+    def command(self) -> list[str]:
+        """What runs: `python -m app` (a benchmark's subclass runs the app otherwise)."""
+        args = ["--store", str(self.store), "--host", HOST, "--port", str(self.port)]
+        return [sys.executable, "-m", "app", *args]
+
     def start(self, wait_ready: bool = True) -> AppProcess:
         """Start it and wait until /ready answers 200 (any answer: `wait_ready` False)."""
         out = subprocess.PIPE if self.capture else subprocess.DEVNULL
-        args = ["--store", str(self.store), "--host", HOST, "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", *args],
+            self.command(),
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

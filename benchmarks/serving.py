@@ -73,6 +73,7 @@ def wrk(url: str, conns: int, duration: float, script: Path | None = None) -> di
         "p50": parse_latency(pct["50"]),
         "p99": parse_latency(pct["99"]),
         "errors": int(errors.group(1)) if errors else 0,
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
     }
 
 
