@@ -1,0 +1,109 @@
+"""gru-copy's fast serving step (model_store.copy_step) computes what the modules compute: on
+random states of random models, fresh and long-fed, for every kind of gru-copy and any number
+of rows, a one-word `advance_state` and `head_state` equal the modules' path (the reference,
+`fast_step = False`), and each row of a batch equals that row stepped alone."""
+
+import pytest
+import torch
+
+from model_store import ModelConfig, build_model
+from model_store.models import CopyGRU
+
+KINDS = {  # (copy_value, copy_start)
+    "plain": (False, False),
+    "copy_value": (True, False),
+    "copy_start": (True, True),
+}
+
+
+def random_model(seed: int, copy_value: bool, copy_start: bool) -> CopyGRU:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        "gru-copy", hidden=48, copy_window=8, key_size=16, copy_value=copy_value,
+        copy_start=copy_start,
+    )  # fmt: skip
+    model = build_model(config).eval()
+    with torch.no_grad():  # weights and statistics far from their initial values
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.sentinel.bias.fill_(-1.0)  # a copy path that gets much of the mass
+    assert isinstance(model, CopyGRU)
+    return model
+
+
+def random_state(model: CopyGRU, rows: int, seed: int) -> dict[str, torch.Tensor]:
+    """Rows at the zero state, after one id, and after texts longer than the window."""
+    g = torch.Generator().manual_seed(seed)
+    state = model.init_state(rows)
+    model.fast_step = False
+    for row in range(rows):
+        n = [0, 1, 3, 30][row % 4]
+        if n:
+            ids = torch.randint(0, model.config.vocab_size, (1, n), generator=g)
+            fed = model.advance_state(ids, model.init_state(1))
+            for name in state:
+                state[name][row] = fed[name][0]
+    model.fast_step = True
+    return state
+
+
+def step(model: CopyGRU, x: torch.Tensor, state: dict[str, torch.Tensor], fast: bool):
+    model.fast_step = fast
+    try:
+        new = model.advance_state(x, state)
+        return new, model.head_state(new)
+    finally:
+        model.fast_step = True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_the_fast_step_computes_what_the_modules_compute(kind: str, rows: int) -> None:
+    for seed in range(3):
+        model = random_model(seed, *KINDS[kind])
+        state = random_state(model, rows, seed)
+        x = torch.randint(0, model.config.vocab_size, (rows, 1))
+        with torch.inference_mode():
+            ref_state, ref_logp = step(model, x, state, fast=False)
+            new, logp = step(model, x, state, fast=True)
+        assert new.keys() == ref_state.keys()
+        for name, part in ref_state.items():
+            assert new[name].dtype == part.dtype and new[name].shape == part.shape, name
+            torch.testing.assert_close(new[name], part, rtol=1e-6, atol=1e-6, msg=name)
+        torch.testing.assert_close(logp, ref_logp, rtol=1e-6, atol=1e-6)
+        assert torch.isfinite(logp).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_row_of_a_fast_batch_equals_the_row_alone(kind: str) -> None:
+    model = random_model(7, *KINDS[kind])
+    state = random_state(model, 12, 7)
+    x = torch.randint(0, model.config.vocab_size, (12, 1))
+    with torch.inference_mode():
+        new, logp = step(model, x, state, fast=True)
+        for row in range(12):
+            alone = {name: part[row : row + 1] for name, part in state.items()}
+            new_1, logp_1 = step(model, x[row : row + 1], alone, fast=True)
+            torch.testing.assert_close(logp_1[0], logp[row], rtol=1e-6, atol=1e-6)
+            for name, part in new_1.items():
+                torch.testing.assert_close(part[0], new[name][row], rtol=1e-6, atol=1e-6)
+
+
+def test_the_fast_head_follows_the_weights() -> None:
+    """Nothing derived from the weights goes stale: change one, the answer changes with it."""
+    model = random_model(3, True, False)
+    state = random_state(model, 4, 3)
+    with torch.inference_mode():
+        before = model.head_state(state)
+    with torch.no_grad():
+        model.h_o.bias[5] += 3.0
+        model.value.weight.mul_(2.0)  # type: ignore[union-attr]
+    with torch.inference_mode():
+        after = model.head_state(state)
+        torch.testing.assert_close(after, model.head_state(state))
+        model.fast_step = False
+        torch.testing.assert_close(after, model.head_state(state), rtol=1e-6, atol=1e-6)
+        model.fast_step = True
+    assert not torch.allclose(before, after)
