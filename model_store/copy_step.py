@@ -1,14 +1,28 @@
-"""gru-copy's serving step, one token a row, in as few operations as it can be.
+"""gru-copy's serving step, one word a row, in as few operations as it can be.
 
 The engine steps many sequences by one word each: `CopyGRU.advance_state` on (B, 1) ids, then
-`CopyGRU.head_state`. Written with the model's modules, that step is some 40 small operations
-for 64 rows, most of their time spent in Python (module calls, shape checks) rather than in
-arithmetic. Here the same operations, on the same shapes in the same order, are plain tensor
-functions compiled once by TorchScript, so they return the same bits as the modules' path
-(tests/model_store/test_copy_step.py holds them equal) at a fraction of its cost. What they
-leave out: `nn.GRU` on one position is its cell (`torch.gru_cell`, as aten's own loop calls
-it), and the batch norm of eval mode is `torch.batch_norm` without the module's checks.
-Measured in docs/benchmarks.md ("Serving gru-copy: the model's step").
+`CopyGRU.head_state`. Written with the model's modules that step is some 40 small operations,
+and at 64 rows most of their time is Python (module calls, checks), not arithmetic. Here it is
+two TorchScript functions, in one of two forms:
+
+- *exact* (`advance_exact`, `head_exact`): the modules' own operations on the same shapes
+  (nn.GRU at one position is torch.gru_cell, the eval batch norm torch.batch_norm), so the same
+  bits as the modules;
+- *tabled* (`advance_tabled`, `head_tabled`), for batches of TABLED_ROWS rows or more: a dozen
+  operations each over tables derived from the weights (`tables`, rebuilt when a weight
+  changes): each word's GRU input gates E @ W_ih^T + b_ih, a row lookup instead of a product;
+  the hidden gates and the last position's key in one product (both read the old h); the
+  scaled query and the sentinel's score in one product; each word's embedding through the
+  value layer, E @ W_v^T, so the copied mass and the offer are scattered onto the vocabulary
+  together and the offered embedding is one (B, V) x (V, H) product (not a (B, K, H) gather
+  and two products); the eval batch norm folded into the output layer. The same function up
+  to float rounding, which moves an answer's probabilities by up to ~1e-5 relative: as much
+  as batching itself does (the modules' answer for a row alone and in a batch of 64 differ
+  that much, their products taking other kernels).
+
+Small batches keep the exact form, so an answer computed alone is the modules' to the bit
+(tests/app/test_golden.py); tests/model_store/test_copy_step.py holds both forms to the
+modules'. Measured in docs/benchmarks.md ("Serving gru-copy: the model's step").
 """
 
 from __future__ import annotations
@@ -24,9 +38,75 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Parts = tuple[Tensor, Tensor, Tensor, Tensor]  # a state's h, keys, ids and seen
+# Batches of this many rows or more take the tabled step, smaller ones the exact one.
+TABLED_ROWS = 16
 
 
-def advance_one(
+def advance_tabled(
+    x: Tensor,
+    h: Tensor,
+    keys: Tensor,
+    ids: Tensor,
+    seen: Tensor,
+    gates_in: Tensor,
+    hidden_key_w: Tensor,
+    hidden_key_b: Tensor,
+    copy_start: bool,
+) -> Parts:
+    """A single-layer gru-copy's state (h (B, 1, H), keys (B, K, D), ids (B, K), seen (B, 1))
+    after one id a row, x (B, 1): the new h, keys, ids and seen. `gates_in` (V, 3H) is each
+    word's input gates; `hidden_key_*` the hidden gates' weights and the key's, stacked."""
+    h0 = h[:, 0]
+    n3 = gates_in.shape[1]
+    i_r, i_z, i_n = F.embedding(x[:, 0], gates_in).chunk(3, 1)  # (B, H) each
+    hk = F.linear(h0, hidden_key_w, hidden_key_b)  # (B, 3H + D)
+    h_r, h_z, h_n = hk[:, :n3].chunk(3, 1)
+    reset = torch.sigmoid(h_r + i_r)
+    update = torch.sigmoid(h_z + i_z)
+    new = torch.tanh(i_n + h_n * reset)
+    new = (h0 - new) * update + new  # as aten's GRU cell: update * h + (1 - update) * new
+    first = x if copy_start else torch.where(seen, x, -1)
+    keys = torch.cat([keys[:, 1:], hk[:, n3:].unsqueeze(1)], 1)  # the last position's key
+    ids = torch.cat([ids[:, 1:], first], 1)
+    return new.unsqueeze(1), keys, ids, torch.ones_like(seen)
+
+
+def head_tabled(
+    h: Tensor,
+    keys: Tensor,
+    ids: Tensor,
+    query_w: Tensor,
+    query_b: Tensor,
+    offered_w: Tensor | None,
+    out_w: Tensor,
+    out_b: Tensor,
+) -> Tensor:
+    """Next-token log-probabilities (B, V) of outputs h (B, H) over a history of keys (B, K, D)
+    and ids (B, K) (-1: empty): `CopyGRU._mix` at one position. `query_*` give the scaled
+    query and the sentinel's score, `offered_w` (V, H) each word's embedding through the value
+    layer (None: the head reads no offer), `out_*` the output layer after the batch norm."""
+    b, d, v = h.shape[0], keys.shape[2], out_w.shape[0]
+    qs = F.linear(h, query_w, query_b)  # (B, D + 1)
+    raw = torch.bmm(qs[:, :d].unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # (B, K)
+    blocked = ids < 0
+    raw = raw.masked_fill(blocked, -1e30)  # as -inf beside the finite sentinel: exp() is 0
+    attn = torch.log_softmax(torch.cat([raw, qs[:, d:]], 1), 1)  # (B, K + 1)
+    index = ids.masked_fill(blocked, v)  # an empty entry's weight lands past the vocabulary
+    if offered_w is None:
+        copy = torch.zeros(b, v + 1, dtype=h.dtype, device=h.device)
+        copy = copy.scatter_add_(1, index, attn[:, :-1].exp())[:, :v]
+        feature = h
+    else:  # the copied mass and the offer (the history's attention without the sentinel)
+        mass = torch.zeros(b, 2, v + 1, dtype=h.dtype, device=h.device)
+        weights = torch.stack([attn[:, :-1].exp(), torch.softmax(raw, 1)], 1)  # (B, 2, K)
+        mass.scatter_add_(2, index.unsqueeze(1).expand(-1, 2, -1), weights)
+        copy = mass[:, 0, :v]
+        feature = torch.addmm(h, mass[:, 1, :v], offered_w)
+    vocab = torch.log_softmax(F.linear(feature, out_w, out_b), 1) + attn[:, -1:]
+    return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))
+
+
+def advance_exact(
     x: Tensor,
     h: Tensor,
     keys: Tensor,
@@ -41,8 +121,8 @@ def advance_one(
     key_b: Tensor,
     copy_start: bool,
 ) -> Parts:
-    """A single-layer gru-copy's state (h (B, 1, H), keys (B, K, D), ids (B, K), seen (B, 1))
-    after one id a row, x (B, 1): the new h, keys, ids and seen."""
+    """`advance_tabled` with the modules' own operations (torch.gru_cell is what nn.GRU runs
+    at each position): the same bits as the modules."""
     new = torch.gru_cell(F.embedding(x[:, 0], embedding), h[:, 0], w_ih, w_hh, b_ih, b_hh)
     pending = F.linear(h[:, 0], key_w, key_b).unsqueeze(1)  # (B, 1, D): the last position's key
     first = x if copy_start else torch.where(seen, x, -1)
@@ -51,7 +131,7 @@ def advance_one(
     return new.unsqueeze(1), keys, ids, torch.ones_like(seen)
 
 
-def copy_head(
+def head_exact(
     h: Tensor,
     keys: Tensor,
     ids: Tensor,
@@ -69,8 +149,7 @@ def copy_head(
     out_w: Tensor,
     out_b: Tensor,
 ) -> Tensor:
-    """Next-token log-probabilities (B, V) of outputs h (B, H) over a history of keys (B, K, D)
-    and ids (B, K) (-1: empty): `CopyGRU._mix` at one position, with its batch norm in eval mode."""
+    """`head_tabled` with the modules' own operations: the same bits as the modules."""
     q = F.linear(h, query_w, query_b).unsqueeze(1)  # (B, 1, D)
     raw = (q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])).squeeze(1)  # (B, K)
     blocked = ids < 0
@@ -90,31 +169,77 @@ def copy_head(
 
 
 @cache
-def compiled() -> tuple[Callable[..., Parts], Callable[..., Tensor]]:
-    """`advance_one` and `copy_head` compiled by TorchScript (once a process, on first use)."""
+def compiled() -> dict[str, Callable[..., Any]]:
+    """The four functions above compiled by TorchScript (once a process, on first use)."""
     with warnings.catch_warnings():  # deprecated, yet the fastest here: see the module's doc
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(advance_one), torch.jit.script(copy_head)
+        return {
+            f.__name__: torch.jit.script(f)
+            for f in (advance_tabled, head_tabled, advance_exact, head_exact)
+        }
+
+
+def tables(model: Any, part: str) -> tuple[Tensor | None, ...]:
+    """The tables of `part` ("advance" or "head") of a CopyGRU (not imported here: its module
+    imports this one), kept on the model until one of the weights they come from changes (a
+    tensor's version counts its in-place changes: an optimizer step, load_state_dict)."""
+    rnn, key, bn, value = model.rnn, model.key, model.bn, model.value
+    if part == "advance":
+        sources = [model.i_h.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0]
+        sources += [rnn.bias_hh_l0, key.weight, key.bias]
+    else:
+        sources = [model.query.weight, model.query.bias, model.sentinel.weight]
+        sources += [model.sentinel.bias, model.i_h.weight, bn.weight, bn.bias, bn.running_mean]
+        sources += [bn.running_var, model.h_o.weight, model.h_o.bias]
+        sources += [] if value is None else [value.weight]
+    stamp = tuple((t.data_ptr(), t._version) for t in sources)
+    kept = model.__dict__.setdefault("_step_tables", {})
+    if part in kept and kept[part][0] == stamp:
+        return kept[part][1]
+    with torch.no_grad():
+        if part == "advance":
+            made: tuple[Tensor | None, ...] = (
+                F.linear(model.i_h.weight, rnn.weight_ih_l0, rnn.bias_ih_l0),
+                torch.cat([rnn.weight_hh_l0, key.weight]),
+                torch.cat([rnn.bias_hh_l0, key.bias]),
+            )
+        else:
+            root = math.sqrt(model.config.key_size)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            made = (
+                torch.cat([model.query.weight / root, model.sentinel.weight]),
+                torch.cat([model.query.bias / root, model.sentinel.bias]),
+                None if value is None else model.i_h.weight @ value.weight.t(),
+                model.h_o.weight * scale,
+                model.h_o.bias + model.h_o.weight @ (bn.bias - bn.running_mean * scale),
+            )
+    kept[part] = (stamp, made)
+    return made
 
 
 def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """`model.advance_state(x, state)` of a single-layer CopyGRU (not imported here: its module
-    imports this one) for (B, 1) ids x."""
-    rnn, key = model.rnn, model.key
-    h, keys, ids, seen = compiled()[0](
-        x, state["h"], state["keys"], state["ids"], state["seen"], model.i_h.weight,
-        rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0, key.weight,
-        key.bias, model.config.copy_start,
-    )  # fmt: skip
+    """`model.advance_state(x, state)` of a single-layer CopyGRU for (B, 1) ids x."""
+    if x.shape[0] >= TABLED_ROWS:
+        rest = (*tables(model, "advance"), model.config.copy_start)
+        advance = compiled()["advance_tabled"]
+    else:
+        rnn, key = model.rnn, model.key
+        rest = (model.i_h.weight, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0)
+        rest += (rnn.bias_hh_l0, key.weight, key.bias, model.config.copy_start)
+        advance = compiled()["advance_exact"]
+    h, keys, ids, seen = advance(x, state["h"], state["keys"], state["ids"], state["seen"], *rest)
     return {"h": h, "keys": keys, "ids": ids, "seen": seen}
 
 
 def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
     """`model.head_state(state)` of a CopyGRU whose batch norm is in eval mode."""
+    h, keys, ids = state["h"][:, -1], state["keys"], state["ids"]
+    if h.shape[0] >= TABLED_ROWS:
+        return compiled()["head_tabled"](h, keys, ids, *tables(model, "head"))
     bn, value = model.bn, model.value
-    return compiled()[1](
-        state["h"][:, -1], state["keys"], state["ids"], model.query.weight, model.query.bias,
-        model.sentinel.weight, model.sentinel.bias, model.i_h.weight,
-        None if value is None else value.weight, bn.weight, bn.bias, bn.running_mean,
-        bn.running_var, bn.eps, model.h_o.weight, model.h_o.bias,
+    return compiled()["head_exact"](
+        h, keys, ids, model.query.weight, model.query.bias, model.sentinel.weight,
+        model.sentinel.bias, model.i_h.weight, None if value is None else value.weight,
+        bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, model.h_o.weight,
+        model.h_o.bias,
     )  # fmt: skip

@@ -1,12 +1,14 @@
 """gru-copy's fast serving step (model_store.copy_step) computes what the modules compute: on
-random states of random models, fresh and long-fed, for every kind of gru-copy and any number
-of rows, a one-word `advance_state` and `head_state` equal the modules' path (the reference,
-`fast_step = False`), and each row of a batch equals that row stepped alone."""
+random states of random models, fresh and long-fed, for every kind of gru-copy, a one-word
+`advance_state` and `head_state` equal the modules' path (the reference, `fast_step = False`):
+to the bit in its exact form (small batches), within float rounding in its tabled form (1e-5,
+what batching itself moves an answer by); and each row of a batch equals that row alone."""
 
 import pytest
 import torch
 
 from model_store import ModelConfig, build_model
+from model_store.copy_step import TABLED_ROWS
 from model_store.models import CopyGRU
 
 KINDS = {  # (copy_value, copy_start)
@@ -59,7 +61,7 @@ def step(model: CopyGRU, x: torch.Tensor, state: dict[str, torch.Tensor], fast: 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("rows", [1, 3, TABLED_ROWS - 1, TABLED_ROWS, 64])
 def test_the_fast_step_computes_what_the_modules_compute(kind: str, rows: int) -> None:
     for seed in range(3):
         model = random_model(seed, *KINDS[kind])
@@ -71,30 +73,36 @@ def test_the_fast_step_computes_what_the_modules_compute(kind: str, rows: int) -
         assert new.keys() == ref_state.keys()
         for name, part in ref_state.items():
             assert new[name].dtype == part.dtype and new[name].shape == part.shape, name
-            torch.testing.assert_close(new[name], part, rtol=1e-6, atol=1e-6, msg=name)
-        torch.testing.assert_close(logp, ref_logp, rtol=1e-6, atol=1e-6)
+            if rows < TABLED_ROWS:
+                assert torch.equal(new[name], part), name
+            torch.testing.assert_close(new[name], part, rtol=1e-5, atol=1e-5, msg=name)
+        if rows < TABLED_ROWS:
+            assert torch.equal(logp, ref_logp)
+        torch.testing.assert_close(logp, ref_logp, rtol=1e-5, atol=1e-5)
         assert torch.isfinite(logp).all()
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_row_of_a_fast_batch_equals_the_row_alone(kind: str) -> None:
+@pytest.mark.parametrize("rows", [5, TABLED_ROWS + 4])
+def test_each_row_of_a_fast_batch_equals_the_row_alone(kind: str, rows: int) -> None:
     model = random_model(7, *KINDS[kind])
-    state = random_state(model, 12, 7)
-    x = torch.randint(0, model.config.vocab_size, (12, 1))
+    state = random_state(model, rows, 7)
+    x = torch.randint(0, model.config.vocab_size, (rows, 1))
     with torch.inference_mode():
         new, logp = step(model, x, state, fast=True)
-        for row in range(12):
+        for row in range(rows):
             alone = {name: part[row : row + 1] for name, part in state.items()}
             new_1, logp_1 = step(model, x[row : row + 1], alone, fast=True)
-            torch.testing.assert_close(logp_1[0], logp[row], rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(logp_1[0], logp[row], rtol=1e-5, atol=1e-5)
             for name, part in new_1.items():
-                torch.testing.assert_close(part[0], new[name][row], rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(part[0], new[name][row], rtol=1e-5, atol=1e-5)
 
 
-def test_the_fast_head_follows_the_weights() -> None:
+@pytest.mark.parametrize("rows", [4, TABLED_ROWS])
+def test_the_fast_head_follows_the_weights(rows: int) -> None:
     """Nothing derived from the weights goes stale: change one, the answer changes with it."""
     model = random_model(3, True, False)
-    state = random_state(model, 4, 3)
+    state = random_state(model, rows, 3)
     with torch.inference_mode():
         before = model.head_state(state)
     with torch.no_grad():
@@ -104,6 +112,6 @@ def test_the_fast_head_follows_the_weights() -> None:
         after = model.head_state(state)
         torch.testing.assert_close(after, model.head_state(state))
         model.fast_step = False
-        torch.testing.assert_close(after, model.head_state(state), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(after, model.head_state(state), rtol=1e-5, atol=1e-5)
         model.fast_step = True
     assert not torch.allclose(before, after)
