@@ -61,10 +61,12 @@ def advance_tabled(
     i_r, i_z, i_n = F.embedding(x[:, 0], gates_in).chunk(3, 1)  # (B, H) each
     hk = F.linear(h0, hidden_key_w, hidden_key_b)  # (B, 3H + D)
     h_r, h_z, h_n = hk[:, :n3].chunk(3, 1)
-    reset = torch.sigmoid(h_r + i_r)
-    update = torch.sigmoid(h_z + i_z)
-    new = torch.tanh(i_n + h_n * reset)
-    new = (h0 - new) * update + new  # as aten's GRU cell: update * h + (1 - update) * new
+    # aten's GRU cell, in place on the products (hk's chunks, not its key): update * h +
+    # (1 - update) * new written as (h - new) * update + new
+    reset = h_r.add_(i_r).sigmoid_()
+    update = h_z.add_(i_z).sigmoid_()
+    new = i_n.add(h_n.mul_(reset)).tanh_()
+    new = (h0 - new).mul_(update).add_(new)
     first = x if copy_start else torch.where(seen, x, -1)
     keys = torch.cat([keys[:, 1:], hk[:, n3:].unsqueeze(1)], 1)  # the last position's key
     ids = torch.cat([ids[:, 1:], first], 1)
@@ -89,7 +91,7 @@ def head_tabled(
     qs = F.linear(h, query_w, query_b)  # (B, D + 1)
     raw = torch.bmm(qs[:, :d].unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # (B, K)
     blocked = ids < 0
-    raw = raw.masked_fill(blocked, -1e30)  # as -inf beside the finite sentinel: exp() is 0
+    raw.masked_fill_(blocked, -1e30)  # as -inf beside the finite sentinel: exp() is 0
     attn = torch.log_softmax(torch.cat([raw, qs[:, d:]], 1), 1)  # (B, K + 1)
     index = ids.masked_fill(blocked, v)  # an empty entry's weight lands past the vocabulary
     if offered_w is None:
@@ -179,10 +181,17 @@ def compiled() -> dict[str, Callable[..., Any]]:
         }
 
 
-def tables(model: Any, part: str) -> tuple[Tensor | None, ...]:
+def tables(model: Any, part: str) -> tuple[Tensor | None, ...] | None:
     """The tables of `part` ("advance" or "head") of a CopyGRU (not imported here: its module
-    imports this one), kept on the model until one of the weights they come from changes (a
-    tensor's version counts its in-place changes: an optimizer step, load_state_dict)."""
+    imports this one), kept on the model until one of the weights they come from changes in
+    place (a tensor's version counts those: an optimizer step, load_state_dict) or moves. A
+    weight replaced by another tensor object is not seen (nothing here does that). None for
+    weights made under torch.inference_mode, which keep no version."""
+    kept = model.__dict__.setdefault("_step_tables", {})
+    if part in kept:
+        sources, stamp, made = kept[part]
+        if stamp == tuple((t._version, t.data_ptr()) for t in sources):
+            return made
     rnn, key, bn, value = model.rnn, model.key, model.bn, model.value
     if part == "advance":
         sources = [model.i_h.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0]
@@ -192,13 +201,12 @@ def tables(model: Any, part: str) -> tuple[Tensor | None, ...]:
         sources += [model.sentinel.bias, model.i_h.weight, bn.weight, bn.bias, bn.running_mean]
         sources += [bn.running_var, model.h_o.weight, model.h_o.bias]
         sources += [] if value is None else [value.weight]
-    stamp = tuple((t.data_ptr(), t._version) for t in sources)
-    kept = model.__dict__.setdefault("_step_tables", {})
-    if part in kept and kept[part][0] == stamp:
-        return kept[part][1]
+    if any(t.is_inference() for t in sources):  # no version to tell a change by: no tables
+        return None
+    stamp = tuple((t._version, t.data_ptr()) for t in sources)
     with torch.no_grad():
         if part == "advance":
-            made: tuple[Tensor | None, ...] = (
+            made = (
                 F.linear(model.i_h.weight, rnn.weight_ih_l0, rnn.bias_ih_l0),
                 torch.cat([rnn.weight_hh_l0, key.weight]),
                 torch.cat([rnn.bias_hh_l0, key.bias]),
@@ -213,14 +221,15 @@ def tables(model: Any, part: str) -> tuple[Tensor | None, ...]:
                 model.h_o.weight * scale,
                 model.h_o.bias + model.h_o.weight @ (bn.bias - bn.running_mean * scale),
             )
-    kept[part] = (stamp, made)
+    kept[part] = (sources, stamp, made)
     return made
 
 
 def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """`model.advance_state(x, state)` of a single-layer CopyGRU for (B, 1) ids x."""
-    if x.shape[0] >= TABLED_ROWS:
-        rest = (*tables(model, "advance"), model.config.copy_start)
+    made = tables(model, "advance") if x.shape[0] >= TABLED_ROWS else None
+    if made is not None:
+        rest = (*made, model.config.copy_start)
         advance = compiled()["advance_tabled"]
     else:
         rnn, key = model.rnn, model.key
@@ -234,8 +243,9 @@ def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, T
 def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
     """`model.head_state(state)` of a CopyGRU whose batch norm is in eval mode."""
     h, keys, ids = state["h"][:, -1], state["keys"], state["ids"]
-    if h.shape[0] >= TABLED_ROWS:
-        return compiled()["head_tabled"](h, keys, ids, *tables(model, "head"))
+    made = tables(model, "head") if h.shape[0] >= TABLED_ROWS else None
+    if made is not None:
+        return compiled()["head_tabled"](h, keys, ids, *made)
     bn, value = model.bn, model.value
     return compiled()["head_exact"](
         h, keys, ids, model.query.weight, model.query.bias, model.sentinel.weight,

@@ -115,3 +115,15 @@ def test_the_fast_head_follows_the_weights(rows: int) -> None:
         torch.testing.assert_close(after, model.head_state(state), rtol=1e-5, atol=1e-5)
         model.fast_step = True
     assert not torch.allclose(before, after)
+
+
+def test_weights_made_under_inference_mode_take_the_exact_step() -> None:
+    """Inference tensors keep no version, so no table could tell a change: the exact form."""
+    with torch.inference_mode():
+        model = random_model(5, True, False)
+        state = random_state(model, TABLED_ROWS, 5)
+        x = torch.randint(0, model.config.vocab_size, (TABLED_ROWS, 1))
+        new, logp = step(model, x, state, fast=True)
+        ref_state, ref_logp = step(model, x, state, fast=False)
+    assert torch.equal(logp, ref_logp)
+    assert all(torch.equal(new[name], part) for name, part in ref_state.items())
