@@ -78,35 +78,38 @@ def head_tabled(
     h: Tensor,
     keys: Tensor,
     ids: Tensor,
-    query_w: Tensor,
-    query_b: Tensor,
-    offered_w: Tensor | None,
-    out_w: Tensor,
-    out_b: Tensor,
+    of_h_w: Tensor,
+    of_h_b: Tensor,
+    no_sentinel: Tensor,
+    offered_out: Tensor | None,
 ) -> Tensor:
     """Next-token log-probabilities (B, V) of outputs h (B, H) over a history of keys (B, K, D)
-    and ids (B, K) (-1: empty): `CopyGRU._mix` at one position. `query_*` give the scaled
-    query and the sentinel's score, `offered_w` (V, H) each word's embedding through the value
-    layer (None: the head reads no offer), `out_*` the output layer after the batch norm."""
-    b, d, v = h.shape[0], keys.shape[2], out_w.shape[0]
-    qs = F.linear(h, query_w, query_b)  # (B, D + 1)
-    raw = torch.bmm(qs[:, :d].unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # (B, K)
-    blocked = ids < 0
-    raw.masked_fill_(blocked, -1e30)  # as -inf beside the finite sentinel: exp() is 0
-    attn = torch.log_softmax(torch.cat([raw, qs[:, d:]], 1), 1)  # (B, K + 1)
-    index = ids.masked_fill(blocked, v)  # an empty entry's weight lands past the vocabulary
-    if offered_w is None:
-        copy = torch.zeros(b, v + 1, dtype=h.dtype, device=h.device)
-        copy = copy.scatter_add_(1, index, attn[:, :-1].exp())[:, :v]
-        feature = h
-    else:  # the copied mass and the offer (the history's attention without the sentinel)
-        mass = torch.zeros(b, 2, v + 1, dtype=h.dtype, device=h.device)
-        weights = torch.stack([attn[:, :-1].exp(), torch.softmax(raw, 1)], 1)  # (B, 2, K)
-        mass.scatter_add_(2, index.unsqueeze(1).expand(-1, 2, -1), weights)
+    and ids (B, K) (-1: empty): `CopyGRU._mix` at one position. `of_h_*` give what reads h
+    alone: the scaled query, the sentinel's score and the output layer's logits of h (through
+    the folded batch norm); `offered_out` (V, V) what each offered word adds to the logits
+    (None: the head reads no offer); `no_sentinel` (2, K + 1) is 0 but -inf at [1, K]."""
+    d, k = keys.shape[2], keys.shape[1]
+    v = of_h_w.shape[0] - d - 1
+    of_h = F.linear(h, of_h_w, of_h_b)  # (B, D + 1 + V)
+    raw = torch.bmm(of_h[:, :d].unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # (B, K)
+    raw.masked_fill_(ids < 0, -1e30)  # as -inf beside the finite sentinel: exp() is 0
+    scores = torch.cat([raw, of_h[:, d : d + 1]], 1)  # (B, K + 1)
+    index = torch.remainder(ids, v + 1)  # an empty entry (-1) lands past the vocabulary
+    if offered_out is None:
+        weights = torch.softmax(scores, 1)
+        copy = torch.zeros(h.shape[0], v + 1, dtype=h.dtype, device=h.device)
+        copy = copy.scatter_add_(1, index, weights[:, :k])[:, :v]
+        logits = of_h[:, d + 1 :]
+    else:  # the copy path's weights, and the offer: the same without the sentinel
+        both = torch.softmax(scores.unsqueeze(1) + no_sentinel, 2)  # (B, 2, K + 1)
+        weights = both[:, 0]
+        mass = torch.zeros(h.shape[0], 2, v + 1, dtype=h.dtype, device=h.device)
+        mass.scatter_add_(2, index.unsqueeze(1).expand(-1, 2, -1), both[:, :, :k])
         copy = mass[:, 0, :v]
-        feature = torch.addmm(h, mass[:, 1, :v], offered_w)
-    vocab = torch.log_softmax(F.linear(feature, out_w, out_b), 1) + attn[:, -1:]
-    return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))
+        logits = torch.addmm(of_h[:, d + 1 :], mass[:, 1, :v], offered_out)
+    # p = gate * p_vocab + the copied mass, floored as the modules do
+    p = torch.addcmul(copy.clamp_min(1e-30), torch.softmax(logits, 1), weights[:, k:])
+    return p.log()
 
 
 def advance_exact(
@@ -218,12 +221,16 @@ def tables(model: Any, part: str) -> tuple[Tensor | None, ...] | None:
         else:
             root = math.sqrt(model.config.key_size)
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            out_w = model.h_o.weight * scale  # the batch norm folded into h_o
+            out_b = model.h_o.bias + model.h_o.weight @ (bn.bias - bn.running_mean * scale)
+            k = model.config.copy_window
+            no_sentinel = out_b.new_zeros(2, k + 1)
+            no_sentinel[1, k] = float("-inf")
             made = (
-                torch.cat([model.query.weight / root, model.sentinel.weight]),
-                torch.cat([model.query.bias / root, model.sentinel.bias]),
-                None if value is None else model.i_h.weight @ value.weight.t(),
-                model.h_o.weight * scale,
-                model.h_o.bias + model.h_o.weight @ (bn.bias - bn.running_mean * scale),
+                torch.cat([model.query.weight / root, model.sentinel.weight, out_w]),
+                torch.cat([model.query.bias / root, model.sentinel.bias, out_b]),
+                no_sentinel,
+                None if value is None else model.i_h.weight @ value.weight.t() @ out_w.t(),
             )
     kept[part] = (sources, stamp, made)
     return made
