@@ -242,6 +242,10 @@ class CopyGRU(HumanNumbersLM):
     def _fast(self) -> bool:
         return self.fast_step and not torch.is_grad_enabled()
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
+        return super()._apply(fn, recurse)
+
     @property
     def state_spec(self) -> dict[str, StateSpec]:
         k, d = self.config.copy_window, self.config.key_size
@@ -345,7 +349,7 @@ class CopyGRU(HumanNumbersLM):
         return self._keep(keys, ids, lengths, h)
 
     def head_state(self, state: State) -> Tensor:
-        if self._fast() and not self.bn.training:
+        if self._fast() and not self.training:
             return fast_head(self, state)
         out = state["h"][:, -1:]  # (B, 1, H): the output of the last position
         ids = state["ids"]

@@ -127,3 +127,20 @@ def test_weights_made_under_inference_mode_take_the_exact_step() -> None:
         ref_state, ref_logp = step(model, x, state, fast=False)
     assert torch.equal(logp, ref_logp)
     assert all(torch.equal(new[name], part) for name, part in ref_state.items())
+
+
+def test_a_moved_model_rebuilds_its_tables() -> None:
+    """.double() (as .to()) replaces the weights' data: the tables follow it."""
+    model = random_model(6, True, False)
+    state = random_state(model, TABLED_ROWS, 6)
+    x = torch.randint(0, model.config.vocab_size, (TABLED_ROWS, 1))
+    with torch.inference_mode():
+        step(model, x, state, fast=True)  # tables made in float32
+    model.double()
+    state = {n: p.double() if p.is_floating_point() else p for n, p in state.items()}
+    with torch.inference_mode():
+        new, logp = step(model, x, state, fast=True)
+        ref_state, ref_logp = step(model, x, state, fast=False)
+    assert logp.dtype == torch.float64
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(new["h"], ref_state["h"], rtol=1e-9, atol=1e-9)
