@@ -10,16 +10,16 @@ two TorchScript functions, in one of two forms:
   bits as the modules;
 - *tabled* (`advance_tabled`, `head_tabled`), for batches of TABLED_ROWS rows or more: a dozen
   operations each over tables derived from the weights (`tables`, rebuilt when a weight
-  changes): each word's GRU input gates E @ W_ih^T + b_ih, a row lookup instead of a product
-  (and tanh as 2 sigmoid(2x) - 1: torch.tanh costs five sigmoids here);
-  the hidden gates and the last position's key in one product (both read the old h); the
-  scaled query and the sentinel's score in one product; each word's embedding through the
-  value layer, E @ W_v^T, so the copied mass and the offer are scattered onto the vocabulary
-  together and the offered embedding is one (B, V) x (V, H) product (not a (B, K, H) gather
-  and two products); the eval batch norm folded into the output layer. The same function up
-  to float rounding, which moves an answer's probabilities by up to ~1e-5 relative: as much
-  as batching itself does (the modules' answer for a row alone and in a batch of 64 differ
-  that much, their products taking other kernels).
+  changes): each word's GRU input gates E W_ih^T + b_ih, a row lookup instead of a product;
+  the hidden gates and the last position's key in one product (both read the old h); tanh as
+  2 sigmoid(2x) - 1 (torch.tanh costs five sigmoids here); in the head, one product of h for
+  the scaled query, the sentinel's score and h's logits (the eval batch norm folded into
+  h_o), the copy weights and the offer in one softmax, both scattered onto the vocabulary at
+  once, the offer's logits through E W_v^T W_o^T (V, V) instead of a (B, K, H) gather and two
+  products, and the mixture in probability space. The same function up to float rounding,
+  which moves an answer's probabilities by up to ~1e-5 relative: as much as batching itself
+  does (the modules' answer for a row alone and in a batch of 64 differ that much, their
+  products taking other kernels).
 
 Small batches keep the exact form, so an answer computed alone is the modules' to the bit
 (tests/app/test_golden.py); tests/model_store/test_copy_step.py holds both forms to the
