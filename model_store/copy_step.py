@@ -58,19 +58,22 @@ def advance_tabled(
     after one id a row, x (B, 1): the new h, keys, ids and seen. `gates_in` (V, 3H) is each
     word's input gates; `hidden_key_*` the hidden gates' weights and the key's, stacked; the
     new gate's rows of both doubled."""
-    h0 = h[:, 0]
+    h0 = h.select(1, 0)
     n2, n3 = gates_in.shape[1] * 2 // 3, gates_in.shape[1]
-    gates = F.embedding(x[:, 0], gates_in)  # (B, 3H): reset, update, 2 * new's input part
+    gates = F.embedding(x.select(1, 0), gates_in)  # (B, 3H): reset, update, 2 * new's input part
     hk = F.linear(h0, hidden_key_w, hidden_key_b)  # (B, 3H + D): the same of h, then the key
-    reset_update = torch.sigmoid(gates[:, :n2] + hk[:, :n2])
+    reset_update = torch.sigmoid(gates.narrow(1, 0, n2) + hk.narrow(1, 0, n2))
     # tanh(a) as 2 * sigmoid(2a) - 1, the new gate's parts doubled in the tables (exactly: a
     # power of two): on this CPU torch.tanh costs 5x a sigmoid (27 us for 64 rows)
-    new = torch.sigmoid(gates[:, n2:] + hk[:, n2:n3] * reset_update[:, : n2 // 2])
+    h_n = hk.narrow(1, n2, n3 - n2)
+    new = torch.sigmoid(gates.narrow(1, n2, n3 - n2) + h_n * reset_update.narrow(1, 0, n2 // 2))
     new = new.mul_(2.0).sub_(1.0)
-    new = (h0 - new).mul_(reset_update[:, n2 // 2 :]).add_(new)  # aten: (h - new) * update + new
+    update = reset_update.narrow(1, n2 // 2, n2 // 2)
+    new = (h0 - new).mul_(update).add_(new)  # aten: (h - new) * update + new
     first = x if copy_start else torch.where(seen, x, -1)
-    keys = torch.cat([keys[:, 1:], hk[:, n3:].unsqueeze(1)], 1)  # the last position's key
-    ids = torch.cat([ids[:, 1:], first], 1)
+    k, d = keys.shape[1], keys.shape[2]  # narrow(): one view op where [:, a:] takes two
+    keys = torch.cat([keys.narrow(1, 1, k - 1), hk.narrow(1, n3, d).unsqueeze(1)], 1)
+    ids = torch.cat([ids.narrow(1, 1, k - 1), first], 1)
     return new.unsqueeze(1), keys, ids, torch.ones_like(seen)
 
 
@@ -91,24 +94,25 @@ def head_tabled(
     d, k = keys.shape[2], keys.shape[1]
     v = of_h_w.shape[0] - d - 1
     of_h = F.linear(h, of_h_w, of_h_b)  # (B, D + 1 + V)
-    raw = torch.bmm(of_h[:, :d].unsqueeze(1), keys.transpose(1, 2)).squeeze(1)  # (B, K)
+    raw = torch.bmm(of_h.narrow(1, 0, d).unsqueeze(1), keys.transpose(1, 2)).squeeze(1)
     raw.masked_fill_(ids < 0, -1e30)  # as -inf beside the finite sentinel: exp() is 0
-    scores = torch.cat([raw, of_h[:, d : d + 1]], 1)  # (B, K + 1)
+    scores = torch.cat([raw, of_h.narrow(1, d, 1)], 1)  # (B, K + 1)
     index = torch.remainder(ids, v + 1)  # an empty entry (-1) lands past the vocabulary
     if offered_out is None:
         weights = torch.softmax(scores, 1)
         copy = torch.zeros(h.shape[0], v + 1, dtype=h.dtype, device=h.device)
-        copy = copy.scatter_add_(1, index, weights[:, :k])[:, :v]
-        logits = of_h[:, d + 1 :]
+        copy = copy.scatter_add_(1, index, weights.narrow(1, 0, k)).narrow(1, 0, v)
+        logits = of_h.narrow(1, d + 1, v)
     else:  # the copy path's weights, and the offer: the same without the sentinel
         both = torch.softmax(scores.unsqueeze(1) + no_sentinel, 2)  # (B, 2, K + 1)
-        weights = both[:, 0]
+        weights = both.select(1, 0)
         mass = torch.zeros(h.shape[0], 2, v + 1, dtype=h.dtype, device=h.device)
-        mass.scatter_add_(2, index.unsqueeze(1).expand(-1, 2, -1), both[:, :, :k])
-        copy = mass[:, 0, :v]
-        logits = torch.addmm(of_h[:, d + 1 :], mass[:, 1, :v], offered_out)
+        mass.scatter_add_(2, index.unsqueeze(1).expand(-1, 2, -1), both.narrow(2, 0, k))
+        copy = mass.select(1, 0).narrow(1, 0, v)
+        offer = mass.select(1, 1).narrow(1, 0, v)
+        logits = torch.addmm(of_h.narrow(1, d + 1, v), offer, offered_out)
     # p = gate * p_vocab + the copied mass, floored as the modules do
-    p = torch.addcmul(copy.clamp_min(1e-30), torch.softmax(logits, 1), weights[:, k:])
+    p = torch.addcmul(copy.clamp_min(1e-30), torch.softmax(logits, 1), weights.narrow(1, k, 1))
     return p.log()
 
 
