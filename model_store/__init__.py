@@ -10,6 +10,7 @@ from model_store.checkpoint import (
     read_meta,
     save_checkpoint,
 )
+from model_store.inference import compile_cell, resolve_device, start_state
 from model_store.models import (
     PREFERRED_DEFAULTS,
     SEED_VARIANTS,
@@ -20,10 +21,7 @@ from model_store.models import (
     StateSpec,
     Variant,
     build_model,
-    compile_cell,
     count_parameters,
-    resolve_device,
-    start_state,
 )
 from model_store.vocab import BOS, UnknownWord, Vocab, split_words, token_ends
 

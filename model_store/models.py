@@ -10,12 +10,13 @@ state alone, {"h": (B, L, H)}; `CopyGRU` adds the history its copy path reads.
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+
+from model_store.copy_step import fast_advance, fast_head
 
 State = dict[str, Tensor]  # named tensors, each (B, *StateSpec.shape)
 
@@ -234,6 +235,17 @@ class CopyGRU(HumanNumbersLM):
         self.sentinel = nn.Linear(h, 1)  # the score of "use the vocabulary"
         self.value = nn.Linear(h, h, bias=False) if config.copy_value else None
 
+    # Without autograd, a one-word step (advance_state on (B, 1) ids, head_state in eval mode)
+    # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
+    fast_step = True
+
+    def _fast(self) -> bool:
+        return self.fast_step and not torch.is_grad_enabled()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
+        return super()._apply(fn, recurse)
+
     @property
     def state_spec(self) -> dict[str, StateSpec]:
         k, d = self.config.copy_window, self.config.key_size
@@ -330,11 +342,15 @@ class CopyGRU(HumanNumbersLM):
     def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
         if lengths is not None and bool((lengths == x.shape[1]).all()):
             lengths = None
+        if self._fast() and x.shape[1] == 1 and self.config.n_layers == 1:
+            return fast_advance(self, x, state)
         out, h = self._recur(x, state["h"], lengths)
         keys, ids = self._history(x, out, state)
         return self._keep(keys, ids, lengths, h)
 
     def head_state(self, state: State) -> Tensor:
+        if self._fast() and not self.training:
+            return fast_head(self, state)
         out = state["h"][:, -1:]  # (B, 1, H): the output of the last position
         ids = state["ids"]
         return self._mix(out, state["keys"], ids, (ids < 0).unsqueeze(1))[:, 0]
@@ -372,25 +388,6 @@ PREFERRED_DEFAULTS = tuple(
 )
 
 
-@torch.no_grad()
-def start_state(model: HumanNumbersLM, bos: int, device: torch.device | str | None = None) -> State:
-    """The state a text starts from, one row: the zero state after fastai's `xxbos` (id `bos`),
-    which began every text the lesson's models were trained on. The service starts every
-    sequence here (an implicit xxbos), so `one,` is read as the start of a count: measured in
-    issue 16 (docs/benchmarks.md, sixth round), where it beat the bare zero state."""
-    ids = torch.tensor([[bos]], dtype=torch.long, device=device)
-    return model.advance_state(ids, model.init_state(1, device))
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when torch sees a GPU, else the CPU; asking for a missing GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def build_model(config: ModelConfig) -> HumanNumbersLM:
     if config.variant not in VARIANTS:
         raise ValueError(f"unknown variant {config.variant!r}; known: {', '.join(VARIANTS)}")
@@ -399,22 +396,3 @@ def build_model(config: ModelConfig) -> HumanNumbersLM:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def compile_cell(model: HumanNumbersLM, how: str) -> HumanNumbersLM:
-    """Replace the hand-written cell of Model7 by a TorchScript (`script`) or torch.compile'd
-    (`compile`) version, for inference; `eager` leaves it, and other models have no such
-    cell. Weights must be loaded first: the state dict keys of a compiled module differ.
-    On CPU, scripting is 10-25% faster per step and exact (benchmarks/cells.py); compile is
-    not faster for a cell this small."""
-    if how == "eager" or not isinstance(model, CellLoopLM) or not isinstance(model.rnn, GRUCell):
-        return model
-    if how == "script":
-        with warnings.catch_warnings():  # deprecated, yet the fastest here: see above
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model.rnn = torch.jit.script(model.rnn)
-    elif how == "compile":
-        model.rnn = torch.compile(model.rnn, dynamic=True)  # type: ignore[assignment]
-    else:
-        raise ValueError(f"unknown way to compile a cell: {how!r}")
-    return model

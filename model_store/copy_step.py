@@ -1,0 +1,270 @@
+"""gru-copy's serving step, one word a row, in as few operations as it can be.
+
+The engine steps many sequences by one word each: `CopyGRU.advance_state` on (B, 1) ids, then
+`CopyGRU.head_state`. Written with the model's modules that step is some 40 small operations,
+and at 64 rows most of their time is Python (module calls, checks), not arithmetic. Here it is
+two TorchScript functions, in one of two forms:
+
+- *exact* (`advance_exact`, `head_exact`): the modules' own operations on the same shapes
+  (nn.GRU at one position is torch.gru_cell, the eval batch norm torch.batch_norm), so the same
+  bits as the modules;
+- *tabled* (`advance_tabled`, `head_tabled`), for batches of TABLED_ROWS rows or more: a dozen
+  operations each over tables derived from the weights (`tables`, rebuilt when a weight
+  changes): each word's GRU input gates E W_ih^T + b_ih, a row lookup instead of a product;
+  the hidden gates and the last position's key in one product (both read the old h); tanh as
+  2 sigmoid(2x) - 1 (torch.tanh costs five sigmoids here); in the head, one product of h for
+  the scaled query, the sentinel's score and h's logits (the eval batch norm folded into
+  h_o), the copy weights and the offer in one softmax, both scattered onto the vocabulary at
+  once, the offer's logits through E W_v^T W_o^T (V, V) instead of a (B, K, H) gather and two
+  products, and the mixture in probability space. The same function up to float rounding,
+  which moves an answer's probabilities by up to ~1e-5 relative: as much as batching itself
+  does (the modules' answer for a row alone and in a batch of 64 differ that much, their
+  products taking other kernels).
+
+Small batches keep the exact form, so an answer computed alone is the modules' to the bit
+(tests/app/test_golden.py); tests/model_store/test_copy_step.py holds both forms to the
+modules'. Measured in docs/benchmarks.md ("Serving gru-copy: the model's step").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Parts = tuple[Tensor, Tensor, Tensor, Tensor]  # a state's h, keys, ids and seen
+# Batches of this many rows or more take the tabled step, smaller ones the exact one.
+TABLED_ROWS = 16
+
+
+def advance_tabled(
+    x: Tensor,
+    h: Tensor,
+    keys: Tensor,
+    ids: Tensor,
+    seen: Tensor,
+    gates_in: Tensor,
+    hidden_key_w: Tensor,
+    hidden_key_b: Tensor,
+    copy_start: bool,
+) -> Parts:
+    """A single-layer gru-copy's state (h (B, 1, H), keys (B, K, D), ids (B, K), seen (B, 1))
+    after one id a row, x (B, 1): the new h, keys, ids and seen. `gates_in` (V, 3H) is each
+    word's input gates; `hidden_key_*` the hidden gates' weights and the key's, stacked; the
+    new gate's rows of both doubled."""
+    h0 = h.select(1, 0)
+    n2, n3 = gates_in.shape[1] * 2 // 3, gates_in.shape[1]
+    gates = F.embedding(x.select(1, 0), gates_in)  # (B, 3H): reset, update, 2 * new's input part
+    hk = F.linear(h0, hidden_key_w, hidden_key_b)  # (B, 3H + D): the same of h, then the key
+    reset_update = torch.sigmoid(gates.narrow(1, 0, n2) + hk.narrow(1, 0, n2))
+    # tanh(a) as 2 * sigmoid(2a) - 1, the new gate's parts doubled in the tables (exactly: a
+    # power of two): on this CPU torch.tanh costs 5x a sigmoid (27 us for 64 rows)
+    h_n = hk.narrow(1, n2, n3 - n2)
+    new = torch.sigmoid(gates.narrow(1, n2, n3 - n2) + h_n * reset_update.narrow(1, 0, n2 // 2))
+    new = new.mul_(2.0).sub_(1.0)
+    update = reset_update.narrow(1, n2 // 2, n2 // 2)
+    new = (h0 - new).mul_(update).add_(new)  # aten: (h - new) * update + new
+    first = x if copy_start else torch.where(seen, x, -1)
+    k, d = keys.shape[1], keys.shape[2]  # narrow(): one view op where [:, a:] takes two
+    keys = torch.cat([keys.narrow(1, 1, k - 1), hk.narrow(1, n3, d).unsqueeze(1)], 1)
+    ids = torch.cat([ids.narrow(1, 1, k - 1), first], 1)
+    return new.unsqueeze(1), keys, ids, torch.ones_like(seen)
+
+
+def head_tabled(
+    h: Tensor,
+    keys: Tensor,
+    ids: Tensor,
+    of_h_w: Tensor,
+    of_h_b: Tensor,
+    no_sentinel: Tensor,
+    offered_out: Tensor | None,
+) -> Tensor:
+    """Next-token log-probabilities (B, V) of outputs h (B, H) over a history of keys (B, K, D)
+    and ids (B, K) (-1: empty): `CopyGRU._mix` at one position. `of_h_*` give what reads h
+    alone: the scaled query, the sentinel's score and the output layer's logits of h (through
+    the folded batch norm); `offered_out` (V, V) what each offered word adds to the logits
+    (None: the head reads no offer); `no_sentinel` (2, K + 1) is 0 but -inf at [1, K]."""
+    d, k = keys.shape[2], keys.shape[1]
+    v = of_h_w.shape[0] - d - 1
+    of_h = F.linear(h, of_h_w, of_h_b)  # (B, D + 1 + V)
+    raw = torch.bmm(of_h.narrow(1, 0, d).unsqueeze(1), keys.transpose(1, 2)).squeeze(1)
+    raw.masked_fill_(ids < 0, -1e30)  # as -inf beside the finite sentinel: exp() is 0
+    scores = torch.cat([raw, of_h.narrow(1, d, 1)], 1)  # (B, K + 1)
+    index = torch.remainder(ids, v + 1)  # an empty entry (-1) lands past the vocabulary
+    if offered_out is None:
+        weights = torch.softmax(scores, 1)
+        copy = torch.zeros(h.shape[0], v + 1, dtype=h.dtype, device=h.device)
+        copy = copy.scatter_add_(1, index, weights.narrow(1, 0, k)).narrow(1, 0, v)
+        logits = of_h.narrow(1, d + 1, v)
+    else:  # the copy path's weights, and the offer: the same without the sentinel
+        both = torch.softmax(scores.unsqueeze(1) + no_sentinel, 2)  # (B, 2, K + 1)
+        weights = both.select(1, 0)
+        mass = torch.zeros(h.shape[0], 2, v + 1, dtype=h.dtype, device=h.device)
+        mass.scatter_add_(2, index.unsqueeze(1).expand(-1, 2, -1), both.narrow(2, 0, k))
+        copy = mass.select(1, 0).narrow(1, 0, v)
+        offer = mass.select(1, 1).narrow(1, 0, v)
+        logits = torch.addmm(of_h.narrow(1, d + 1, v), offer, offered_out)
+    # p = gate * p_vocab + the copied mass, floored as the modules do
+    p = torch.addcmul(copy.clamp_min(1e-30), torch.softmax(logits, 1), weights.narrow(1, k, 1))
+    return p.log()
+
+
+def advance_exact(
+    x: Tensor,
+    h: Tensor,
+    keys: Tensor,
+    ids: Tensor,
+    seen: Tensor,
+    embedding: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    key_w: Tensor,
+    key_b: Tensor,
+    copy_start: bool,
+) -> Parts:
+    """`advance_tabled` with the modules' own operations (torch.gru_cell is what nn.GRU runs
+    at each position): the same bits as the modules."""
+    new = torch.gru_cell(F.embedding(x[:, 0], embedding), h[:, 0], w_ih, w_hh, b_ih, b_hh)
+    pending = F.linear(h[:, 0], key_w, key_b).unsqueeze(1)  # (B, 1, D): the last position's key
+    first = x if copy_start else torch.where(seen, x, -1)
+    keys = torch.cat([keys[:, 1:], pending], 1)
+    ids = torch.cat([ids[:, 1:], first], 1)
+    return new.unsqueeze(1), keys, ids, torch.ones_like(seen)
+
+
+def head_exact(
+    h: Tensor,
+    keys: Tensor,
+    ids: Tensor,
+    query_w: Tensor,
+    query_b: Tensor,
+    sentinel_w: Tensor,
+    sentinel_b: Tensor,
+    embedding: Tensor,
+    value_w: Tensor | None,
+    bn_w: Tensor,
+    bn_b: Tensor,
+    bn_mean: Tensor,
+    bn_var: Tensor,
+    eps: float,
+    out_w: Tensor,
+    out_b: Tensor,
+) -> Tensor:
+    """`head_tabled` with the modules' own operations: the same bits as the modules."""
+    q = F.linear(h, query_w, query_b).unsqueeze(1)  # (B, 1, D)
+    raw = (q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])).squeeze(1)  # (B, K)
+    blocked = ids < 0
+    scores = raw.masked_fill(blocked, float("-inf"))
+    attn = torch.log_softmax(torch.cat([scores, F.linear(h, sentinel_w, sentinel_b)], 1), 1)
+    safe = ids.clamp_min(0)
+    copy = torch.zeros(h.shape[0], embedding.shape[0], dtype=h.dtype, device=h.device)
+    copy.scatter_add_(1, safe, attn[:, :-1].exp())  # blocked entries add exp(-inf) = 0
+    feature = h
+    if value_w is not None:
+        offer = torch.softmax(raw.masked_fill(blocked, -1e30), 1).masked_fill(blocked, 0.0)
+        offered = (offer.unsqueeze(1) @ F.embedding(safe, embedding)).squeeze(1)  # (B, H)
+        feature = h + F.linear(offered, value_w)
+    normed = torch.batch_norm(feature, bn_w, bn_b, bn_mean, bn_var, False, 0.0, eps, False)
+    vocab = torch.log_softmax(F.linear(normed, out_w, out_b), 1) + attn[:, -1:]
+    return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))
+
+
+@cache
+def compiled() -> dict[str, Callable[..., Any]]:
+    """The four functions above compiled by TorchScript (once a process, on first use)."""
+    with warnings.catch_warnings():  # deprecated, yet the fastest here: see the module's doc
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return {
+            f.__name__: torch.jit.script(f)
+            for f in (advance_tabled, head_tabled, advance_exact, head_exact)
+        }
+
+
+def tables(model: Any, part: str) -> tuple[Tensor | None, ...] | None:
+    """The tables of `part` ("advance" or "head") of a CopyGRU (not imported here: its module
+    imports this one), kept on the model until one of the weights they come from changes in
+    place (a tensor's version counts those: an optimizer step, load_state_dict) or moves. A
+    weight replaced by another tensor object is not seen (nothing here does that). None for
+    weights made under torch.inference_mode, which keep no version."""
+    kept = model.__dict__.setdefault("_step_tables", {})
+    if part in kept:
+        sources, stamp, made = kept[part]
+        if stamp == tuple([t._version for t in sources]):
+            return made
+    rnn, key, bn, value = model.rnn, model.key, model.bn, model.value
+    if part == "advance":
+        sources = [model.i_h.weight, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0]
+        sources += [rnn.bias_hh_l0, key.weight, key.bias]
+    else:
+        sources = [model.query.weight, model.query.bias, model.sentinel.weight]
+        sources += [model.sentinel.bias, model.i_h.weight, bn.weight, bn.bias, bn.running_mean]
+        sources += [bn.running_var, model.h_o.weight, model.h_o.bias]
+        sources += [] if value is None else [value.weight]
+    if any(t.is_inference() for t in sources):  # no version to tell a change by: no tables
+        return None
+    stamp = tuple([t._version for t in sources])
+    with torch.no_grad():
+        if part == "advance":
+            double = rnn.bias_hh_l0.new_ones(rnn.bias_hh_l0.shape[0], 1)
+            double[2 * double.shape[0] // 3 :] = 2.0  # the new gate's rows
+            w_ih, b_ih = rnn.weight_ih_l0 * double, rnn.bias_ih_l0 * double[:, 0]
+            made = (
+                F.linear(model.i_h.weight, w_ih, b_ih),
+                torch.cat([rnn.weight_hh_l0 * double, key.weight]),
+                torch.cat([rnn.bias_hh_l0 * double[:, 0], key.bias]),
+            )
+        else:
+            root = math.sqrt(model.config.key_size)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            out_w = model.h_o.weight * scale  # the batch norm folded into h_o
+            out_b = model.h_o.bias + model.h_o.weight @ (bn.bias - bn.running_mean * scale)
+            k = model.config.copy_window
+            no_sentinel = out_b.new_zeros(2, k + 1)
+            no_sentinel[1, k] = float("-inf")
+            made = (
+                torch.cat([model.query.weight / root, model.sentinel.weight, out_w]),
+                torch.cat([model.query.bias / root, model.sentinel.bias, out_b]),
+                no_sentinel,
+                None if value is None else model.i_h.weight @ value.weight.t() @ out_w.t(),
+            )
+    kept[part] = (sources, stamp, made)
+    return made
+
+
+def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`model.advance_state(x, state)` of a single-layer CopyGRU for (B, 1) ids x."""
+    made = tables(model, "advance") if x.shape[0] >= TABLED_ROWS else None
+    if made is not None:
+        rest = (*made, model.config.copy_start)
+        advance = compiled()["advance_tabled"]
+    else:
+        rnn, key = model.rnn, model.key
+        rest = (model.i_h.weight, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0)
+        rest += (rnn.bias_hh_l0, key.weight, key.bias, model.config.copy_start)
+        advance = compiled()["advance_exact"]
+    h, keys, ids, seen = advance(x, state["h"], state["keys"], state["ids"], state["seen"], *rest)
+    return {"h": h, "keys": keys, "ids": ids, "seen": seen}
+
+
+def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
+    """`model.head_state(state)` of a CopyGRU whose batch norm is in eval mode."""
+    h, keys, ids = state["h"][:, -1], state["keys"], state["ids"]
+    made = tables(model, "head") if h.shape[0] >= TABLED_ROWS else None
+    if made is not None:
+        return compiled()["head_tabled"](h, keys, ids, *made)
+    bn, value = model.bn, model.value
+    return compiled()["head_exact"](
+        h, keys, ids, model.query.weight, model.query.bias, model.sentinel.weight,
+        model.sentinel.bias, model.i_h.weight, None if value is None else value.weight,
+        bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, model.h_o.weight,
+        model.h_o.bias,
+    )  # fmt: skip

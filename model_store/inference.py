@@ -1,0 +1,48 @@
+"""What running a model needs beside the model: the device it runs on, the state a text starts
+from, and a compiled cell (Model7's)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from model_store.models import CellLoopLM, GRUCell, HumanNumbersLM, State
+
+
+@torch.no_grad()
+def start_state(model: HumanNumbersLM, bos: int, device: torch.device | str | None = None) -> State:
+    """The state a text starts from, one row: the zero state after fastai's `xxbos` (id `bos`),
+    which began every text the lesson's models were trained on. The service starts every
+    sequence here (an implicit xxbos), so `one,` is read as the start of a count: measured in
+    issue 16 (docs/benchmarks.md, sixth round), where it beat the bare zero state."""
+    ids = torch.tensor([[bos]], dtype=torch.long, device=device)
+    return model.advance_state(ids, model.init_state(1, device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; asking for a missing GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def compile_cell(model: HumanNumbersLM, how: str) -> HumanNumbersLM:
+    """Replace the hand-written cell of Model7 by a TorchScript (`script`) or torch.compile'd
+    (`compile`) version, for inference; `eager` leaves it, and other models have no such
+    cell. Weights must be loaded first: the state dict keys of a compiled module differ.
+    On CPU, scripting is 10-25% faster per step and exact (benchmarks/cells.py); compile is
+    not faster for a cell this small."""
+    if how == "eager" or not isinstance(model, CellLoopLM) or not isinstance(model.rnn, GRUCell):
+        return model
+    if how == "script":
+        with warnings.catch_warnings():  # deprecated, yet the fastest here: see above
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model.rnn = torch.jit.script(model.rnn)
+    elif how == "compile":
+        model.rnn = torch.compile(model.rnn, dynamic=True)  # type: ignore[assignment]
+    else:
+        raise ValueError(f"unknown way to compile a cell: {how!r}")
+    return model
