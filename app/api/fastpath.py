@@ -215,13 +215,11 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         reply = Reply(send, rid or self.request_ids(()))
+        handoff: Receive | None = None
         try:
             handoff = await self._serve(
                 scope, receive, reply, hot, kwargs, (size, length, authorization, wanted)
             )
-            if handoff is not None:
-                await self.app(scope, handoff, send)
-                return
         except asyncio.CancelledError:  # the server's, at the end of its drain (as ShutdownAnswers)
             if not reply.started:
                 with contextlib.suppress(Exception):  # the client may be gone
@@ -230,6 +228,9 @@ class FastPath:
             log.exception("request %s failed", reply.rid.decode())
             if not reply.started:
                 await reply.answer(internal_error(reply.rid.decode()))
+        if handoff is not None:  # nothing charged, counted or logged yet: the stack does it all
+            await self.app(scope, handoff, send)
+            return
         elapsed = time.perf_counter() - start
         self.metrics.observe_request("POST", reply.route, reply.status, elapsed)
         if self.log_requests:
