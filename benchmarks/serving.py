@@ -345,7 +345,7 @@ def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 
     with contextlib.ExitStack() as stack:
         targets = []
         for label, cwd in trees:
-            srv = stack.enter_context(Server(store, cwd=cwd))
+            srv = stack.enter_context(Server(store, cwd=cwd, LOG_LEVEL=args.log_level))
             ids = asyncio.run(create_sessions(srv.base, args.sessions))
             script = lua_sessions(ids, tmp / f"trees-{label}")
             wrk(srv.base, 16, 1, script)  # warm-up
@@ -474,6 +474,11 @@ def main() -> None:
         "--before",
         type=Path,
         help="another checkout of this repo to measure this tree against (the trees part)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        help="the trees part's servers' LOG_LEVEL (info: an access-log line per request)",
     )
     args = p.parse_args()
     if shutil.which("wrk") is None:
