@@ -1,5 +1,6 @@
 """The fast path answers exactly as FastAPI does, and leaves it what it does not handle."""
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -277,3 +278,23 @@ def test_every_hot_route_answers_as_fastapi_does(store, template, keys):
         for (url, x), (_, y) in zip(a, b, strict=True):
             assert x == y, url
         assert requests_counted(fast) == requests_counted(slow)
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"), [(RuntimeError("a bug"), 500), (asyncio.CancelledError(), 503)]
+)
+def test_a_bug_and_the_end_of_the_drain_answer_as_the_stack_does(store, raised, status):
+    """An exception escaping a hot route is the stack's 500 with the request id; a
+    cancellation at the end of the drain its 503 with Retry-After (app.api.shutdown)."""
+
+    async def broken(*args, **kwargs):
+        raise raised
+
+    answers = []
+    for fast_path in (True, False):
+        with TestClient(create_app(make_settings(store, FAST_PATH=fast_path))) as c:
+            c.app.state.service.next_word = broken
+            r = c.post("/v1/next-word", json={"text": "one"}, headers={"x-request-id": "bug-2"})
+            answers.append((r.status_code, r.headers.raw, r.content))
+            assert f'route="/v1/next-word",status="{status}"' in c.get("/metrics").text
+    assert answers[0] == answers[1] and answers[0][0] == status
