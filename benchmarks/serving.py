@@ -326,7 +326,8 @@ def keys_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3
 def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3) -> None:
     """This tree's server against --before's, both up at once on one store, driven in turn
     `rounds` times (before, after, before, ...), so a load from elsewhere falls on both alike:
-    session next-word at 64 connections, then /v1/completions with lists of 256 prompts. Beside
+    session next-word at 64 connections, /v1/completions with lists of 256 prompts, then GET
+    /health at 64 connections (the cost of the layers around a route that does nothing). Beside
     the rates, the same per CPU-second of the server process: less noisy on a shared machine."""
     prompts = prompt_list()
     batch = lua_post(
@@ -335,23 +336,29 @@ def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 
         "/v1/completions",
         {"model": args.models[0], "prompt": prompts, "max_tokens": 1, "temperature": 0},
     )
-    loads = (("next-word", 64, None, 1), ("completions, 256 prompts", 4, batch, len(prompts)))
+    loads = (
+        ("next-word", 64, None, 1, ""),
+        ("completions, 256 prompts", 4, batch, len(prompts), ""),
+        ("GET /health", 64, None, 1, "/health"),
+    )
     trees = (("before", args.before), ("after", None))
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     with contextlib.ExitStack() as stack:
         targets = []
         for label, cwd in trees:
-            srv = stack.enter_context(Server(store, cwd=cwd))
+            srv = stack.enter_context(Server(store, cwd=cwd, LOG_LEVEL=args.log_level))
             ids = asyncio.run(create_sessions(srv.base, args.sessions))
             script = lua_sessions(ids, tmp / f"trees-{label}")
             wrk(srv.base, 16, 1, script)  # warm-up
             wrk(srv.base, 4, 1, batch)
             targets.append((label, srv, script))
         for i in range(rounds):
-            for load, conns, body, _ in loads:
+            for load, conns, body, _, path in loads:
                 for label, srv, script in targets:
                     cpu = srv.cpu_s()
-                    r = wrk(srv.base, conns, args.duration, body or script)
+                    r = wrk(
+                        srv.base + path, conns, args.duration, body or (None if path else script)
+                    )
                     r["cpu_s"] = srv.cpu_s() - cpu
                     runs.setdefault((load, label), []).append(r)
                 b, a = runs[(load, "before")][-1]["rps"], runs[(load, "after")][-1]["rps"]
@@ -359,7 +366,7 @@ def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 
     print(
         f"\nthis tree against {args.before}, {rounds} rounds of {args.duration:g} s each, in turn:"
     )
-    for load, conns, _, per in loads:
+    for load, conns, _, per, _ in loads:
         rps = {t: sum(r["rps"] for r in runs[(load, t)]) / rounds for t, _ in trees}
         per_cpu = {
             t: sum(r["rps"] * args.duration for r in runs[(load, t)])
@@ -468,6 +475,11 @@ def main() -> None:
         "--before",
         type=Path,
         help="another checkout of this repo to measure this tree against (the trees part)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        help="the trees part's servers' LOG_LEVEL (info: an access-log line per request)",
     )
     args = p.parse_args()
     if shutil.which("wrk") is None:

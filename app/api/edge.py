@@ -4,16 +4,80 @@ A body larger than MAX_BODY_BYTES gets 413 before a byte of it is parsed: from i
 Content-Length header alone (a lookup, on the hot routes too), or, for a chunked body,
 counted as it arrives. A body must arrive within BODY_TIMEOUT_SECONDS (408 otherwise), so a
 client that sends its body slowly cannot hold a request open. Headers larger than
-MAX_HEADER_BYTES in all get 431.
+MAX_HEADER_BYTES in all get 431. The checks are functions that the fast path (app.api.fastpath)
+calls too, so both answer alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response, send_response
+
+
+def refusal(status: int, detail: str) -> Response:
+    """`status` with a JSON detail, closing the connection (the rest is never read)."""
+    return error_response(status, detail, headers={"Connection": "close"})
+
+
+def head_refusal(
+    size: int, length: bytes | None, max_headers: int, max_body: int
+) -> Response | None:
+    """431 for headers of `size` bytes in all, 413 for a Content-Length over the limit."""
+    if size > max_headers:
+        return refusal(
+            431,
+            f"request headers are {size:,} bytes; this server takes "
+            f"at most {max_headers:,} (MAX_HEADER_BYTES)",
+        )
+    if length is not None and int(length) > max_body:  # the server refuses a non-numeric one
+        return too_large(int(length), max_body, counted=False)
+    return None
+
+
+def too_large(size: int, max_body: int, counted: bool) -> Response:
+    """413: `size` is the Content-Length, or what a chunked body had sent when it went past
+    the limit (the rest is never read)."""
+    said = (
+        f"at least {size:,} bytes (chunked, refused as it arrived)"
+        if counted
+        else f"{size:,} bytes"
+    )
+    return refusal(
+        413,
+        f"request body is {said}; this server takes at most {max_body:,} bytes (MAX_BODY_BYTES)",
+    )
+
+
+async def read_bounded(
+    receive: Receive, max_body: int, timeout_s: float
+) -> bytes | Response | None:
+    """The whole body, read under the deadline and the size bound; the refusal (413, 408)
+    when it breaks one; None when the client left (nobody to answer)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_body:
+                    return too_large(size, max_body, counted=True)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        return refusal(
+            408,
+            f"the request body took longer than {timeout_s:g} s to arrive (BODY_TIMEOUT_SECONDS)",
+        )
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class BoundedRequests:
@@ -36,72 +100,18 @@ class BoundedRequests:
                 length = value
             elif key == b"transfer-encoding":
                 chunked = True
-        if size > self.max_headers:
-            await refuse(
-                send,
-                431,
-                f"request headers are {size:,} bytes; this server takes "
-                f"at most {self.max_headers:,} (MAX_HEADER_BYTES)",
-            )
+        if (refused := head_refusal(size, length, self.max_headers, self.max_body)) is not None:
+            await send_response(send, refused)
             return
-        if length is not None:
-            if int(length) > self.max_body:  # the server refuses a non-numeric length itself
-                await self.too_large(send, int(length), counted=False)
-                return
-            if length == b"0":
-                await self.app(scope, receive, send)
-                return
-        elif not chunked:  # no body
+        if length == b"0" or (length is None and not chunked):  # no body
             await self.app(scope, receive, send)
             return
         # Read the body now, under a deadline and the size bound, then hand it on whole.
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.body_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client left: nobody to answer
-                        return
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body:
-                        await self.too_large(send, size, counted=True)
-                        return
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            await refuse(
-                send,
-                408,
-                f"the request body took longer than {self.body_timeout_s:g} s "
-                "to arrive (BODY_TIMEOUT_SECONDS)",
-            )
-            return
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        await self.app(scope, replay(body, receive), send)
-
-    async def too_large(self, send: Send, size: int, counted: bool) -> None:
-        """413: `size` is the Content-Length, or what a chunked body had sent when it went
-        past the limit (the rest is never read)."""
-        said = (
-            f"at least {size:,} bytes (chunked, refused as it arrived)"
-            if counted
-            else (f"{size:,} bytes")
-        )
-        await refuse(
-            send,
-            413,
-            f"request body is {said}; this server takes at most "
-            f"{self.max_body:,} bytes (MAX_BODY_BYTES)",
-        )
-
-
-async def refuse(send: Send, status: int, detail: str) -> None:
-    """Answer `status` with a JSON detail and close the connection (the rest of the request
-    is never read)."""
-    await send_response(send, error_response(status, detail, headers={"Connection": "close"}))
+        body = await read_bounded(receive, self.max_body, self.body_timeout_s)
+        if isinstance(body, Response):
+            await send_response(send, body)
+        elif body is not None:
+            await self.app(scope, replay(body, receive), send)
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -1,37 +1,54 @@
-"""The hot routes without FastAPI's per-request machinery.
+"""The hot routes in one pass, ahead of the app's middleware stack.
 
-`POST /v1/next-word` and `POST /v1/sessions/{id}/next-word` are most of a busy server's
-traffic. This ASGI middleware answers them itself: the routes marked `hot` where they are
-declared (app.api.routes), read from the app's own routes once, when the middleware is built
-(path, body model, endpoint, its dependencies); the endpoint is called with the body validated
-from the raw bytes in Rust, its response serialized straight to JSON bytes, its errors rendered
-as FastAPI's handlers do (app.api.errors). Anything it does not fully understand (another
-route, a content type FastAPI would not read as JSON, a body that fails validation) goes on
-to FastAPI untouched, with the body replayed, so FastAPI's own answers (422 details included)
-stay the reference. The body's size was bounded before (app.api.edge).
+The routes marked `hot` where they are declared (app.api.routes) are most of a busy server's
+traffic. This ASGI app stands in front of the app's whole stack (app.main's ServiceApp puts it
+there) and answers them itself, doing in one pass what the stack's layers do one after the
+other: the header and body bounds (app.api.edge), the API key, the rate limits
+(app.api.ratelimit), the request id, the metrics and the access log (app.core.observability),
+the shutdown's 503 (app.api.shutdown), with the same functions, so the answers are the same
+bytes. Its table is read from the app's own routes once (path, body model, endpoint, its
+dependencies); the endpoint is called with the body validated from the raw bytes in Rust, its
+answer serialized straight to JSON bytes, its errors rendered by app.api.errors.
+
+Anything it does not fully understand goes to the whole stack untouched, before anything was
+charged, counted or logged (the body replayed when it was read), so FastAPI's own answers stay
+the reference: another route, a server not ready, a content type FastAPI would not read as
+JSON, a request with an Origin when CORS is on, a body that fails validation, a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from re import Pattern
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.convertors import StringConvertor
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import get_owner, get_service
-from app.api.edge import read_body, replay
-from app.api.errors import send_response, service_error_response
+from app.api.edge import head_refusal, read_bounded, replay
+from app.api.errors import internal_error, is_openai, service_error_response
+from app.api.ratelimit import RateLimiter, refusal, token_cost
 from app.api.routes import HOT
+from app.api.shutdown import shutdown_answer
+from app.core.config import Settings
 from app.core.errors import ServiceError
-from app.core.security import ApiKeys
-from app.serving.service import PredictionService
+from app.core.observability import REQUEST_ID, SANE_ID, Metrics, RequestIds, log_request
+from app.core.security import ANONYMOUS, ApiKeys
+
+log = logging.getLogger("app")
+JSON_TYPE = (b"content-type", b"application/json")
+UNMATCHED = "unmatched"  # the route label of an answer given before FastAPI's router
 
 
 def is_json(content_type: bytes) -> bool:
@@ -47,16 +64,20 @@ def is_json(content_type: bytes) -> bool:
 @dataclass(frozen=True)
 class HotRoute:
     """A hot route as the fast path calls it: `endpoint(**{body: request, **path params,
-    service: ..., owner: ...})`, the names being its parameters'."""
+    service: ..., owner: ..., request: ..., headers...})`, the names being its parameters'."""
 
-    route: APIRoute  # the scope's route, as FastAPI sets it (the metrics read its path)
+    path: str  # the template: the metrics' and the access log's route label
     regex: Pattern[str]
     endpoint: Callable[..., Any]
     model: type[BaseModel]
     body: str
     service: str | None
     owner: str | None
+    request: str | None  # a parameter given the Starlette Request
+    headers: tuple[tuple[str, bytes], ...]  # (parameter, header name): optional str headers
     status: int
+    openai: bool  # errors in OpenAI's shape
+    streams: bool  # a body with `stream: true` goes to FastAPI
 
 
 def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
@@ -70,42 +91,79 @@ def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
 
 def hot_route(route: APIRoute) -> HotRoute:
     """What the fast path needs of a route marked hot; ValueError for one it cannot serve."""
-    given = {dep.call: dep.name for dep in route.dependant.dependencies}
-    bodies = route.dependant.body_params
+    dependant = route.dependant
+    given = {dep.call: dep.name for dep in dependant.dependencies}
+    bodies = dependant.body_params
     model = bodies[0].field_info.annotation if len(bodies) == 1 else None
+    headers = dependant.header_params
     if (
         route.methods != {"POST"}
         or not (isinstance(model, type) and issubclass(model, BaseModel))
         or not set(given) <= {get_service, get_owner}
         or not all(isinstance(c, StringConvertor) for c in route.param_convertors.values())
+        or dependant.query_params
+        or dependant.cookie_params
+        or not all(h.field_info.annotation == str | None and h.default is None for h in headers)
     ):
         raise ValueError(f"the fast path cannot serve {route.path}: see app.api.fastpath")
     return HotRoute(
-        route,
+        route.path,
         route.path_regex,
         route.endpoint,
         model,
         bodies[0].name,
         given.get(get_service),
         given.get(get_owner),
+        dependant.request_param_name,
+        tuple((h.name, h.alias.lower().encode("latin-1")) for h in headers),
         route.status_code or 200,
+        is_openai(route.path),
+        "stream" in model.model_fields,
     )
 
 
-def _json_headers(length: int) -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+class Reply:
+    """One request's answer: sent with its request id, its status and route label kept for
+    the metrics and the access log."""
+
+    __slots__ = ("rid", "route", "send", "started", "status")
+
+    def __init__(self, send: Send, rid: bytes):
+        self.send = send
+        self.rid = rid
+        self.status = 500  # what the metrics say of a request that got no answer
+        self.route = UNMATCHED
+        self.started = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status, self.started = status, True
+        headers.append((REQUEST_ID, self.rid))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def answer(self, response: Response, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        await self.start(response.status_code, [*response.raw_headers, *extra])
+        await self.send({"type": "http.response.body", "body": response.body})
 
 
 class FastPath:
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI):
-        self.app = app
-        self.fastapi_app = fastapi_app
+        self.app = app  # the whole stack: everything not answered here
+        self.state = fastapi_app.state
         routes = [hot_route(r) for r in api_routes(fastapi_app.routes) if r.endpoint in HOT]
         if not routes:
             raise ValueError("no route is marked hot: the fast path has nothing to serve")
         # paths without parameters by a lookup, the others by their regex
-        self.fixed = {r.route.path: r for r in routes if not r.route.param_convertors}
-        self.templated = [r for r in routes if r.route.param_convertors]
+        self.fixed = {r.path: r for r in routes if r.regex.groups == 0}
+        self.templated = [r for r in routes if r.regex.groups]
+        settings: Settings = fastapi_app.state.settings
+        self.max_body = settings.MAX_BODY_BYTES
+        self.body_timeout_s = settings.BODY_TIMEOUT_SECONDS
+        self.max_headers = settings.MAX_HEADER_BYTES
+        self.cors = bool(settings.CORS_ORIGINS)
+        self.log_requests = settings.ACCESS_LOG
+        self.metrics: Metrics = fastapi_app.state.metrics
+        self.request_ids: RequestIds = fastapi_app.state.request_ids
+        self.keys: ApiKeys = fastapi_app.state.keys
 
     def _match(self, scope: Scope) -> tuple[HotRoute, dict[str, Any]] | None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -119,39 +177,153 @@ class FastPath:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = self._match(scope)
-        service: PredictionService | None = getattr(self.fastapi_app.state, "service", None)
+        found = self._match(scope)
+        if found is None or self.state.service is None:
+            await self.app(scope, receive, send)
+            return
+        hot, kwargs = found
+        start = time.perf_counter()
+        # the head, in one pass: its size and the headers read here (the first of each, as
+        # Starlette's Headers.get; a request id as ObservabilityMiddleware takes it)
+        size = 0
+        length: bytes | None = None
+        chunked = origin = False
+        content_type = authorization = rid = None
+        wanted: dict[bytes, bytes] = {}
+        for key, value in scope["headers"]:
+            size += len(key) + len(value)
+            if key == b"content-length":
+                length = value
+            elif key == b"transfer-encoding":
+                chunked = True
+            elif key == b"content-type":
+                content_type = value if content_type is None else content_type
+            elif key == b"authorization":
+                authorization = value if authorization is None else authorization
+            elif key == REQUEST_ID:
+                rid = value if rid is None and SANE_ID.fullmatch(value) else rid
+            elif key == b"origin":
+                origin = True
+            elif hot.headers:
+                wanted.setdefault(key, value)
         if (
-            match is None
-            or service is None
-            or not is_json(dict(scope["headers"]).get(b"content-type", b""))
+            not is_json(content_type or b"")
+            or (origin and self.cors)
+            or length == b"0"
+            or (length is None and not chunked)  # no body: FastAPI words the 422
         ):
             await self.app(scope, receive, send)
             return
-        hot, kwargs = match
-        scope["route"] = hot.route  # for the metrics' route label
-        keys: ApiKeys = self.fastapi_app.state.keys
-        try:  # the key first, as the routes' dependency does: before the body is read
-            owner = keys.owner(dict(scope["headers"]).get(b"authorization"))
-        except ServiceError as e:
-            await send_response(send, service_error_response(e))
-            return
-        body = await read_body(receive)
+        reply = Reply(send, rid or self.request_ids(()))
+        handoff: Receive | None = None
         try:
-            kwargs[hot.body] = hot.model.model_validate_json(body)
-        except ValidationError:  # FastAPI words the 422
-            await self.app(scope, replay(body, receive), send)
+            handoff = await self._serve(
+                scope, receive, reply, hot, kwargs, (size, length, authorization, wanted)
+            )
+        except asyncio.CancelledError:  # the server's, at the end of its drain (as ShutdownAnswers)
+            if not reply.started:
+                with contextlib.suppress(Exception):  # the client may be gone
+                    await reply.answer(shutdown_answer(hot.openai))
+        except Exception:
+            log.exception("request %s failed", reply.rid.decode())
+            if not reply.started:
+                await reply.answer(internal_error(reply.rid.decode()))
+        if handoff is not None:  # nothing charged, counted or logged yet: the stack does it all
+            await self.app(scope, handoff, send)
             return
+        elapsed = time.perf_counter() - start
+        self.metrics.observe_request("POST", reply.route, reply.status, elapsed)
+        if self.log_requests:
+            log_request(scope, reply.route, reply.status, elapsed, reply.rid, "POST")
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        reply: Reply,
+        hot: HotRoute,
+        kwargs: dict[str, Any],
+        head: tuple[int, bytes | None, bytes | None, dict[bytes, bytes]],
+    ) -> Receive | None:
+        """Answer the request; or, before anything is charged or counted, the receive to
+        hand it to the whole stack with. `head`: the headers' size, Content-Length,
+        Authorization and the headers the endpoint takes."""
+        size, length, authorization, wanted = head
+        if (refused := head_refusal(size, length, self.max_headers, self.max_body)) is not None:
+            await reply.answer(refused)
+            return None
+        body = await read_bounded(receive, self.max_body, self.body_timeout_s)
+        if not isinstance(body, bytes):
+            if body is not None:  # 413, 408 (None: the client left, nobody to answer)
+                await reply.answer(body)
+            return None
+        reply.route = hot.path
+        try:  # the key first, as the routes' dependency does
+            owner = self.keys.owner(authorization)
+        except ServiceError as e:
+            await reply.answer(service_error_response(e, hot.openai))
+            return None
+        try:
+            request = hot.model.model_validate_json(body)
+        except ValidationError:  # FastAPI words the 422
+            return replay(body, receive)
+        if hot.streams and getattr(request, "stream", False):
+            return replay(body, receive)
+        extra: list[tuple[bytes, bytes]] = []
+        limiter: RateLimiter | None = self.state.rate_limiter
+        if limiter is not None:
+            refused = await self._rate_limit(limiter, scope, owner, body, extra)
+            if refused is not None:
+                reply.route = UNMATCHED  # refused before the router, as RateLimits does
+                await reply.answer(refused)
+                return None
+        kwargs[hot.body] = request
         if hot.service is not None:
-            kwargs[hot.service] = service
+            kwargs[hot.service] = self.state.service
         if hot.owner is not None:
             kwargs[hot.owner] = owner
+        if hot.request is not None:
+            kwargs[hot.request] = Request(scope, receive)
+        for name, header in hot.headers:
+            value = wanted.get(header)
+            kwargs[name] = None if value is None else value.decode("latin-1")
         try:
-            response = await hot.endpoint(**kwargs)
+            answer = await hot.endpoint(**kwargs)
         except ServiceError as e:
-            await send_response(send, service_error_response(e))
-            return
-        payload = response.__pydantic_serializer__.to_json(response)
-        headers = _json_headers(len(payload))
-        await send({"type": "http.response.start", "status": hot.status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+            await reply.answer(service_error_response(e, hot.openai), extra)
+            return None
+        if isinstance(answer, Response):
+            await reply.answer(answer, extra)
+            return None
+        payload = answer.__pydantic_serializer__.to_json(answer)
+        await reply.start(
+            hot.status, [(b"content-length", b"%d" % len(payload)), JSON_TYPE, *extra]
+        )
+        await reply.send({"type": "http.response.body", "body": payload})
+        return None
+
+    async def _rate_limit(
+        self,
+        limiter: RateLimiter,
+        scope: Scope,
+        owner: str,
+        body: bytes,
+        extra: list[tuple[bytes, bytes]],
+    ) -> Response | None:
+        """RateLimits' charge: the 429 to answer, or None with the RateLimit-* headers in
+        `extra` (none when the limiter is out of reach)."""
+        if owner == ANONYMOUS:  # keys off: one bucket per client address
+            client = scope.get("client")
+            who = f"ip:{client[0] if client else '-'}"
+        else:
+            who = f"key:{owner}"
+        path: str = scope["path"]
+        tokens = min(token_cost(path, body), limiter.max_cost) if limiter.counts_tokens else 0
+        verdict = await limiter.take(who, tokens)
+        if verdict is None:
+            return None
+        i, headers = limiter.headers(verdict)
+        if not verdict.allowed:
+            return refusal(path, limiter.limits[i], who, tokens, headers)
+        extra += headers
+        return None

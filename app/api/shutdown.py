@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response, is_openai, openai_error, send_response
@@ -23,6 +24,12 @@ MESSAGE = (
     "the server is shutting down and could not finish this request; "
     "retry it (another replica may take it)"
 )
+
+
+def shutdown_answer(openai: bool) -> Response:
+    """The 503 of a request that has no answer yet when the drain ends."""
+    headers = {"Retry-After": "1", "Connection": "close"}
+    return error_response(503, MESSAGE, openai=openai, headers=headers)
 
 
 class ShutdownAnswers:
@@ -52,9 +59,7 @@ class ShutdownAnswers:
             openai = is_openai(scope["path"])
             with contextlib.suppress(Exception):  # the client may be gone: nothing to say
                 if not started:
-                    headers = {"Retry-After": "1", "Connection": "close"}
-                    answer = error_response(503, MESSAGE, openai=openai, headers=headers)
-                    await send_response(send, answer)
+                    await send_response(send, shutdown_answer(openai))
                 elif stream:
                     error = openai_error(503, MESSAGE)
                     last = event({"error": error}) + DONE if openai else event({"error": MESSAGE})

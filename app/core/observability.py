@@ -1,12 +1,22 @@
-"""Prometheus metrics and structured access logs, as one pure ASGI middleware."""
+"""Prometheus metrics and structured access logs, as one pure ASGI middleware.
+
+Nothing slow on the event loop per request: a request id is a per-process random prefix and a
+counter (no os.urandom per request), a request's metrics are children looked up once per
+(method, route, status), and log lines are formatted and written by a thread of their own
+(logging's QueueHandler and QueueListener), flushed at shutdown.
+"""
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import logging
+import logging.handlers
+import os
+import queue
 import re
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,19 +31,29 @@ from app.core.redact import redact_path
 access_log = logging.getLogger("app.access")
 log = logging.getLogger("app")
 REQUEST_ID = b"x-request-id"
-_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")  # a client's id is kept if it looks like this
+SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")  # a client's id is kept if it looks like this
 
 
-def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The client's X-Request-ID when it is short and plain, else a new one."""
-    for key, value in headers:
-        if key == REQUEST_ID and _SANE_ID.fullmatch(value):
-            return value
-    return uuid.uuid4().hex.encode()
+class RequestIds:
+    """Request ids: the client's X-Request-ID when it is short and plain, else a new one of
+    32 hex digits (uuid4().hex's shape): 16 random ones drawn once, then a counter."""
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(8).hex().encode()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+    def __call__(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        for key, value in headers:
+            if key == REQUEST_ID and SANE_ID.fullmatch(value):
+                return value
+        return b"%s%016x" % (self.prefix, next(self.counter) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+MAX_CHILDREN = 10_000  # (method, route, status) kept looked up; methods come from clients
 
 
 class Metrics:
@@ -41,6 +61,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "http_requests",
             "HTTP requests by route and status",
@@ -70,6 +91,19 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time one HTTP request."""
+        key = (method, route, status)
+        if (children := self._children.get(key)) is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch_observer(self, model: str) -> Callable[[int, int, int], None]:
         tokens, batch = self.tokens.labels(model), self.batch_size.labels(model)
@@ -118,13 +152,81 @@ class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
         return log_data
 
 
+class HandOff(logging.handlers.QueueHandler):
+    """Puts a record on the queue as it is: its message made text now (its arguments may
+    change later), its exception kept for the formatter (QueueHandler's own `prepare` would
+    format the line here, on the event loop)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+
+class LogWriter:
+    """The thread that formats and writes the "app" loggers' lines (one per process)."""
+
+    def __init__(self) -> None:
+        self.listener: logging.handlers.QueueListener | None = None
+        self.running = False
+        atexit.register(self.stop)
+
+    def configure(self, level: str) -> None:
+        self.stop()
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self.listener = logging.handlers.QueueListener(lines, handler)
+        self.listener.start()
+        self.running = True
+        root = logging.getLogger("app")
+        root.handlers[:] = [HandOff(lines)]
+        root.setLevel(level.upper())
+        root.propagate = False
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread (at exit, or before a new one)."""
+        if self.listener is not None and self.running:
+            self.running = False
+            self.listener.stop()
+
+    def flush(self) -> None:
+        """Write every line logged so far (at the app's shutdown)."""
+        if self.listener is not None and self.running:
+            self.listener.stop()
+            self.listener.start()
+
+
+log_writer = LogWriter()
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("app")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    log_writer.configure(level)
+
+
+def flush_logs() -> None:
+    log_writer.flush()
+
+
+def log_request(
+    scope: Scope, route: str, status: int, seconds: float, rid: bytes, method: str
+) -> None:
+    """The access log's line about one request."""
+    client = scope.get("client")
+    access_log.info(
+        "request",
+        extra={
+            "fields": {
+                "method": method,
+                # no session id (a secret without keys); a 65 KB path cut short
+                "path": redact_path(scope["path"][:200]),
+                "route": route,
+                "status": status,
+                "ms": round(seconds * 1000, 3),
+                "client": f"{client[0]}:{client[1]}" if client else None,
+                "request_id": rid.decode(),
+            }
+        },
+    )
 
 
 class ObservabilityMiddleware:
@@ -137,10 +239,12 @@ class ObservabilityMiddleware:
         app: ASGIApp,
         metrics: Metrics,
         failure: Callable[[str], ASGIApp],
+        request_ids: RequestIds,
         log_requests: bool = True,
     ):
         self.app = app
         self.metrics = metrics
+        self.request_ids = request_ids
         self.failure = failure
         self.log_requests = log_requests
 
@@ -151,7 +255,7 @@ class ObservabilityMiddleware:
         start = time.perf_counter()
         status = 500
         started = False
-        rid = request_id(scope["headers"])
+        rid = self.request_ids(scope["headers"])
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def send_wrapper(message: Message) -> None:
@@ -172,22 +276,6 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(elapsed)
+            self.metrics.observe_request(method, template, status, elapsed)
             if self.log_requests:
-                client = scope.get("client")
-                access_log.info(
-                    "request",
-                    extra={
-                        "fields": {
-                            "method": method,
-                            # no session id (a secret without keys); a 65 KB path cut short
-                            "path": redact_path(scope["path"][:200]),
-                            "route": template,
-                            "status": status,
-                            "ms": round(elapsed * 1000, 3),
-                            "client": f"{client[0]}:{client[1]}" if client else None,
-                            "request_id": rid.decode(),
-                        }
-                    },
-                )
+                log_request(scope, template, status, elapsed, rid, method)

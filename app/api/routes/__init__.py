@@ -12,7 +12,8 @@ HOT: set[Callable[..., Any]] = set()  # endpoints that app.api.fastpath serves
 
 
 def hot(endpoint: Endpoint) -> Endpoint:
-    """Mark a route for the fast path, which answers it without FastAPI's per-request layers
-    (app.api.fastpath: a POST with a JSON body model, the service and the owner)."""
+    """Mark a route for the fast path, which answers it in one pass ahead of the middleware
+    stack (app.api.fastpath: a POST with a JSON body model, the service, the owner, the
+    Request, optional headers; a body with `stream: true` goes on to FastAPI)."""
     HOT.add(endpoint)
     return endpoint

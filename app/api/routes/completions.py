@@ -11,7 +11,7 @@ from starlette.responses import Response
 from app.api.deps import OwnerDep, ServiceDep
 from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
 from app.api.openapi import documented
-from app.api.routes import COMPLETIONS
+from app.api.routes import COMPLETIONS, hot
 from app.api.streaming import CompletionChunks, respond
 from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse
@@ -84,6 +84,7 @@ def json_response(body: dict[str, Any]) -> Response:
     responses={**STREAM, **documented(404, 409, 429, openai=True)},
     openapi_extra={"requestBody": {"content": {"application/json": {"examples": EXAMPLES}}}},
 )
+@hot  # the fast path hands a stream to FastAPI
 async def create_completion(
     req: CompletionRequest,
     request: Request,

@@ -31,6 +31,7 @@ async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWo
     response_model=ContinuationResponse,
     responses={**STREAM_RESPONSE, **documented(404, 429)},
 )
+@hot  # the fast path hands a stream to FastAPI
 async def create_continuation(
     req: ContinuationRequest, service: ServiceDep
 ) -> ContinuationResponse | Response:

@@ -80,6 +80,7 @@ async def session_next_word(
     response_model=SessionContinuationResponse,
     responses={**STREAM_RESPONSE, **documented(404, 429)},
 )
+@hot  # the fast path hands a stream to FastAPI
 async def session_continuation(
     session_id: str, req: SessionContinuationRequest, service: ServiceDep, owner: OwnerDep
 ) -> SessionContinuationResponse | Response:
