@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -47,7 +51,34 @@ def test_with_ports_moves_each_address_and_nothing_else() -> None:
     )
 
 
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+TREE = (
+    "import subprocess, sys, time\n"
+    + BURN
+    + "child = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE)\n"
+    "child.stdout.readline()\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc")
-def test_tree_cpu_s_counts_this_process() -> None:
-    own = os.times()
-    assert tree_cpu_s(os.getpid()) == pytest.approx(own.user + own.system, abs=0.05)
+def test_tree_cpu_s_counts_a_process_and_its_children() -> None:
+    """A process that burns 0.3 s of CPU and starts a child that burns 0.3 s more: the tree
+    counts both, the child alone counts its own (each plus Python's start-up)."""
+    child_code = BURN + "print(flush=True)\ntime.sleep(60)\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", TREE, child_code], stdout=subprocess.PIPE, text=True
+    )
+    child = None
+    try:
+        child = int(parent.stdout.readline())  # type: ignore[union-attr]
+        whole, alone = tree_cpu_s(parent.pid), tree_cpu_s(child)
+        assert 0.3 <= alone < 0.6
+        assert 0.3 <= whole - alone < 0.6
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
