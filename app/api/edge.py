@@ -11,6 +11,8 @@ calls too, so both answer alike.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,24 +20,48 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import error_response, send_response
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What the bounds read of a request's head: its headers' size in all, its Content-Length
+    and whether its body is chunked."""
+
+    size: int
+    length: bytes | None
+    chunked: bool
+
+    @classmethod
+    def read(cls, headers: Iterable[tuple[bytes, bytes]]) -> Head:
+        size, length, chunked = 0, None, False
+        for key, value in headers:
+            size += len(key) + len(value)
+            if key == b"content-length":
+                length = value
+            elif key == b"transfer-encoding":
+                chunked = True
+        return cls(size, length, chunked)
+
+    @property
+    def has_body(self) -> bool:
+        return self.length != b"0" and (self.length is not None or self.chunked)
+
+    def refusal(self, max_headers: int, max_body: int) -> Response | None:
+        """431 for headers over `max_headers` bytes in all, 413 for a Content-Length over
+        `max_body`; None when neither."""
+        if self.size > max_headers:
+            return refusal(
+                431,
+                f"request headers are {self.size:,} bytes; this server takes "
+                f"at most {max_headers:,} (MAX_HEADER_BYTES)",
+            )
+        length = self.length
+        if length is not None and int(length) > max_body:  # the server refuses a non-numeric one
+            return too_large(int(length), max_body, counted=False)
+        return None
+
+
 def refusal(status: int, detail: str) -> Response:
     """`status` with a JSON detail, closing the connection (the rest is never read)."""
     return error_response(status, detail, headers={"Connection": "close"})
-
-
-def head_refusal(
-    size: int, length: bytes | None, max_headers: int, max_body: int
-) -> Response | None:
-    """431 for headers of `size` bytes in all, 413 for a Content-Length over the limit."""
-    if size > max_headers:
-        return refusal(
-            431,
-            f"request headers are {size:,} bytes; this server takes "
-            f"at most {max_headers:,} (MAX_HEADER_BYTES)",
-        )
-    if length is not None and int(length) > max_body:  # the server refuses a non-numeric one
-        return too_large(int(length), max_body, counted=False)
-    return None
 
 
 def too_large(size: int, max_body: int, counted: bool) -> Response:
@@ -91,19 +117,11 @@ class BoundedRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length: bytes | None = None
-        chunked = False
-        size = 0
-        for key, value in scope["headers"]:
-            size += len(key) + len(value)
-            if key == b"content-length":
-                length = value
-            elif key == b"transfer-encoding":
-                chunked = True
-        if (refused := head_refusal(size, length, self.max_headers, self.max_body)) is not None:
+        head = Head.read(scope["headers"])
+        if (refused := head.refusal(self.max_headers, self.max_body)) is not None:
             await send_response(send, refused)
             return
-        if length == b"0" or (length is None and not chunked):  # no body
+        if not head.has_body:
             await self.app(scope, receive, send)
             return
         # Read the body now, under a deadline and the size bound, then hand it on whole.

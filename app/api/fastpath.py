@@ -36,14 +36,14 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import get_owner, get_service
-from app.api.edge import head_refusal, read_bounded, replay
+from app.api.edge import Head, read_bounded, replay
 from app.api.errors import internal_error, is_openai, service_error_response
 from app.api.ratelimit import RateLimiter, refusal, token_cost
 from app.api.routes import HOT
 from app.api.shutdown import shutdown_answer
 from app.core.config import Settings
 from app.core.errors import ServiceError
-from app.core.observability import REQUEST_ID, SANE_ID, Metrics, RequestIds, log_request
+from app.core.observability import REQUEST_ID, Metrics, RequestIds, log_request
 from app.core.security import ANONYMOUS, ApiKeys
 
 log = logging.getLogger("app")
@@ -183,25 +183,16 @@ class FastPath:
             return
         hot, kwargs = found
         start = time.perf_counter()
-        # the head, in one pass: its size and the headers read here (the first of each, as
-        # Starlette's Headers.get; a request id as ObservabilityMiddleware takes it)
-        size = 0
-        length: bytes | None = None
-        chunked = origin = False
-        content_type = authorization = rid = None
+        head = Head.read(scope["headers"])  # what the bounds read
+        # the headers read here: the first of each, as Starlette's Headers.get
+        origin = False
+        content_type = authorization = None
         wanted: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
-            size += len(key) + len(value)
-            if key == b"content-length":
-                length = value
-            elif key == b"transfer-encoding":
-                chunked = True
-            elif key == b"content-type":
+            if key == b"content-type":
                 content_type = value if content_type is None else content_type
             elif key == b"authorization":
                 authorization = value if authorization is None else authorization
-            elif key == REQUEST_ID:
-                rid = value if rid is None and SANE_ID.fullmatch(value) else rid
             elif key == b"origin":
                 origin = True
             elif hot.headers:
@@ -209,16 +200,15 @@ class FastPath:
         if (
             not is_json(content_type or b"")
             or (origin and self.cors)
-            or length == b"0"
-            or (length is None and not chunked)  # no body: FastAPI words the 422
+            or not head.has_body  # FastAPI words the 422
         ):
             await self.app(scope, receive, send)
             return
-        reply = Reply(send, rid or self.request_ids(()))
+        reply = Reply(send, self.request_ids(scope["headers"]))
         handoff: Receive | None = None
         try:
             handoff = await self._serve(
-                scope, receive, reply, hot, kwargs, (size, length, authorization, wanted)
+                scope, receive, reply, hot, kwargs, (head, authorization, wanted)
             )
         except asyncio.CancelledError:  # the server's, at the end of its drain (as ShutdownAnswers)
             if not reply.started:
@@ -243,13 +233,13 @@ class FastPath:
         reply: Reply,
         hot: HotRoute,
         kwargs: dict[str, Any],
-        head: tuple[int, bytes | None, bytes | None, dict[bytes, bytes]],
+        read: tuple[Head, bytes | None, dict[bytes, bytes]],
     ) -> Receive | None:
         """Answer the request; or, before anything is charged or counted, the receive to
-        hand it to the whole stack with. `head`: the headers' size, Content-Length,
+        hand it to the whole stack with. `read`: what the bounds read of the head, its
         Authorization and the headers the endpoint takes."""
-        size, length, authorization, wanted = head
-        if (refused := head_refusal(size, length, self.max_headers, self.max_body)) is not None:
+        head, authorization, wanted = read
+        if (refused := head.refusal(self.max_headers, self.max_body)) is not None:
             await reply.answer(refused)
             return None
         body = await read_bounded(receive, self.max_body, self.body_timeout_s)
