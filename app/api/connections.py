@@ -14,6 +14,9 @@ server's connections or make it buffer an endless request head.
   a request, the new one gets 503 with Retry-After and is closed. Either way the file
   descriptors never run out, so clients beyond the cap are refused, not everyone.
 
+- A response's head and body in one write (`CoalescedWrites`): uvicorn writes them apart, two
+  system calls and two TCP segments for every response.
+
 These answers are written here, before any ASGI app exists for the request: JSON bodies in
 the shape of the app's own (app.api.errors renders them), one access-log line each.
 """
@@ -44,6 +47,43 @@ class ConnectionLimits:
     access_log: bool = True
 
 
+class CoalescedWrites:
+    """A transport whose writes within one turn of the event loop go out as one: uvicorn
+    writes a response's head and its body separately, which is two system calls (and two
+    TCP segments) per response; held until the loop's next turn, they are one. Everything
+    else is the transport's own; closing or half-closing sends what is held first."""
+
+    __slots__ = ("_held", "_loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is None:
+            self._held = [bytes(data)]
+            self._loop.call_soon(self.flush)
+        else:
+            self._held.append(bytes(data))
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held and not self.transport.is_closing():
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head deadline, a head size cap and a connection
     cap (the module's docstring). `limits` is set by `bounded_protocol`."""
@@ -59,6 +99,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.accepted = False  # counted among the server's connections
         self.answered = False  # answered here: what comes is dropped until it closes
+        self.writes: CoalescedWrites | None = None
 
     # -- the connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -66,7 +107,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         if len(self.connections) >= self.limits.max_connections and not self._make_room():
             self._refuse(transport)
             return
-        super().connection_made(transport)
+        self.writes = CoalescedWrites(transport, self.loop)
+        super().connection_made(self.writes)  # type: ignore[arg-type]
         self.accepted = True
         self._arm()
 
@@ -98,6 +140,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.in_head = False
         self._disarm()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        if self.writes is not None:
+            self.writes.flush()  # the response's head and body in one write
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
