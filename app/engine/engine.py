@@ -20,19 +20,18 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
 from app.core.errors import AtCapacity, EngineFailure, NotReady
-from app.engine.generation import Generation
-from app.engine.sampling import top_words
 from app.engine.sequences import ExportedState, Host, Job, Sequence, SequenceClosed
 from app.engine.slots import SlotPool
 from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, start_state
 
-# A row of the batch for one job: its next-word probabilities, or for a greedy generation its
-# likeliest word and that word's probability.
-Row = list[float] | tuple[int, float]
+# A row of the batch for one job: a step's top words (id, prob); a generation's next-word
+# probabilities, or for a greedy one its likeliest word and that word's probability.
+Row = list[tuple[int, float]] | list[float] | tuple[int, float]
 Observer = Callable[[int, int, int], None]  # told (rows, tokens, words) of every pass
 log = logging.getLogger("app.engine")
 
@@ -238,8 +237,8 @@ class Engine:
         """A job whose ids are all fed, with its next-word distribution (or, for a greedy
         generation, its likeliest word): answer or go on. How many words it generated (0 or 1)."""
         gen = job.gen
-        if gen is None:
-            job.future.set_result(top_words(row, job.top_k))  # type: ignore[arg-type]
+        if gen is None:  # a step: its row is its top words
+            job.future.set_result(row)
             return 0
         if gen.finish is not None:  # that was the last word being fed
             job.future.set_result(None)
@@ -247,8 +246,9 @@ class Engine:
         if isinstance(row, tuple):
             word, prob = row
         else:
-            word = gen.choose(row)
-            prob = row[word]
+            dist = cast(list[float], row)  # a generation's row
+            word = gen.choose(dist)
+            prob = dist[word]
         if gen.stops(word):
             job.future.set_result(None)
             return 0
@@ -272,10 +272,10 @@ class Engine:
         if width:
             fed = [i for i, p in enumerate(pieces) if p]
             x = torch.tensor([p + [0] * (width - len(p)) for p in pieces if p], device=self.device)
-            lengths = torch.tensor([len(pieces[i]) for i in fed])
-            ragged = len(fed) < len(batch) or bool((lengths != width).any())
+            ragged = len(fed) < len(batch) or any(len(pieces[i]) != width for i in fed)
+            lengths = torch.tensor([len(pieces[i]) for i in fed]) if ragged else None
             if len(fed) == len(batch):
-                state = self.model.advance_state(x, state, lengths if ragged else None)
+                state = self.model.advance_state(x, state, lengths)
             else:
                 rows = torch.tensor(fed, device=self.device)
                 new = self.model.advance_state(
@@ -289,9 +289,9 @@ class Engine:
                 index = torch.tensor(done, device=self.device)
                 head = {name: part.index_select(0, index) for name, part in state.items()}
             logits = self.model.head_state(head)
-            logits[:, self._banned] = float("-inf")
+            logits.index_fill_(1, self._banned, float("-inf"))
             probs = torch.softmax(logits.float(), dim=-1)
-            nexts = self._rows(probs, [batch[i].gen for i in done])
+            nexts = self._rows(probs, [batch[i] for i in done])
         if width:
             self._pool.scatter(slots, state)  # nothing changes before this line
         for job, piece in zip(batch, pieces, strict=True):
@@ -308,19 +308,48 @@ class Engine:
         return out, sum(len(p) for p in pieces)
 
     @staticmethod
-    def _rows(probs: torch.Tensor, gens: list[Generation | None]) -> list[Row]:
-        """Each row's distribution as a list, or (its argmax, its prob) for a greedy
-        generation: one argmax over the batch instead of a Python max over each row, and no
-        list of the row (the first maximum, as Python's max takes, and the same float)."""
-        greedy = [gen is not None and gen.greedy() for gen in gens]
-        if not any(greedy):
-            return probs.tolist()
-        best_p, best = probs.max(dim=-1)
-        picks: list[Row] = list(zip(best.tolist(), best_p.tolist(), strict=True))
-        if all(greedy):
-            return picks
-        full = probs.tolist()
-        return [pick if g else row for pick, row, g in zip(picks, full, greedy, strict=True)]
+    def _rows(probs: torch.Tensor, jobs: list[Job]) -> list[Row]:
+        """Each job's row: a step's `top_k` likeliest words (id, prob); a greedy generation's
+        likeliest word and its prob; another generation's whole distribution as a list.
+        Batched: one sort for all the steps, one argmax for the greedy ones, instead of a
+        Python sort or max over each row."""
+        out: list[Row] = [[] for _ in jobs]
+        steps = [r for r, job in enumerate(jobs) if job.gen is None]
+        if steps:
+            for r, top in zip(
+                steps, top_rows(probs, steps, [jobs[r].top_k for r in steps]), strict=True
+            ):
+                out[r] = top
+        if len(steps) == len(jobs):
+            return out
+        greedy = [r for r, job in enumerate(jobs) if job.gen is not None and job.gen.greedy()]
+        if greedy:
+            best_p, best = (probs if len(greedy) == len(jobs) else probs[greedy]).max(dim=-1)
+            for r, pick in zip(
+                greedy, zip(best.tolist(), best_p.tolist(), strict=True), strict=True
+            ):
+                out[r] = pick
+        if len(steps) + len(greedy) < len(jobs):
+            full = probs.tolist()
+            for r, job in enumerate(jobs):
+                if job.gen is not None and not job.gen.greedy():
+                    out[r] = full[r]
+        return out
+
+
+def top_rows(probs: torch.Tensor, rows: list[int], ks: list[int]) -> list[list[tuple[int, float]]]:
+    """`sampling.top_words` of rows `rows` of `probs` (B, V), the `ks[i]` likeliest of row
+    `rows[i]`, in one sort: the same words in the same order (a tie to the higher id, as
+    Python's sort of (prob, id) pairs gives, hence the flip and the stable sort) and the same
+    floats; impossible words (prob 0) left out."""
+    sub = probs if len(rows) == probs.shape[0] else probs[rows]
+    k, last = max(ks), probs.shape[1] - 1
+    values, index = torch.sort(sub.flip(1), dim=1, descending=True, stable=True)
+    ids, ps = (last - index[:, :k]).tolist(), values[:, :k].tolist()
+    return [
+        [(i, p) for i, p in zip(row_ids[:n], row_ps[:n], strict=True) if p > 0]
+        for row_ids, row_ps, n in zip(ids, ps, ks, strict=True)
+    ]
 
 
 def fail(job: Job, error: Exception) -> None:
