@@ -176,7 +176,8 @@ class PredictionService:
             )
 
     def next_list(self, lm: LoadedModel, top: list[tuple[int, float]]) -> list[WordProb]:
-        return [WordProb(word=lm.vocab.itos[i], prob=p) for i, p in top]
+        itos = lm.vocab.itos  # an id and a float of the engine's: nothing to validate
+        return [WordProb.model_construct(word=itos[i], prob=p) for i, p in top]
 
     # -- stateless ---------------------------------------------------------------------------
     async def next_word(self, req: NextWordRequest) -> NextWordResponse:
@@ -243,15 +244,20 @@ class PredictionService:
         return stream
 
     # -- sessions ----------------------------------------------------------------------------
+    def session_fields(self, r: SessionRecord) -> dict[str, Any]:
+        """SessionInfo's fields of a record. The store's values have the fields' types, so
+        the answers built from them are not validated again (`model_construct`)."""
+        return {
+            "session_id": r.id,
+            "model": r.model,
+            "tokens_seen": r.tokens_seen,
+            "last_words": list(r.last_words),
+            "created_at": timestamp(r.created),
+            "expires_at": timestamp(r.expires_at),
+        }
+
     def session_info(self, r: SessionRecord) -> SessionInfo:
-        return SessionInfo(
-            session_id=r.id,
-            model=r.model,
-            tokens_seen=r.tokens_seen,
-            last_words=list(r.last_words),
-            created_at=timestamp(r.created),
-            expires_at=timestamp(r.expires_at),
-        )
+        return SessionInfo.model_construct(**self.session_fields(r))
 
     async def _session_step(self, lease: Lease, ids: list[int], top_k: int) -> list[WordProb]:
         """Feed ids (maybe none) into the session; its top words, [] if it saw no word yet."""
@@ -268,7 +274,7 @@ class PredictionService:
         ids = self.encode(lm, req.text)
         record = await self.sessions.create(lm, owner)
         if not ids:  # nothing to feed: no step, no lease (an idle session stays small)
-            return SessionCreated(**self.session_info(record).model_dump(), next=[])
+            return SessionCreated.model_construct(**self.session_fields(record), next=[])
         try:
             async with self.sessions.lease(record.id, owner) as lease:
                 nxt = await self._session_step(lease, ids, req.top_k)
@@ -276,8 +282,8 @@ class PredictionService:
             with contextlib.suppress(ServiceError):
                 await asyncio.shield(self.sessions.delete(record.id, owner))
             raise
-        info = self.session_info(self.sessions.record(lease))
-        return SessionCreated(**info.model_dump(), next=nxt)
+        info = self.session_fields(self.sessions.record(lease))
+        return SessionCreated.model_construct(**info, next=nxt)
 
     async def list_sessions(
         self, owner: str = ANONYMOUS, limit: int = 100, cursor: str | None = None
@@ -307,8 +313,8 @@ class PredictionService:
             self.check_top_k(lm, req.top_k)
             ids = self.encode(lm, req.text)
             nxt = await self._session_step(lease, ids, req.top_k)
-        return SessionNextWordResponse(
-            **self.session_info(self.sessions.record(lease)).model_dump(),
+        return SessionNextWordResponse.model_construct(
+            **self.session_fields(self.sessions.record(lease)),
             tokens=lm.vocab.decode(ids),
             next=nxt,
         )

@@ -16,7 +16,7 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -258,14 +258,8 @@ class MemorySessionStore(SessionStore):
             self._sessions.move_to_end(session.id)
             self._used[session.owner].move_to_end(session.id)
 
-    @contextlib.asynccontextmanager
-    async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
-        session = self.get(session_id, owner)
-        async with session.lock:
-            if not session.alive:  # deleted while this request waited its turn
-                raise unknown(session_id)
-            yield session
-        self.touch(session)
+    def lease(self, session_id: str, owner: str = ANONYMOUS) -> Held:
+        return Held(self, session_id, owner)
 
     def record(self, lease: Lease) -> SessionRecord:
         assert isinstance(lease, Session)
@@ -330,6 +324,34 @@ class MemorySessionStore(SessionStore):
             del used[session.id]
             if not owned:
                 del self._owned[session.owner], self._used[session.owner]
+
+
+class Held:
+    """A lease on a memory session: the session's turn (its lock) from `async with` to its
+    end, and a use that pushes back its expiry when the request ends well. (A class: an
+    `asynccontextmanager` costs a generator and its frames on every request.)"""
+
+    __slots__ = ("owner", "session", "session_id", "store")
+
+    def __init__(self, store: MemorySessionStore, session_id: str, owner: str):
+        self.store, self.session_id, self.owner = store, session_id, owner
+        self.session: Session | None = None
+
+    async def __aenter__(self) -> Session:
+        session = self.store.get(self.session_id, self.owner)
+        await session.lock.acquire()
+        if not session.alive:  # deleted while this request waited its turn
+            session.lock.release()
+            raise unknown(self.session_id)
+        self.session = session
+        return session
+
+    async def __aexit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        session = self.session
+        assert session is not None
+        session.lock.release()
+        if kind is None:
+            self.store.touch(session)
 
 
 def unknown(session_id: str) -> UnknownSession:
