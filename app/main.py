@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from app.api.deps import get_owner
-from app.api.edge import BoundedRequests
+from app.api.edge import BodyDeadlines, BoundedRequests
 from app.api.errors import install_error_handlers, internal_error
 from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = keys
     app.state.metrics = metrics
     app.state.request_ids = RequestIds()
+    app.state.body_deadlines = BodyDeadlines(settings.BODY_TIMEOUT_SECONDS)
     app.state.service = None
     app.state.rate_limiter = None
     metrics.add_gauge(
@@ -175,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BoundedRequests,
         max_body=settings.MAX_BODY_BYTES,
-        body_timeout_s=settings.BODY_TIMEOUT_SECONDS,
+        deadlines=app.state.body_deadlines,
         max_headers=settings.MAX_HEADER_BYTES,
     )
     if settings.CORS_ORIGINS:

@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import get_owner, get_service
-from app.api.edge import Head, read_bounded, replay
+from app.api.edge import BodyDeadlines, Head, replay
 from app.api.errors import internal_error, is_openai, service_error_response
 from app.api.ratelimit import RateLimiter, refusal, token_cost
 from app.api.routes import HOT
@@ -157,7 +157,7 @@ class FastPath:
         self.templated = [r for r in routes if r.regex.groups]
         settings: Settings = fastapi_app.state.settings
         self.max_body = settings.MAX_BODY_BYTES
-        self.body_timeout_s = settings.BODY_TIMEOUT_SECONDS
+        self.deadlines: BodyDeadlines = fastapi_app.state.body_deadlines
         self.max_headers = settings.MAX_HEADER_BYTES
         self.cors = bool(settings.CORS_ORIGINS)
         self.log_requests = settings.ACCESS_LOG
@@ -242,7 +242,7 @@ class FastPath:
         if (refused := head.refusal(self.max_headers, self.max_body)) is not None:
             await reply.answer(refused)
             return None
-        body = await read_bounded(receive, self.max_body, self.body_timeout_s)
+        body = await self.deadlines.read(receive, self.max_body)
         if not isinstance(body, bytes):
             if body is not None:  # 413, 408 (None: the client left, nobody to answer)
                 await reply.answer(body)

@@ -19,7 +19,6 @@ from app.core.security import ANONYMOUS
 from app.engine.generation import Generation
 from app.engine.params import SamplingParams
 from app.engine.registry import LoadedModel, ModelRegistry
-from app.schemas.common import WordProb
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
 from app.schemas.openai import OpenAIModel
 from app.schemas.predict import (
@@ -49,6 +48,9 @@ log = logging.getLogger("app.service")
 
 
 OWNED_BY = "human-numbers"  # OpenAI's `owned_by` of our models
+
+
+NextWord = dict[str, Any]  # a WordProb's fields: "word", "prob"
 
 
 def timestamp(t: float) -> datetime:
@@ -175,9 +177,9 @@ class PredictionService:
                 "max_words",
             )
 
-    def next_list(self, lm: LoadedModel, top: list[tuple[int, float]]) -> list[WordProb]:
-        itos = lm.vocab.itos  # an id and a float of the engine's: nothing to validate
-        return [WordProb.model_construct(word=itos[i], prob=p) for i, p in top]
+    def next_list(self, lm: LoadedModel, top: list[tuple[int, float]]) -> list[NextWord]:
+        itos = lm.vocab.itos  # validated with the answer they go into, in one call
+        return [{"word": itos[i], "prob": p} for i, p in top]
 
     # -- stateless ---------------------------------------------------------------------------
     async def next_word(self, req: NextWordRequest) -> NextWordResponse:
@@ -245,8 +247,8 @@ class PredictionService:
 
     # -- sessions ----------------------------------------------------------------------------
     def session_fields(self, r: SessionRecord) -> dict[str, Any]:
-        """SessionInfo's fields of a record. The store's values have the fields' types, so
-        the answers built from them are not validated again (`model_construct`)."""
+        """SessionInfo's fields of a record, for the answers that extend it (each model
+        validated once, in pydantic's core: `model_construct`, in Python, costs more)."""
         return {
             "session_id": r.id,
             "model": r.model,
@@ -257,9 +259,9 @@ class PredictionService:
         }
 
     def session_info(self, r: SessionRecord) -> SessionInfo:
-        return SessionInfo.model_construct(**self.session_fields(r))
+        return SessionInfo(**self.session_fields(r))
 
-    async def _session_step(self, lease: Lease, ids: list[int], top_k: int) -> list[WordProb]:
+    async def _session_step(self, lease: Lease, ids: list[int], top_k: int) -> list[NextWord]:
         """Feed ids (maybe none) into the session; its top words, [] if it saw no word yet."""
         if not ids and not lease.tokens_seen:
             return []
@@ -274,7 +276,7 @@ class PredictionService:
         ids = self.encode(lm, req.text)
         record = await self.sessions.create(lm, owner)
         if not ids:  # nothing to feed: no step, no lease (an idle session stays small)
-            return SessionCreated.model_construct(**self.session_fields(record), next=[])
+            return SessionCreated(**self.session_fields(record), next=[])
         try:
             async with self.sessions.lease(record.id, owner) as lease:
                 nxt = await self._session_step(lease, ids, req.top_k)
@@ -283,7 +285,7 @@ class PredictionService:
                 await asyncio.shield(self.sessions.delete(record.id, owner))
             raise
         info = self.session_fields(self.sessions.record(lease))
-        return SessionCreated.model_construct(**info, next=nxt)
+        return SessionCreated(**info, next=nxt)
 
     async def list_sessions(
         self, owner: str = ANONYMOUS, limit: int = 100, cursor: str | None = None
@@ -313,7 +315,7 @@ class PredictionService:
             self.check_top_k(lm, req.top_k)
             ids = self.encode(lm, req.text)
             nxt = await self._session_step(lease, ids, req.top_k)
-        return SessionNextWordResponse.model_construct(
+        return SessionNextWordResponse(
             **self.session_fields(self.sessions.record(lease)),
             tokens=lm.vocab.decode(ids),
             next=nxt,

@@ -226,3 +226,36 @@ def test_requests_cut_by_the_shutdown_get_503_and_streams_an_error_event(server)
     error = json.loads(openai[-2])["error"]
     assert error["type"] == "service_unavailable_error" and error["param"] is None
     assert "Internal Server Error" not in server.output
+
+
+@pytest.mark.parametrize("server", [{"BODY_TIMEOUT_SECONDS": "1"}], indirect=True)
+def test_slow_bodies_get_408_at_the_deadline_and_the_server_goes_on(server):
+    """A body that stops coming is refused at BODY_TIMEOUT_SECONDS (app.api.edge's
+    BodyDeadlines), on a hot route (the fast path) and on one behind the middleware stack,
+    many at once, while normal requests keep their answers; a body that arrives in pieces
+    within the deadline is served."""
+    paths = ["/v1/next-word", "/v1/sessions"] * 20  # hot; not hot
+    start = time.monotonic()
+    slow = []
+    for path in paths:
+        s = socket.create_connection(("127.0.0.1", server.port))
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(head.encode() + b'Content-Length: 100\r\n\r\n{"text": ')
+        slow.append(s)
+    assert max(normal_client(server.base, 5)) < 1.0
+    for s in slow:
+        status, _, body = answer(s)
+        s.close()
+        assert status == 408, body
+        assert body == {
+            "detail": "the request body took longer than 1 s to arrive (BODY_TIMEOUT_SECONDS)"
+        }
+    assert 1.0 <= time.monotonic() - start < 5
+    with socket.create_connection(("127.0.0.1", server.port)) as s:  # in time, in pieces
+        body = b'{"text": "one , two ,"}'
+        s.sendall(b"POST /v1/next-word HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        s.sendall(b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:5])
+        time.sleep(0.5)
+        s.sendall(body[5:])
+        status, _, answered = answer(s)
+        assert status == 200 and len(answered["next"]) == 5
