@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from re import Pattern
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -285,7 +286,10 @@ class FastPath:
         if isinstance(answer, Response):
             await reply.answer(answer, extra)
             return None
-        payload = answer.__pydantic_serializer__.to_json(answer)
+        if isinstance(answer, dict):  # a response model's fields (app.serving.service.Plain)
+            payload = orjson.dumps(answer, option=orjson.OPT_UTC_Z)
+        else:
+            payload = answer.__pydantic_serializer__.to_json(answer)
         await reply.start(
             hot.status, [(b"content-length", b"%d" % len(payload)), JSON_TYPE, *extra]
         )

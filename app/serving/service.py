@@ -27,7 +27,6 @@ from app.schemas.predict import (
     FinishReason,
     GenerationOptions,
     NextWordRequest,
-    NextWordResponse,
 )
 from app.schemas.sessions import (
     SessionContinuationRequest,
@@ -37,7 +36,6 @@ from app.schemas.sessions import (
     SessionInfo,
     SessionList,
     SessionNextWordRequest,
-    SessionNextWordResponse,
 )
 from app.serving.runs import Choice, Run
 from app.serving.sessions import Lease, SessionRecord, SessionStore, applied
@@ -51,6 +49,11 @@ OWNED_BY = "human-numbers"  # OpenAI's `owned_by` of our models
 
 
 NextWord = dict[str, Any]  # a WordProb's fields: "word", "prob"
+# The answers of the two next-word routes, the busiest: their response model's fields, in its
+# order, as plain JSON types (datetimes in UTC). FastAPI validates them against the route's
+# response model; the fast path writes them with orjson, the same bytes without building a
+# model (tests/app/api/test_fastpath.py holds both equal).
+Plain = dict[str, Any]
 
 
 def timestamp(t: float) -> datetime:
@@ -182,7 +185,8 @@ class PredictionService:
         return [{"word": itos[i], "prob": p} for i, p in top]
 
     # -- stateless ---------------------------------------------------------------------------
-    async def next_word(self, req: NextWordRequest) -> NextWordResponse:
+    async def next_word(self, req: NextWordRequest) -> Plain:
+        """NextWordResponse's fields (see `Plain`)."""
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text, need_words=True)
@@ -191,9 +195,7 @@ class PredictionService:
             top = await seq.step(ids, req.top_k)
         finally:
             seq.close()
-        return NextWordResponse(
-            model=lm.name, tokens=lm.vocab.decode(ids), next=self.next_list(lm, top)
-        )
+        return {"model": lm.name, "tokens": lm.vocab.decode(ids), "next": self.next_list(lm, top)}
 
     async def continuation(self, req: ContinuationRequest) -> ContinuationResponse:
         lm = self.model(req.model)
@@ -309,17 +311,18 @@ class PredictionService:
 
     async def session_next_word(
         self, session_id: str, req: SessionNextWordRequest, owner: str = ANONYMOUS
-    ) -> SessionNextWordResponse:
+    ) -> Plain:
+        """SessionNextWordResponse's fields (see `Plain`)."""
         async with self.sessions.lease(session_id, owner) as lease:
             lm = lease.model  # checks come first: a bad request changes nothing
             self.check_top_k(lm, req.top_k)
             ids = self.encode(lm, req.text)
             nxt = await self._session_step(lease, ids, req.top_k)
-        return SessionNextWordResponse(
+        return {
             **self.session_fields(self.sessions.record(lease)),
-            tokens=lm.vocab.decode(ids),
-            next=nxt,
-        )
+            "tokens": lm.vocab.decode(ids),
+            "next": nxt,
+        }
 
     async def session_continuation(
         self, session_id: str, req: SessionContinuationRequest, owner: str = ANONYMOUS

@@ -14,13 +14,14 @@ from app.schemas.predict import (
     NextWordRequest,
     NextWordResponse,
 )
+from app.serving.service import Plain
 
 router = APIRouter(prefix=API_PREFIX, tags=["prediction"])
 
 
 @router.post("/next-word", response_model=NextWordResponse, responses=documented(404, 429))
 @hot
-async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> NextWordResponse:
+async def predict_next_word(req: NextWordRequest, service: ServiceDep) -> Plain:
     """The next-word distribution after a text, from the start state (after the implicit xxbos
     that starts every text)."""
     return await service.next_word(req)

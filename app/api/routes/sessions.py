@@ -19,6 +19,7 @@ from app.schemas.sessions import (
     SessionNextWordRequest,
     SessionNextWordResponse,
 )
+from app.serving.service import Plain
 
 router = APIRouter(prefix=f"{API_PREFIX}/sessions", tags=["sessions"])
 
@@ -70,7 +71,7 @@ async def delete_session(session_id: str, service: ServiceDep, owner: OwnerDep) 
 @hot
 async def session_next_word(
     session_id: str, req: SessionNextWordRequest, service: ServiceDep, owner: OwnerDep
-) -> SessionNextWordResponse:
+) -> Plain:
     """Feed a text (may be empty) into the session; its next-word distribution."""
     return await service.session_next_word(session_id, req, owner)
 

@@ -150,7 +150,7 @@ def test_one_session_applies_requests_in_arrival_order(store):
             tasks.append(asyncio.create_task(service.session_next_word(s.session_id, req)))
             tasks.append(asyncio.create_task(service.session_next_word(other.session_id, req)))
         results = await asyncio.gather(*tasks)
-        return [r.tokens_seen for r in results[::2]], results[-2].last_words
+        return [r["tokens_seen"] for r in results[::2]], results[-2]["last_words"]
 
     seen, last_words = run_app(app, scenario)
     assert seen == list(range(1, 41))
