@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import torch
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import get_owner
 from app.api.edge import BodyDeadlines, BoundedRequests
@@ -81,12 +81,21 @@ async def open_session_store(settings: Settings, registry: ModelRegistry) -> Ses
 
 
 class ServiceApp(FastAPI):
-    """FastAPI, with the fast path (app.api.fastpath) in front of its whole middleware stack:
-    the hot routes in one pass, everything else through the stack."""
+    """FastAPI, with the fast path (app.api.fastpath) in front of everything: the hot routes
+    in one pass, everything else through FastAPI and its whole middleware stack. In front of
+    FastAPI's own `__call__` too, whose native telemetry asks OpenTelemetry for its three
+    providers (three environment lookups) on every request before anything else runs."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        return FastPath(stack, self) if self.state.settings.FAST_PATH else stack
+    fast_path: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.state.settings.FAST_PATH:
+            await super().__call__(scope, receive, send)
+            return
+        if self.fast_path is None:  # built on the first request, once every route is in
+            self.fast_path = FastPath(super().__call__, self)
+        scope["app"] = self
+        await self.fast_path(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
