@@ -40,7 +40,7 @@ from app.api.deps import get_owner, get_service
 from app.api.edge import BodyDeadlines, Head, replay
 from app.api.errors import internal_error, is_openai, service_error_response
 from app.api.ratelimit import RateLimiter, refusal, token_cost
-from app.api.routes import HOT
+from app.api.routes import API_PREFIX, HOT
 from app.api.shutdown import shutdown_answer
 from app.core.config import Settings
 from app.core.errors import ServiceError
@@ -67,11 +67,13 @@ class HotRoute:
     """A hot route as the fast path calls it: `endpoint(**{body: request, **path params,
     service: ..., owner: ..., request: ..., headers...})`, the names being its parameters'."""
 
+    method: str  # POST with a JSON body model, or GET without a body
     path: str  # the template: the metrics' and the access log's route label
     regex: Pattern[str]
     endpoint: Callable[..., Any]
-    model: type[BaseModel]
-    body: str
+    model: type[BaseModel] | None  # None: a GET
+    body: str | None
+    keyed: bool  # it needs an API key (when keys are on)
     service: str | None
     owner: str | None
     request: str | None  # a parameter given the Starlette Request
@@ -97,9 +99,11 @@ def hot_route(route: APIRoute) -> HotRoute:
     bodies = dependant.body_params
     model = bodies[0].field_info.annotation if len(bodies) == 1 else None
     headers = dependant.header_params
+    body_model = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    posts = route.methods == {"POST"} and body_model is not None
+    gets = route.methods == {"GET"} and not bodies
     if (
-        route.methods != {"POST"}
-        or not (isinstance(model, type) and issubclass(model, BaseModel))
+        not (posts or gets)
         or not set(given) <= {get_service, get_owner}
         or not all(isinstance(c, StringConvertor) for c in route.param_convertors.values())
         or dependant.query_params
@@ -108,18 +112,22 @@ def hot_route(route: APIRoute) -> HotRoute:
     ):
         raise ValueError(f"the fast path cannot serve {route.path}: see app.api.fastpath")
     return HotRoute(
+        "POST" if posts else "GET",
         route.path,
         route.path_regex,
         route.endpoint,
-        model,
-        bodies[0].name,
+        body_model if posts else None,
+        bodies[0].name if posts else None,
+        # every /v1 router is included with the key's dependency (app.main), which the
+        # route as declared does not show
+        get_owner in given or route.path.startswith(f"{API_PREFIX}/"),
         given.get(get_service),
         given.get(get_owner),
         dependant.request_param_name,
         tuple((h.name, h.alias.lower().encode("latin-1")) for h in headers),
         route.status_code or 200,
         is_openai(route.path),
-        "stream" in model.model_fields,
+        body_model is not None and "stream" in body_model.model_fields,
     )
 
 
@@ -154,7 +162,7 @@ class FastPath:
         if not routes:
             raise ValueError("no route is marked hot: the fast path has nothing to serve")
         # paths without parameters by a lookup, the others by their regex
-        self.fixed = {r.path: r for r in routes if r.regex.groups == 0}
+        self.fixed = {(r.method, r.path): r for r in routes if r.regex.groups == 0}
         self.templated = [r for r in routes if r.regex.groups]
         settings: Settings = fastapi_app.state.settings
         self.max_body = settings.MAX_BODY_BYTES
@@ -167,13 +175,14 @@ class FastPath:
         self.keys: ApiKeys = fastapi_app.state.keys
 
     def _match(self, scope: Scope) -> tuple[HotRoute, dict[str, Any]] | None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        method: str = scope["method"]
+        if scope["type"] != "http" or method not in ("POST", "GET"):
             return None
         path: str = scope["path"]
-        if (route := self.fixed.get(path)) is not None:
+        if (route := self.fixed.get((method, path))) is not None:
             return route, {}
         for route in self.templated:
-            if (match := route.regex.match(path)) is not None:
+            if route.method == method and (match := route.regex.match(path)) is not None:
                 return route, match.groupdict()
         return None
 
@@ -198,10 +207,10 @@ class FastPath:
                 origin = True
             elif hot.headers:
                 wanted.setdefault(key, value)
-        if (
-            not is_json(content_type or b"")
-            or (origin and self.cors)
-            or not head.has_body  # FastAPI words the 422
+        if (origin and self.cors) or (
+            not (is_json(content_type or b"") and head.has_body)  # FastAPI words the 422
+            if hot.model is not None
+            else head.has_body  # a GET with a body: FastAPI's
         ):
             await self.app(scope, receive, send)
             return
@@ -223,9 +232,9 @@ class FastPath:
             await self.app(scope, handoff, send)
             return
         elapsed = time.perf_counter() - start
-        self.metrics.observe_request("POST", reply.route, reply.status, elapsed)
+        self.metrics.observe_request(hot.method, reply.route, reply.status, elapsed)
         if self.log_requests:
-            log_request(scope, reply.route, reply.status, elapsed, reply.rid, "POST")
+            log_request(scope, reply.route, reply.status, elapsed, reply.rid, hot.method)
 
     async def _serve(
         self,
@@ -243,32 +252,37 @@ class FastPath:
         if (refused := head.refusal(self.max_headers, self.max_body)) is not None:
             await reply.answer(refused)
             return None
-        body = await self.deadlines.read(receive, self.max_body)
-        if not isinstance(body, bytes):
-            if body is not None:  # 413, 408 (None: the client left, nobody to answer)
-                await reply.answer(body)
-            return None
+        body = b""
+        if hot.model is not None:
+            got = await self.deadlines.read(receive, self.max_body)
+            if not isinstance(got, bytes):
+                if got is not None:  # 413, 408 (None: the client left, nobody to answer)
+                    await reply.answer(got)
+                return None
+            body = got
         reply.route = hot.path
-        try:  # the key first, as the routes' dependency does
-            owner = self.keys.owner(authorization)
-        except ServiceError as e:
-            await reply.answer(service_error_response(e, hot.openai))
-            return None
-        try:
-            request = hot.model.model_validate_json(body)
-        except ValidationError:  # FastAPI words the 422
-            return replay(body, receive)
-        if hot.streams and getattr(request, "stream", False):
-            return replay(body, receive)
+        owner = ANONYMOUS
+        if hot.keyed:
+            try:  # the key first, as the routes' dependency does
+                owner = self.keys.owner(authorization)
+            except ServiceError as e:
+                await reply.answer(service_error_response(e, hot.openai))
+                return None
+        if hot.model is not None and hot.body is not None:
+            try:
+                kwargs[hot.body] = request = hot.model.model_validate_json(body)
+            except ValidationError:  # FastAPI words the 422
+                return replay(body, receive)
+            if hot.streams and getattr(request, "stream", False):
+                return replay(body, receive)
         extra: list[tuple[bytes, bytes]] = []
         limiter: RateLimiter | None = self.state.rate_limiter
-        if limiter is not None:
+        if limiter is not None and hot.path.startswith(API_PREFIX):  # as RateLimits
             refused = await self._rate_limit(limiter, scope, owner, body, extra)
             if refused is not None:
                 reply.route = UNMATCHED  # refused before the router, as RateLimits does
                 await reply.answer(refused)
                 return None
-        kwargs[hot.body] = request
         if hot.service is not None:
             kwargs[hot.service] = self.state.service
         if hot.owner is not None:

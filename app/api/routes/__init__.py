@@ -13,7 +13,8 @@ HOT: set[Callable[..., Any]] = set()  # endpoints that app.api.fastpath serves
 
 def hot(endpoint: Endpoint) -> Endpoint:
     """Mark a route for the fast path, which answers it in one pass ahead of the middleware
-    stack (app.api.fastpath: a POST with a JSON body model, the service, the owner, the
-    Request, optional headers; a body with `stream: true` goes on to FastAPI)."""
+    stack (app.api.fastpath: a POST with a JSON body model, or a GET without a body; the
+    service, the owner, the Request, optional headers; a body with `stream: true` goes on to
+    FastAPI)."""
     HOT.add(endpoint)
     return endpoint

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import MetricsDep
 from app.api.errors import headers_of, status_of
 from app.api.openapi import documented
+from app.api.routes import hot
 from app.core.errors import NotReady
 
 router = APIRouter(tags=["operations"])
@@ -27,6 +28,7 @@ class Ready(BaseModel):
 
 
 @router.get("/health", response_model=Health)
+@hot  # probes and load balancers call these often: answered in one pass too
 async def get_health() -> Health:
     """Liveness: the process answers."""
     return Health(status="ok")
@@ -37,6 +39,7 @@ async def get_health() -> Health:
     response_model=Ready,
     responses=documented(503, model=Ready),
 )
+@hot
 async def get_ready(request: Request) -> Ready | JSONResponse:
     """Readiness: 200 once the models are loaded, 503 before and while shutting down."""
     service = getattr(request.app.state, "service", None)

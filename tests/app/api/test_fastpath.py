@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.fastpath import FastPath, hot_route
-from app.api.routes import completions, predict, sessions
+from app.api.routes import completions, health, predict, sessions
 from app.core.config import Settings
 from app.main import create_app
 from app.schemas.openai import CompletionRequest
@@ -158,8 +158,11 @@ def test_the_fast_path_serves_the_routes_marked_hot_as_declared():
     app = create_app(make_settings(GOLDEN_STORE, FAST_PATH=True))
     fast = FastPath(app.router, app)
     routes = {r.path: r for r in [*fast.fixed.values(), *fast.templated]}
-    assert set(routes) == set(HOT_ROUTES)
+    assert set(routes) == set(HOT_ROUTES) | set(HOT_GETS)
+    assert {p for p, r in routes.items() if r.method == "GET"} == set(HOT_GETS)
+    assert {p for p, r in routes.items() if not r.keyed} == set(HOT_GETS)  # no key asked
     assert {r.model for r in routes.values()} == {
+        None,
         NextWordRequest,
         SessionNextWordRequest,
         ContinuationRequest,
@@ -167,6 +170,8 @@ def test_the_fast_path_serves_the_routes_marked_hot_as_declared():
         CompletionRequest,
     }
     assert {r.endpoint for r in routes.values()} == {
+        health.get_health,
+        health.get_ready,
         predict.predict_next_word,
         predict.create_continuation,
         sessions.session_next_word,
@@ -201,6 +206,7 @@ HOT_ROUTES = {
                         {"prompt": "one eleventy"}, {"prompt": "one", "bogus": 1},
                         {"prompt": "one ,", "max_tokens": 2, "temperature": 0, "stream": True}],
 }  # fmt: skip
+HOT_GETS = ("/health", "/ready")
 VOLATILE = re.compile(rb'"(created_at|expires_at|id)":"[^"]*"|"created":\d+')
 
 
@@ -298,3 +304,53 @@ def test_a_bug_and_the_end_of_the_drain_answer_as_the_stack_does(store, raised, 
             answers.append((r.status_code, r.headers.raw, r.content))
             assert f'route="/v1/next-word",status="{status}"' in c.get("/metrics").text
     assert answers[0] == answers[1] and answers[0][0] == status
+
+
+@pytest.mark.parametrize("keys", [True, False], ids=["keys", "no-keys"])
+def test_the_hot_gets_answer_as_fastapi_does(store, keys, monkeypatch):
+    """GET /health and /ready, ready and not (an engine stopped), with and without a key, an
+    X-Request-ID, a body (FastAPI's to answer), a CORS origin: answers, headers in order
+    and the metrics equal FastAPI's."""
+    settings = {"DEFAULT_MODEL": "gru", **({"API_KEYS": KEYS} if keys else {})}
+    calls = [
+        ("/health", {}),
+        ("/ready", {}),
+        ("/health", AUTH),
+        ("/health", {"Authorization": "Bearer wrong-key-0123456789"}),
+        ("/ready", {"x-request-id": "probe-1"}),
+        ("/health", {"content-type": "application/json", "content-length": "2"}),
+    ]
+
+    def answers(c) -> list[tuple[int, list[tuple[bytes, bytes]], bytes]]:
+        out = []
+        for path, headers in calls:
+            body = b"{}" if "content-length" in headers else None
+            r = c.request("GET", path, headers=headers, content=body)
+            rid = r.headers["x-request-id"]
+            assert rid == headers.get("x-request-id") or re.fullmatch("[0-9a-f]{32}", rid)
+            kept = [(k, b"<id>" if k == b"x-request-id" else v) for k, v in r.headers.raw]
+            out.append((r.status_code, kept, r.content))
+        return out
+
+    served: list[str] = []  # the requests the fast path answered itself
+    serve = FastPath._serve
+
+    async def spy(self, scope, *args):
+        served.append(scope["path"])
+        return await serve(self, scope, *args)
+
+    monkeypatch.setattr(FastPath, "_serve", spy)
+    got = []
+    for fast_path in (True, False):
+        with TestClient(create_app(make_settings(store, FAST_PATH=fast_path, **settings))) as c:
+            ready = answers(c)
+            c.app.state.service.registry.models["gru"].engine._failure = "it broke (a test)"
+            broken = answers(c)
+            got.append((ready, broken, requests_counted(c)))
+    (ready, broken, counted), slow = got
+    assert (ready, broken, counted) == slow
+    assert [s for s, _, _ in ready] == [200] * 6
+    assert [s for s, _, _ in broken] == [200, 503, 200, 200, 503, 200]
+    assert b"it broke (a test)" in broken[1][2]
+    assert any('route="/health"' in line and 'method="GET"' in line for line in counted)
+    assert served == [path for path, _ in calls[:5]] * 2  # not the GET with a body
