@@ -266,18 +266,23 @@ class Engine:
         assert len(set(at)) == len(at), "a sequence appears twice in a batch"
         chunk = self.config.prefill_chunk
         pieces = [job.feed[:chunk] for job in batch]  # job.feed shrinks once the states hold them
-        slots = torch.tensor(at, device=self.device)
+        # (dtype given: torch.tensor infers it from the list otherwise, at 2x the cost)
+        slots = torch.as_tensor(at, dtype=torch.long, device=self.device)
         state = self._pool.gather(slots)  # each part (B, *shape); pending resets done first
         width = max(len(p) for p in pieces)
         if width:
             fed = [i for i, p in enumerate(pieces) if p]
-            x = torch.tensor([p + [0] * (width - len(p)) for p in pieces if p], device=self.device)
+            x = torch.tensor(
+                [p + [0] * (width - len(p)) for p in pieces if p],
+                dtype=torch.long,
+                device=self.device,
+            )
             ragged = len(fed) < len(batch) or any(len(pieces[i]) != width for i in fed)
             lengths = torch.tensor([len(pieces[i]) for i in fed]) if ragged else None
             if len(fed) == len(batch):
                 state = self.model.advance_state(x, state, lengths)
             else:
-                rows = torch.tensor(fed, device=self.device)
+                rows = torch.as_tensor(fed, dtype=torch.long, device=self.device)
                 new = self.model.advance_state(
                     x, {name: part[rows] for name, part in state.items()}, lengths
                 )
@@ -286,7 +291,7 @@ class Engine:
         if done := [i for i, job in enumerate(batch) if len(job.feed) <= chunk]:
             head = state
             if len(done) < len(batch):
-                index = torch.tensor(done, device=self.device)
+                index = torch.as_tensor(done, dtype=torch.long, device=self.device)
                 head = {name: part.index_select(0, index) for name, part in state.items()}
             logits = self.model.head_state(head)
             logits.index_fill_(1, self._banned, float("-inf"))
@@ -345,10 +350,10 @@ def top_rows(probs: torch.Tensor, rows: list[int], ks: list[int]) -> list[list[t
     sub = probs if len(rows) == probs.shape[0] else probs[rows]
     k, last = max(ks), probs.shape[1] - 1
     values, index = torch.sort(sub.flip(1), dim=1, descending=True, stable=True)
-    ids, ps = (last - index[:, :k]).tolist(), values[:, :k].tolist()
+    flipped, ps = index[:, :k].tolist(), values[:, :k].tolist()
     return [
-        [(i, p) for i, p in zip(row_ids[:n], row_ps[:n], strict=True) if p > 0]
-        for row_ids, row_ps, n in zip(ids, ps, ks, strict=True)
+        [(last - i, p) for i, p in zip(row_ids[:n], row_ps[:n], strict=True) if p > 0]
+        for row_ids, row_ps, n in zip(flipped, ps, ks, strict=True)
     ]
 
 
