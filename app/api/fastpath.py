@@ -175,8 +175,10 @@ class FastPath:
         self.keys: ApiKeys = fastapi_app.state.keys
 
     def _match(self, scope: Scope) -> tuple[HotRoute, dict[str, Any]] | None:
+        if scope["type"] != "http":
+            return None
         method: str = scope["method"]
-        if scope["type"] != "http" or method not in ("POST", "GET"):
+        if method not in ("POST", "GET"):
             return None
         path: str = scope["path"]
         if (route := self.fixed.get((method, path))) is not None:
