@@ -318,27 +318,27 @@ class Engine:
         likeliest word and its prob; another generation's whole distribution as a list.
         Batched: one sort for all the steps, one argmax for the greedy ones, instead of a
         Python sort or max over each row."""
+        steps: list[int] = []
+        greedy: list[int] = []
+        whole: list[int] = []
+        for r, job in enumerate(jobs):
+            (steps if job.gen is None else greedy if job.gen.greedy() else whole).append(r)
         out: list[Row] = [[] for _ in jobs]
-        steps = [r for r, job in enumerate(jobs) if job.gen is None]
         if steps:
             for r, top in zip(
                 steps, top_rows(probs, steps, [jobs[r].top_k for r in steps]), strict=True
             ):
                 out[r] = top
-        if len(steps) == len(jobs):
-            return out
-        greedy = [r for r, job in enumerate(jobs) if job.gen is not None and job.gen.greedy()]
         if greedy:
             best_p, best = (probs if len(greedy) == len(jobs) else probs[greedy]).max(dim=-1)
             for r, pick in zip(
                 greedy, zip(best.tolist(), best_p.tolist(), strict=True), strict=True
             ):
                 out[r] = pick
-        if len(steps) + len(greedy) < len(jobs):
-            full = probs.tolist()
-            for r, job in enumerate(jobs):
-                if job.gen is not None and not job.gen.greedy():
-                    out[r] = full[r]
+        if whole:
+            rows = probs.tolist()
+            for r in whole:
+                out[r] = rows[r]
         return out
 
 
