@@ -33,3 +33,26 @@ def test_an_exception_is_in_exc():
     entry = json.loads(JsonFormatter().format(r))
     assert entry["level"] == "error" and entry["message"] == "boom"
     assert entry["exc"].startswith("Traceback") and "ZeroDivisionError: nope" in entry["exc"]
+
+
+def test_an_access_line_is_the_line_the_formatter_writes_for_the_same_request():
+    """The access log's lines are made by LogWriter._access from a tuple, not by the
+    formatter from a record: they must be the same line, byte for byte."""
+    from app.core.observability import LogWriter
+    from app.core.redact import redact_path
+
+    path, client, rid = "/v1/sessions/abc/next-word", ("10.0.0.7", 5123), b"trace-9"
+    fields = {
+        "method": "POST",
+        "path": redact_path(path),
+        "route": "/v1/sessions/{session_id}/next-word",
+        "status": 200,
+        "ms": 1.5,
+        "client": "10.0.0.7:5123",
+        "request_id": "trace-9",
+    }
+    line = LogWriter()._access(
+        (1700000000.25, "POST", path, fields["route"], 200, 0.0015, client, rid)
+    )
+    assert line == JsonFormatter().format(record("app.access", logging.INFO, "request", fields))
+    assert "abc" not in line
