@@ -118,8 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.CELL_MODE,
         )
         store = await open_session_store(settings, registry)
-        for name, lm in registry.models.items():
-            lm.engine.observe(metrics.batch_observer(name))
+        registry.on_engine = lambda lm: lm.engine.observe(metrics.batch_observer(lm.name))
+        for lm in registry.loaded():
+            registry.on_engine(lm)
             lm.engine.start()
         sweeper = asyncio.create_task(sweep_expired(store, min(30.0, settings.SESSION_TTL_SECONDS)))
         app.state.service = PredictionService(registry, store, settings)
@@ -136,8 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.service = None  # /ready turns 503 while draining
             sweeper.cancel()
-            for lm in registry.models.values():
-                await lm.engine.stop()
+            await registry.stop()
             await store.close()
             if app.state.rate_limiter is not None:
                 await app.state.rate_limiter.close()
@@ -194,7 +194,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.CORS_ORIGINS,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Session-ID"],
-            expose_headers=["X-Request-ID", "Retry-After", *RATE_LIMIT_HEADERS],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Model-Version",
+                "Retry-After",
+                *RATE_LIMIT_HEADERS,
+            ],
         )
     app.add_middleware(ShutdownAnswers)  # after the drain grace: 503s and stream error events
     app.add_middleware(

@@ -44,7 +44,14 @@ from app.api.routes import API_PREFIX, HOT
 from app.api.shutdown import shutdown_answer
 from app.core.config import Settings
 from app.core.errors import ServiceError
-from app.core.observability import REQUEST_ID, Metrics, RequestIds, log_request
+from app.core.observability import (
+    MODEL_VERSION,
+    REQUEST_ID,
+    Metrics,
+    RequestIds,
+    answered_by,
+    log_request,
+)
 from app.core.security import ANONYMOUS, ApiKeys
 
 log = logging.getLogger("app")
@@ -147,6 +154,8 @@ class Reply:
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.started = status, True
         headers.append((REQUEST_ID, self.rid))
+        if (model := answered_by.get()) is not None:
+            headers.append((MODEL_VERSION, model))
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def answer(self, response: Response, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
@@ -217,6 +226,7 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         reply = Reply(send, self.request_ids(scope["headers"]))
+        answered_by.set(None)
         handoff: Receive | None = None
         try:
             handoff = await self._serve(

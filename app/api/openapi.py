@@ -30,7 +30,10 @@ DESCRIPTIONS: dict[int, str | tuple[str, str]] = {
     ),
     401: "no valid API key (when the server has keys): see WWW-Authenticate",
     404: "unknown model or session",
-    409: "the session's state does not fit its model",
+    403: "a valid key without the right to this route (a user's key on the admin API)",
+    409: "the session's state does not fit its model, or a change that does not fit the "
+    "models' state",
+    410: "the model version was unloaded (its sessions ended with it) or is being unloaded",
     413: ("text too long", "prompt too long"),
     422: (
         "bad input: an unknown word, an empty text, an option out of range (a message), "

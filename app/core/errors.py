@@ -27,6 +27,19 @@ class StateMismatch(ServiceError):
     """A stored session state that does not fit its model (the model was replaced)."""
 
 
+class Conflict(ServiceError):
+    """A change that does not fit the current state (of the models, say): 409."""
+
+
+class Gone(ServiceError):
+    """What was asked for was served here once and is no more (an unloaded model version and
+    its sessions): 410."""
+
+
+class Forbidden(ServiceError):
+    """A valid key without the right to this route (a user's key on the admin API): 403."""
+
+
 class BadText(ServiceError):
     """A text that cannot be used: an unknown word, empty where a word is needed."""
 

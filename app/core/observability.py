@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
@@ -33,6 +34,10 @@ from app.core.redact import redact_path
 access_log = logging.getLogger("app.access")
 log = logging.getLogger("app")
 REQUEST_ID = b"x-request-id"
+MODEL_VERSION = b"x-model-version"
+# NAME@VERSION of the model version that answers the request under way (set by the service
+# once it knows; None before and for requests no model answers): its header and log field
+answered_by: ContextVar[bytes | None] = ContextVar("answered_by", default=None)
 SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")  # a client's id is kept if it looks like this
 
 
@@ -169,7 +174,7 @@ class HandOff(logging.handlers.QueueHandler):
 
 # An access-log line's fields as the event loop leaves them: when, method, path, route,
 # status, seconds, client (host, port) and request id. The writer makes the line.
-AccessLine = tuple[float, str, str, str, int, float, Any, bytes]
+AccessLine = tuple[float, str, str, str, int, float, Any, bytes, bytes | None]
 FLUSH_S = 0.05  # a line waits at most this long before it is written
 
 
@@ -247,7 +252,7 @@ class LogWriter:
 
     def _access(self, item: AccessLine) -> str:
         """An access line, as JsonFormatter writes a record of logger app.access."""
-        at, method, path, route, status, seconds, client, rid = item
+        at, method, path, route, status, seconds, client, rid, model = item
         second = int(at)
         if second != self._second:
             self._second, self._time = second, time.strftime(TIME_FORMAT, time.localtime(at))
@@ -265,6 +270,7 @@ class LogWriter:
                 "ms": round(seconds * 1000, 3),
                 "client": f"{client[0]}:{client[1]}" if client else None,
                 "request_id": rid.decode(),
+                "model": None if model is None else model.decode(),
             }
         ).decode()
 
@@ -289,7 +295,17 @@ def log_request(
 ) -> None:
     """The access log's line about one request."""
     log_writer.access(
-        (time.time(), method, scope["path"], route, status, seconds, scope.get("client"), rid)
+        (
+            time.time(),
+            method,
+            scope["path"],
+            route,
+            status,
+            seconds,
+            scope.get("client"),
+            rid,
+            answered_by.get(),
+        )
     )
 
 
@@ -321,12 +337,16 @@ class ObservabilityMiddleware:
         started = False
         rid = self.request_ids(scope["headers"])
         scope.setdefault("state", {})["request_id"] = rid.decode()
+        answered_by.set(None)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                message["headers"] = [*message.get("headers", ()), (REQUEST_ID, rid)]
+                headers = [*message.get("headers", ()), (REQUEST_ID, rid)]
+                if (model := answered_by.get()) is not None:
+                    headers.append((MODEL_VERSION, model))
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -18,13 +18,29 @@ class ModelInfo(OpenAIModel):
         examples=["gru"],
     )
     version: int = Field(description="checkpoint version in the store", examples=[1])
+    status: Literal["loading", "ready", "draining"] = Field(
+        description="ready: takes work; draining: being unloaded, serves only its sessions"
+    )
+    share: float = Field(
+        description="percent of new sessions and stateless requests under the model's name "
+        "that this version takes (its traffic split)",
+        examples=[100.0],
+    )
     parameters: int = Field(examples=[23784])
     hidden_size: int = Field(examples=[56])
     vocab_size: int = Field(examples=[40])
     valid_accuracy: float | None = Field(description="after the last training epoch")
     device: str = Field(examples=["cpu"])
     sha256: str = Field(description="of the checkpoint's weights file")
+    metrics: dict[str, float] = Field(
+        description="the last training epoch's metrics from meta.json: epoch, train_loss, "
+        "valid_loss, accuracy (on valid.txt)"
+    )
     default: bool = Field(description="used when a request names no model")
+    current: bool = Field(
+        description="the version the model's name answers with by default (others are "
+        "addressed as NAME@VERSION, or take a share of a traffic split)"
+    )
 
 
 class ModelList(BaseModel):

@@ -24,7 +24,10 @@ TopK = Field(
 )
 StopWord = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ModelName = Field(
-    None, description="a model of GET /v1/models; the default if absent", examples=["gru"]
+    None,
+    description="a model of GET /v1/models: NAME (its current version, or one drawn by its "
+    "traffic split) or NAME@VERSION (pinned); the default model if absent",
+    examples=["gru"],
 )
 
 
@@ -38,6 +41,7 @@ class NextWordRequest(Strict):
 
 class NextWordResponse(BaseModel):
     model: str = Field(examples=["gru"])
+    version: int = Field(description="the model version that answered", examples=[1])
     tokens: list[str] = Field(
         description="the text as the model read it", examples=[["eight", ","]]
     )
@@ -79,6 +83,7 @@ FinishReason = Literal["stop", "length"]
 
 class ContinuationResponse(BaseModel):
     model: str = Field(examples=["gru"])
+    version: int = Field(description="the model version that answered", examples=[1])
     words: list[str] = Field(examples=[["eight", "thousand", "one", "hundred", "three"]])
     probs: list[float] = Field(description="the model's probability of each word")
     text: str = Field(description="the words joined by spaces")

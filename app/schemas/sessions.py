@@ -19,6 +19,11 @@ class SessionCreateRequest(Strict):
 class SessionInfo(BaseModel):
     session_id: str = Field(description="unguessable; keep it secret")
     model: str = Field(examples=["gru"])
+    version: int = Field(
+        description="the model version that made the session's state: the session stays on "
+        "it while it lives",
+        examples=[1],
+    )
     tokens_seen: int = Field(description="tokens fed into the state so far", examples=[4])
     last_words: list[str] = Field(description="the last tokens fed", examples=[["one", ",", "two"]])
     created_at: datetime
@@ -44,6 +49,15 @@ class SessionNextWordRequest(Strict):
 class SessionNextWordResponse(SessionInfo):
     tokens: list[str] = Field(description="the text of this request as the model read it")
     next: list[WordProb] = Field(description="most likely first; [] until a word is seen")
+
+
+class SessionResetRequest(Strict):
+    model: str | None = Field(
+        None,
+        description="move the session to this model: NAME (its current version, or one drawn "
+        "by its split) or NAME@VERSION; absent: it stays on its own version",
+        examples=["gru-copy"],
+    )
 
 
 class SessionContinuationRequest(GenerationOptions):

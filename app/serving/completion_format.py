@@ -39,7 +39,7 @@ def head(plan: Plan) -> dict[str, Any]:
         "id": plan.id,
         "object": "text_completion",
         "created": plan.created,
-        "model": plan.lm.name,
+        "model": plan.req.model or plan.lm.name,  # as given (NAME or NAME@VERSION)
         "system_fingerprint": plan.fingerprint,
     }
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from app.core.errors import BadText, InvalidRequest
 from app.core.security import ANONYMOUS
+from app.engine.registry import parse_ref
 from app.schemas.openai import CompletionRequest
 from app.serving.completion_format import body
 from app.serving.completion_plan import Plan, Planner
@@ -84,15 +85,24 @@ class CompletionService:
         return stream
 
     def check_session(self, plan: Plan, lease: Lease) -> None:
-        if lease.model.name != plan.lm.name:
-            if plan.req.model is not None:
+        session = self.service.leased(lease)  # the version that made its state answers
+        if session is not plan.lm:
+            asked = plan.req.model
+            name, version = parse_ref(asked) if asked is not None else (session.name, None)
+            if name != session.name:
                 raise InvalidRequest(
-                    f"session {lease.id} runs model {lease.model.name!r}, not {plan.lm.name!r}",
+                    f"session {lease.id} runs model {session.name!r}, not {plan.lm.name!r}",
                     "model",
                 )
-            # no model named: the session's; plan again for its vocabulary
-            plan.lm = lease.model
-            fresh = self.plan(plan.req.model_copy(update={"model": lease.model.name}), lease.id)
+            if version is not None and version != session.version:
+                raise InvalidRequest(
+                    f"session {lease.id} runs {session.key}, not {asked}: a session stays on "
+                    "the version that made its state (reset it with a model to move it)",
+                    "model",
+                )
+            # the session's version: plan again for its vocabulary
+            plan.lm = session
+            fresh = self.plan(plan.req.model_copy(update={"model": session.key}), lease.id)
             plan.prompts, plan.choices = fresh.prompts, fresh.choices
         if not plan.prompts[0].ids and not lease.tokens_seen:
             raise BadText("the session has seen no word yet: give a text to continue from")

@@ -7,13 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.errors import StateMismatch
+from app.core.errors import Gone, StateMismatch, UnknownModel
 from app.core.redact import clip
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.engine.sequences import ExportedState, LayoutMismatch, Sequence
-from app.serving.sessions import LAST_WORDS, SessionRecord
+from app.serving.sessions import LAST_WORDS, SessionRecord, ended_with
 
-RECORD_FIELDS = ["model", "tokens", "last", "created", "used", "owner"]
+RECORD_FIELDS = ["model", "tokens", "last", "created", "used", "owner", "version"]
 
 
 @dataclass(eq=False)
@@ -29,6 +29,15 @@ class RedisLease:
     created: float
     used: float = 0.0
     dirty: bool = False  # the state or counters changed: write back
+    moved_from: str | None = None  # the model's name before a move, if it moved
+
+    def move(self, model: LoadedModel) -> None:
+        seq = model.engine.open()  # first: nothing changes if it cannot open
+        self.seq.close()
+        if self.moved_from is None:
+            self.moved_from = self.model.name
+        self.model, self.seq = model, seq
+        self.tokens_seen, self.last_words, self.dirty = 0, [], True
 
     def saw(self, words: list[str]) -> None:
         self.tokens_seen += len(words)
@@ -46,6 +55,7 @@ def open_lease(registry: ModelRegistry, sid: str, owner: str, raw: list[bytes]) 
     try:
         fields = {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
         name = fields["model"].decode()
+        version = int(fields["version"]) if "version" in fields else None
         saved = ExportedState(fields["dtype"].decode(), fields["shape"].decode(), fields["state"])
         tokens, last, created = (
             int(fields["tokens"]),
@@ -55,11 +65,14 @@ def open_lease(registry: ModelRegistry, sid: str, owner: str, raw: list[bytes]) 
         used = int(fields["used"]) / 1000
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
         raise damaged(sid) from None
-    model = registry.models.get(name)
-    if model is None:
+    try:
+        model = registry.version(name, version)
+    except UnknownModel:
         raise StateMismatch(
             f"session {clip(sid)} belongs to model {name!r}, which this server has not loaded"
-        )
+        ) from None
+    except Gone:
+        raise ended_with(sid, f"{name}@{version}") from None
     try:
         seq = model.engine.open(saved)  # the last step: nothing can fail once it is open
     except LayoutMismatch as e:
@@ -77,11 +90,12 @@ def parse_record(sid: str, got: list[Any], owner: str, ttl_s: float) -> SessionR
     StateMismatch (409) if the record is damaged."""
     if got[0] is None or (got[5] or b"-").decode() != owner:
         return None
-    model, tokens, last, created, used, _ = got
+    model, tokens, last, created, used, _, version = got
     try:
         return SessionRecord(
             sid,
             model.decode(),
+            int(version) if version is not None else 0,
             int(tokens),
             words(last),
             int(created) / 1000,

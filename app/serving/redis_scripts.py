@@ -41,13 +41,20 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 COMMIT = """
--- KEYS: session, lock, index, owner's index, owner hash, owner's use order
--- ARGV: token, state, tokens, last, used_ms, ttl_ms, id, owner
+-- KEYS: session, lock, index, owner's index, owner hash, owner's use order[, the index of
+--       the model it moved from]
+-- ARGV: token, state, tokens, last, used_ms, ttl_ms, id, owner[, model, version, dtype,
+--       shape: a session moved to another model or version]
 -- 1: written; 0: the lease was lost (fencing); -1: the session was deleted meanwhile
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'tokens', ARGV[3], 'last', ARGV[4], 'used', ARGV[5])
+if ARGV[9] then
+  redis.call('HSET', KEYS[1], 'model', ARGV[9], 'version', ARGV[10], 'dtype', ARGV[11],
+             'shape', ARGV[12])
+  if KEYS[7] ~= KEYS[3] then redis.call('ZREM', KEYS[7], ARGV[7]) end
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[7])
 redis.call('ZADD', KEYS[4], 0, ARGV[7])  -- back, had a sweep taken it while it was busy
@@ -73,7 +80,7 @@ CREATE = (
 -- KEYS: session, owner's index, owner hash, owner's use order, then the index of every
 -- model (the new session's first)
 -- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix,
---       owner, max_per_owner (0: no share)
+--       owner, max_per_owner (0: no share), version
 -- 1: made; 0: the server is full; -1: the owner's share is full. With evict, room is made
 -- by evicting the owner's own least recently used session; one that holds none gets 0.
 local now, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[10]
@@ -101,7 +108,7 @@ end
 if live >= tonumber(ARGV[8]) and not evict_own() then return 0 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
            'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6],
-           'owner', ARGV[11])
+           'owner', ARGV[11], 'version', ARGV[13])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])

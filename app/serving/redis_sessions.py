@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -169,6 +170,7 @@ class RedisSessionStore(SessionStore):
                     self.prefix,
                     owner,
                     self.max_per_owner if self.max_per_owner and owner != ANONYMOUS else 0,
+                    model.version,
                 ],
             )
         )
@@ -179,7 +181,7 @@ class RedisSessionStore(SessionStore):
             raise server_full(self.max_sessions)
         self._counts[model.name] = self._counts.get(model.name, 0) + 1  # till the next sweep
         now = now_ms / 1000
-        return SessionRecord(sid, model.name, 0, [], now, now + self.ttl_s)
+        return SessionRecord(sid, model.name, model.version, 0, [], now, now + self.ttl_s)
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
@@ -277,31 +279,30 @@ class RedisSessionStore(SessionStore):
             pause = min(pause * 2, 0.05)
 
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
-        state = lease.seq.export().data
+        exported = lease.seq.export()
         now_ms = int(time.time() * 1000)
-        done = await self._call(
-            lambda: self._batch.call(
-                self._commit,
-                [
-                    self.keys.session(lease.id),
-                    self.keys.lock(lease.id),
-                    self.keys.index(lease.model.name),
-                    self.keys.owned(lease.owner),
-                    self.keys.owners(),
-                    self.keys.use_order(lease.owner),
-                ],
-                [
-                    token,
-                    state,
-                    lease.tokens_seen,
-                    json.dumps(lease.last_words),
-                    now_ms,
-                    int(self.ttl_s * 1000),
-                    lease.id,
-                    lease.owner,
-                ],
-            )
-        )
+        keys = [
+            self.keys.session(lease.id),
+            self.keys.lock(lease.id),
+            self.keys.index(lease.model.name),
+            self.keys.owned(lease.owner),
+            self.keys.owners(),
+            self.keys.use_order(lease.owner),
+        ]
+        args: list[Any] = [
+            token,
+            exported.data,
+            lease.tokens_seen,
+            json.dumps(lease.last_words),
+            now_ms,
+            int(self.ttl_s * 1000),
+            lease.id,
+            lease.owner,
+        ]
+        if lease.moved_from is not None:  # its model, version and layout change too
+            keys.append(self.keys.index(lease.moved_from))
+            args += [lease.model.name, lease.model.version, exported.dtype, exported.shape]
+        done = await self._call(lambda: self._batch.call(self._commit, keys, args))
         if done == 0:
             raise self._lease_lost(lease.id)
         lease.used = now_ms / 1000
@@ -324,7 +325,13 @@ class RedisSessionStore(SessionStore):
         record = parse_record(session_id, got, owner, self.ttl_s)
         if record is None:
             raise unknown(session_id)
-        return record
+        return self._versioned(record)
+
+    def _versioned(self, record: SessionRecord) -> SessionRecord:
+        """A record written before versions were recorded is on its model's current one."""
+        if record.version or record.model not in self.registry.entries:
+            return record
+        return dataclasses.replace(record, version=self.registry.entries[record.model].default)
 
     async def page(
         self, owner: str, limit: int, after: str | None = None
@@ -356,7 +363,7 @@ class RedisSessionStore(SessionStore):
                     log.warning("session %s: its record in Redis is damaged", clip(sid))
                     continue
                 if record is not None:
-                    records.append(record)
+                    records.append(self._versioned(record))
             after = ids[-1]
         return records, after if more else None
 
@@ -397,3 +404,8 @@ class RedisSessionStore(SessionStore):
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+    async def end_model(self, model: LoadedModel) -> int:
+        """Nothing kept here: the sessions stay in Redis, and each late request on one is
+        told (410) that its version was unloaded."""
+        return 0

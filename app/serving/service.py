@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.config import Settings
-from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong, UnknownModel
+from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong
+from app.core.observability import answered_by
 from app.core.redact import clip, clip_number
 from app.core.security import ANONYMOUS
 from app.engine.generation import Generation
@@ -76,33 +77,51 @@ class PredictionService:
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
-        lm = self.registry.get(name)
-        if lm is None:
-            raise UnknownModel(
-                f"no model {clip(name or '')}; loaded: {', '.join(sorted(self.registry.models))}"
-            )
+        """The version that serves new work under `name` (NAME, NAME@VERSION or None for
+        the default model): it answers the request (its X-Model-Version header)."""
+        lm = self.registry.resolve(name)
+        answered_by.set(lm.label)
+        return lm
+
+    def leased(self, lease: Lease) -> LoadedModel:
+        """A session's model version (the one that made its state): it answers the request."""
+        lm = lease.model
+        answered_by.set(lm.label)
         return lm
 
     def model_info(self, lm: LoadedModel) -> ModelInfo:
         ckpt = lm.checkpoint
+        entry = self.registry.entries.get(lm.name)
+        current = entry is not None and entry.default == lm.version
         return ModelInfo(
-            id=lm.name,
+            id=lm.name if current else lm.key,
             created=checkpoint_created(ckpt.meta),
             owned_by=OWNED_BY,
             name=lm.name,
             variant=ckpt.config.variant,
             version=ckpt.ref.version,
+            status=lm.status,
+            share=entry.share(lm.version) if entry is not None else 0.0,
             parameters=lm.parameters,
             hidden_size=ckpt.config.hidden,
             vocab_size=ckpt.config.vocab_size,
             valid_accuracy=ckpt.valid_accuracy,
             device=str(lm.device),
             sha256=ckpt.sha256,
-            default=lm.name == self.registry.default,
+            metrics={k: v for k, v in (ckpt.metrics or [{}])[-1].items() if k != "seconds"},
+            default=lm.name == self.registry.default and current,
+            current=current,
         )
 
     def list_models(self) -> ModelList:
-        models = [self.model_info(lm) for _, lm in sorted(self.registry.models.items())]
+        """Every loaded version, each name's current default first: OpenAI's list names each
+        model once (its id is the name) and each other version as NAME@VERSION."""
+        models = []
+        for name in sorted(self.registry.entries):
+            entry = self.registry.entries[name]
+            versions = sorted(entry.versions.values(), key=lambda lm: lm.version)
+            versions.sort(key=lambda lm: lm.version != entry.default)  # stable: default first
+            models += [self.model_info(lm) for lm in versions]
         data = [OpenAIModel(id=m.id, created=m.created, owned_by=m.owned_by) for m in models]
         return ModelList(data=data, models=models, default=self.registry.default)
 
@@ -195,7 +214,12 @@ class PredictionService:
             top = await seq.step(ids, req.top_k)
         finally:
             seq.close()
-        return {"model": lm.name, "tokens": lm.vocab.decode(ids), "next": self.next_list(lm, top)}
+        return {
+            "model": lm.name,
+            "version": lm.version,
+            "tokens": lm.vocab.decode(ids),
+            "next": self.next_list(lm, top),
+        }
 
     async def continuation(self, req: ContinuationRequest) -> ContinuationResponse:
         lm = self.model(req.model)
@@ -254,6 +278,7 @@ class PredictionService:
         return {
             "session_id": r.id,
             "model": r.model,
+            "version": r.version,
             "tokens_seen": r.tokens_seen,
             "last_words": list(r.last_words),
             "created_at": timestamp(r.created),
@@ -304,9 +329,17 @@ class PredictionService:
     async def delete_session(self, session_id: str, owner: str = ANONYMOUS) -> None:
         await self.sessions.delete(session_id, owner)
 
-    async def reset_session(self, session_id: str, owner: str = ANONYMOUS) -> SessionInfo:
+    async def reset_session(
+        self, session_id: str, owner: str = ANONYMOUS, model: str | None = None
+    ) -> SessionInfo:
+        """Back to the start state; on `model` (NAME by its split or default, NAME@VERSION)
+        when given: the way to move a session to another model or version."""
         async with self.sessions.lease(session_id, owner) as lease:
-            lease.reset()
+            if model is None:
+                self.leased(lease)
+                lease.reset()
+            else:
+                lease.move(self.model(model))
         return self.session_info(self.sessions.record(lease))
 
     async def session_next_word(
@@ -314,7 +347,7 @@ class PredictionService:
     ) -> Plain:
         """SessionNextWordResponse's fields (see `Plain`)."""
         async with self.sessions.lease(session_id, owner) as lease:
-            lm = lease.model  # checks come first: a bad request changes nothing
+            lm = self.leased(lease)  # checks come first: a bad request changes nothing
             self.check_top_k(lm, req.top_k)
             ids = self.encode(lm, req.text)
             nxt = await self._session_step(lease, ids, req.top_k)
@@ -328,7 +361,7 @@ class PredictionService:
         self, session_id: str, req: SessionContinuationRequest, owner: str = ANONYMOUS
     ) -> SessionContinuationResponse:
         async with self.sessions.lease(session_id, owner) as lease:
-            lm = lease.model  # checks come first: a bad request changes nothing
+            lm = self.leased(lease)  # checks come first: a bad request changes nothing
             params, ids = self.continuation_input(lm, req, lease)
             gen = await lease.seq.generate(ids, params, applied(lease))
         return SessionContinuationResponse(
@@ -341,7 +374,7 @@ class PredictionService:
         """The session continuation's words as they come (see `stream`)."""
         stack = contextlib.AsyncExitStack()
         lease = await stack.enter_async_context(self.sessions.lease(session_id, owner))
-        return await self.stream(lease.model, req, lease, stack)
+        return await self.stream(self.leased(lease), req, lease, stack)
 
 
 def encode_cursor(session_id: str) -> str:
@@ -371,6 +404,7 @@ def generated(lm: LoadedModel, gen: Generation) -> dict[str, Any]:
     words = lm.vocab.decode(gen.words)
     return {
         "model": lm.name,
+        "version": lm.version,
         "words": words,
         "probs": gen.probs,
         "text": " ".join(words),

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from sortedcontainers import SortedList
 
-from app.core.errors import AtCapacity, UnknownSession
+from app.core.errors import AtCapacity, Gone, UnknownSession
 from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel
@@ -37,6 +37,7 @@ class SessionRecord:
 
     id: str
     model: str
+    version: int
     tokens_seen: int
     last_words: list[str]
     created: float
@@ -47,6 +48,7 @@ class SessionRecord:
         return cls(
             lease.id,
             lease.model.name,
+            lease.model.version,
             lease.tokens_seen,
             list(lease.last_words),
             created,
@@ -66,6 +68,9 @@ class Lease(Protocol):
     def saw(self, words: list[str]) -> None: ...
 
     def reset(self) -> None: ...
+
+    def move(self, model: LoadedModel) -> None:
+        """Start again at `model`'s start state (another model or version)."""
 
 
 def applied(lease: Lease) -> Applied:
@@ -124,6 +129,11 @@ class SessionStore(abc.ABC):
     async def close(self) -> None:
         """Release what the store holds."""
 
+    @abc.abstractmethod
+    async def end_model(self, model: LoadedModel) -> int:
+        """`model`'s version is being unloaded: end the sessions on it that this store keeps
+        in the process (their late requests get 410, naming it); how many."""
+
 
 def owner_full(max_per_owner: int) -> AtCapacity:
     return AtCapacity(
@@ -173,6 +183,12 @@ class Session:
         self.seq.reset()
         self.tokens_seen, self.last_words = 0, []
 
+    def move(self, model: LoadedModel) -> None:
+        seq = model.engine.open()  # first: nothing changes if it cannot open
+        self.seq.close()
+        self.model, self.seq = model, seq
+        self.tokens_seen, self.last_words = 0, []
+
 
 class MemorySessionStore(SessionStore):
     """In-process sessions, least recently used first; TTL expiry and a cap on their number.
@@ -200,6 +216,9 @@ class MemorySessionStore(SessionStore):
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._owned: dict[str, SortedList] = {}
         self._used: dict[str, OrderedDict[str, Session]] = {}  # by owner, least recent first
+        # sessions ended with their model version: id -> (owner, NAME@VERSION, until when
+        # a request is told so rather than "no session")
+        self._ended: dict[str, tuple[str, str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -240,6 +259,9 @@ class MemorySessionStore(SessionStore):
         """The owner's live session; UnknownSession if none, another owner's, or expired."""
         session = self._sessions.get(session_id)
         if session is None or session.owner != owner:
+            ended = self._ended.get(session_id)
+            if session is None and ended is not None and ended[0] == owner:
+                raise ended_with(session_id, ended[1])
             raise unknown(session_id)
         if self.clock() >= self.expires_at(session) and not session.busy:
             self._drop(session)
@@ -295,6 +317,13 @@ class MemorySessionStore(SessionStore):
         for s in list(self._sessions.values()):
             self._drop(s)
 
+    async def end_model(self, model: LoadedModel) -> int:
+        ended = [s for s in self._sessions.values() if s.model is model]
+        for s in ended:
+            self._ended[s.id] = (s.owner, model.key, self.expires_at(s))
+            self._drop(s)
+        return len(ended)
+
     async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
         session = self.live(session_id, owner)
         async with session.lock:
@@ -313,6 +342,9 @@ class MemorySessionStore(SessionStore):
                 dead.append(s)
         for s in dead:
             self._drop(s)
+        if self._ended:
+            for sid in [i for i, (_, _, until) in self._ended.items() if until <= now]:
+                del self._ended[sid]
         return len(dead)
 
     def _drop(self, session: Session) -> None:
@@ -352,6 +384,13 @@ class Held:
         session.lock.release()
         if kind is None:
             self.store.touch(session)
+
+
+def ended_with(session_id: str, key: str) -> Gone:
+    return Gone(
+        f"session {clip(session_id)} ended: its model version {key} was unloaded from this "
+        "server. Start a new session"
+    )
 
 
 def unknown(session_id: str) -> UnknownSession:

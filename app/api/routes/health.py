@@ -48,7 +48,7 @@ async def get_ready(request: Request) -> Ready | JSONResponse:
         return JSONResponse(body.model_dump(), 503, headers_of(NotReady("")))
     models, skipped = sorted(service.registry.models), service.registry.problems
     try:
-        for lm in service.registry.models.values():
+        for lm in service.registry.loaded():
             if lm.engine.failure is not None:  # a model whose engine stopped serves nothing
                 raise NotReady(lm.engine.failure)
         await service.sessions.check()

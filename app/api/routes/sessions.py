@@ -18,6 +18,7 @@ from app.schemas.sessions import (
     SessionList,
     SessionNextWordRequest,
     SessionNextWordResponse,
+    SessionResetRequest,
 )
 from app.serving.service import Plain
 
@@ -93,7 +94,11 @@ async def session_continuation(
     return await service.session_continuation(session_id, req, owner=owner)
 
 
-@router.post("/{session_id}/reset", response_model=SessionInfo, responses=documented(404))
-async def reset_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
-    """Back to the start state (after the implicit xxbos that starts every text)."""
-    return await service.reset_session(session_id, owner)
+@router.post("/{session_id}/reset", response_model=SessionInfo, responses=documented(404, 410))
+async def reset_session(
+    session_id: str, service: ServiceDep, owner: OwnerDep, req: SessionResetRequest | None = None
+) -> SessionInfo:
+    """Back to the start state (after the implicit xxbos that starts every text); with a
+    `model`, on that model or version (how a session moves to a new version)."""
+    model = req.model if req is not None else None
+    return await service.reset_session(session_id, owner, model)

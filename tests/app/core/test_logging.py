@@ -50,9 +50,10 @@ def test_an_access_line_is_the_line_the_formatter_writes_for_the_same_request():
         "ms": 1.5,
         "client": "10.0.0.7:5123",
         "request_id": "trace-9",
+        "model": "gru-copy@2",
     }
     line = LogWriter()._access(
-        (1700000000.25, "POST", path, fields["route"], 200, 0.0015, client, rid)
+        (1700000000.25, "POST", path, fields["route"], 200, 0.0015, client, rid, b"gru-copy@2")
     )
     assert line == JsonFormatter().format(record("app.access", logging.INFO, "request", fields))
     assert "abc" not in line

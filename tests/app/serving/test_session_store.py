@@ -6,7 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +15,11 @@ import torch
 from app.core.errors import AtCapacity, NotReady, UnknownSession
 from app.core.security import ANONYMOUS
 from app.engine.engine import Engine
+from app.engine.registry import LoadedModel, ModelEntry, ModelRegistry
 from app.engine.sequences import ExportedState
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.sessions import MemorySessionStore, SessionStore
-from model_store import ModelConfig, Vocab, build_model
+from model_store import Checkpoint, CheckpointRef, ModelConfig, Vocab, build_model
 
 A, B = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"  # two API keys' owner ids
 
@@ -28,9 +29,15 @@ def model():
     """A model whose state is one (1, 4) float32 part, served by a real (never started)
     engine: the stores open, export and close its sequences."""
     vocab = Vocab(("xxunk", "one", ","))
-    lm = build_model(ModelConfig("gru", vocab_size=len(vocab), hidden=4))
+    config = ModelConfig("gru", vocab_size=len(vocab), hidden=4)
+    lm = build_model(config)
     engine = Engine(lm, vocab, torch.device("cpu"), name="m")
-    return SimpleNamespace(name="m", engine=engine, device=engine.device)
+    ckpt = Checkpoint(CheckpointRef("m", 1, Path("m/1")), {"metrics": []}, config, vocab, lm)
+    return LoadedModel(ckpt, engine.device, engine)
+
+
+def registry_of(model: LoadedModel) -> ModelRegistry:
+    return ModelRegistry({"m": ModelEntry("m", {1: model}, 1)}, "m")
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -48,7 +55,7 @@ def make(request, model) -> Callable[..., SessionStore]:
     def redis(**kw: Any) -> SessionStore:
         return RedisSessionStore(
             server.url,
-            SimpleNamespace(models={"m": model}),  # type: ignore[arg-type]
+            registry_of(model),
             kw.get("ttl_s", 100),
             kw.get("max_sessions", 1000),
             kw.get("policy", "reject"),
@@ -316,7 +323,7 @@ def test_a_busy_memory_session_does_not_expire(model):
 def replica(server_url: str, model: Any, prefix: str, **kw: Any) -> RedisSessionStore:
     return RedisSessionStore(
         server_url,
-        SimpleNamespace(models={"m": model}),  # type: ignore[arg-type]
+        registry_of(model),
         100,
         1000,
         prefix=prefix,

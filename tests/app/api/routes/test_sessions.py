@@ -50,14 +50,14 @@ def test_get_list_delete(client):
     assert {s["session_id"] for s in listed} == {a["session_id"], b["session_id"]}
     r = client.delete(f"/v1/sessions/{a['session_id']}")
     assert r.status_code == 204 and r.content == b""
-    for method, path in [
-        ("GET", ""),
-        ("DELETE", ""),
-        ("POST", "/next-word"),
-        ("POST", "/reset"),
-        ("POST", "/continuation"),
+    for method, path, body in [
+        ("GET", "", None),
+        ("DELETE", "", None),
+        ("POST", "/next-word", {"text": "one"}),
+        ("POST", "/reset", {}),
+        ("POST", "/continuation", {"text": "one"}),
     ]:
-        r = client.request(method, f"/v1/sessions/{a['session_id']}{path}", json={"text": "one"})
+        r = client.request(method, f"/v1/sessions/{a['session_id']}{path}", json=body)
         assert r.status_code == 404, (method, path)
         assert "no session" in r.json()["detail"]
     assert [s["session_id"] for s in client.get("/v1/sessions").json()["sessions"]] == [
