@@ -20,7 +20,7 @@ from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
 from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
-from app.api.routes import completions, health, models, predict, sessions
+from app.api.routes import admin, completions, health, models, predict, sessions
 from app.api.shutdown import ShutdownAnswers
 from app.core.config import Settings
 from app.core.errors import NotReady
@@ -35,6 +35,7 @@ from app.core.security import ApiKeys
 from app.engine.engine import EngineConfig
 from app.engine.registry import ModelRegistry
 from app.pages import DOCS_PATHS, install_pages
+from app.serving.admin import ModelAdmin
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
@@ -118,12 +119,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.CELL_MODE,
         )
         store = await open_session_store(settings, registry)
-        registry.on_engine = lambda lm: lm.engine.observe(metrics.batch_observer(lm.name))
+        registry.on_engine = lambda lm: lm.engine.observe(
+            metrics.batch_observer(lm.name, lm.version)
+        )
         for lm in registry.loaded():
             registry.on_engine(lm)
             lm.engine.start()
         sweeper = asyncio.create_task(sweep_expired(store, min(30.0, settings.SESSION_TTL_SECONDS)))
         app.state.service = PredictionService(registry, store, settings)
+        model_admin = ModelAdmin(registry, store, settings)
+        await model_admin.start()  # the fleet's state (Redis), the store's poller
+        app.state.admin = model_admin
         app.state.rate_limiter = RateLimiter.from_settings(settings)
         # Everything built so far lives as long as the process: move it out of the cyclic
         # GC's sight, and collect less often. Full collections over the frameworks' and
@@ -136,7 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.service = None  # /ready turns 503 while draining
+            app.state.admin = None
             sweeper.cancel()
+            await model_admin.stop()
             await registry.stop()
             await store.close()
             if app.state.rate_limiter is not None:
@@ -160,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_ids = RequestIds()
     app.state.body_deadlines = BodyDeadlines(settings.BODY_TIMEOUT_SECONDS)
     app.state.service = None
+    app.state.admin = None
+    app.state.admin_keys = ApiKeys(settings.admin_api_keys())
     app.state.rate_limiter = None
     metrics.add_gauge(
         "sessions_live",
@@ -171,6 +181,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # every /v1 route needs a key, when keys are on
     for module in (models, predict, sessions, completions):
         app.include_router(module.router, dependencies=[Depends(get_owner)])
+    if app.state.admin_keys.enabled:  # the admin API: only with admin keys, only for them
+        app.include_router(admin.router)
     install_pages(app)
     install_openapi(app, settings)
     # Middleware, innermost first: the rate limits, the request bounds, CORS, the shutdown's
@@ -192,7 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.CORS_ORIGINS,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Session-ID"],
             expose_headers=[
                 "X-Request-ID",

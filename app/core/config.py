@@ -186,6 +186,32 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="the tokens bucket's size (default 2 x RATE_LIMIT_TOKENS_PER_SECOND)",
     )
+    ADMIN_API_KEYS: SecretStr | None = Field(
+        None,
+        description="comma-separated admin keys: they turn on the admin API (/admin: model "
+        "versions), which takes only these (a user's key gets 403); none may be a user's key",
+    )
+    ADMIN_API_KEYS_FILE: Path | None = Field(
+        None, description="a file of admin keys, one a line (# comments and blank lines ignored)"
+    )
+    UNLOAD_GRACE_SECONDS: float = Field(
+        300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="an unloaded version serves its sessions this long at most (unless an "
+        "unload says otherwise), then they get 410",
+    )
+    MODEL_STORE_POLL_SECONDS: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="look for new versions in STORE this often and load them (None: never)",
+    )
+    MODEL_STORE_POLL_POLICY: Literal["latest", "manual"] = Field(
+        "manual",
+        description="what polling does with a new version: latest promotes it (the quality "
+        "gate still applies), manual only loads it",
+    )
     AUTH_METRICS: bool = Field(False, description="with keys on, /metrics needs a key too")
     AUTH_DOCS: bool = Field(
         False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
@@ -222,6 +248,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _keys_are_readable(self) -> Settings:
         self.api_keys()  # a bad key or key file stops the start, with the reason
+        self.admin_api_keys()
         return self
 
     def max_lingering(self) -> int:
@@ -231,22 +258,38 @@ class Settings(BaseSettings):
 
     def api_keys(self) -> list[str]:
         """The API keys of API_KEYS and API_KEYS_FILE together; [] when keys are off."""
-        keys = []
-        if self.API_KEYS is not None:
-            keys += [k.strip() for k in self.API_KEYS.get_secret_value().split(",") if k.strip()]
-        if self.API_KEYS_FILE is not None:
-            try:
-                lines = self.API_KEYS_FILE.read_text().splitlines()
-            except OSError as e:
-                raise ValueError(f"API_KEYS_FILE {self.API_KEYS_FILE}: {e.strerror}") from None
-            file_keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
-            if not file_keys:
-                raise ValueError(f"API_KEYS_FILE {self.API_KEYS_FILE} holds no key")
-            keys += file_keys
-        for i, key in enumerate(keys, 1):
-            if len(key) < MIN_KEY_CHARS or any(c.isspace() for c in key):
-                raise ValueError(
-                    f"API key number {i} is too short or holds a space: keys need at least "
-                    f"{MIN_KEY_CHARS} characters and no whitespace (e.g. openssl rand -hex 24)"
-                )
+        return read_keys("API_KEYS", self.API_KEYS, self.API_KEYS_FILE)
+
+    def admin_api_keys(self) -> list[str]:
+        """The admin keys of ADMIN_API_KEYS and ADMIN_API_KEYS_FILE; [] when the admin API
+        is off. ValueError if one of them is also a user's key."""
+        keys = read_keys("ADMIN_API_KEYS", self.ADMIN_API_KEYS, self.ADMIN_API_KEYS_FILE)
+        if keys and set(keys) & set(self.api_keys()):
+            raise ValueError(
+                "a key is both in ADMIN_API_KEYS and in API_KEYS: admin keys must be distinct "
+                "from users' keys"
+            )
         return keys
+
+
+def read_keys(setting: str, listed: SecretStr | None, file: Path | None) -> list[str]:
+    keys = []
+    if listed is not None:
+        keys += [k.strip() for k in listed.get_secret_value().split(",") if k.strip()]
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"{setting}_FILE {file}: {e.strerror}") from None
+        file_keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
+        if not file_keys:
+            raise ValueError(f"{setting}_FILE {file} holds no key")
+        keys += file_keys
+    what = "API key" if setting == "API_KEYS" else "admin key"
+    for i, key in enumerate(keys, 1):
+        if len(key) < MIN_KEY_CHARS or any(c.isspace() for c in key):
+            raise ValueError(
+                f"{what} number {i} is too short or holds a space: keys need at least "
+                f"{MIN_KEY_CHARS} characters and no whitespace (e.g. openssl rand -hex 24)"
+            )
+    return keys

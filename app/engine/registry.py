@@ -411,10 +411,16 @@ class ModelRegistry:
         return entry
 
     def unload(
-        self, name: str, version: int, grace_s: float, on_gone: Callable[[LoadedModel], Any]
+        self,
+        name: str,
+        version: int,
+        grace_s: float,
+        on_gone: Callable[[LoadedModel], Any],
+        waits: Callable[[LoadedModel], bool] = lambda lm: bool(lm.engine.open_sequences),
     ) -> LoadedModel:
-        """Drain `version`: it takes no new work at once; when its last sequence closes, or
-        after `grace_s`, `on_gone` ends its sessions, its engine stops and it is dropped."""
+        """Drain `version`: it takes no new work at once; once `waits` says nothing is left
+        for it to serve (by default: its last sequence closed), or after `grace_s`,
+        `on_gone` ends its sessions, its engine stops and it is dropped."""
         entry = self.entry(name)
         lm = entry.versions.get(version)
         if lm is None:
@@ -432,7 +438,7 @@ class ModelRegistry:
             lm.status = "draining"
             self.changes += 1
             self._draining[lm.key] = asyncio.get_running_loop().create_task(
-                self._drain(entry, lm, grace_s, on_gone), name=f"drain-{lm.key}"
+                self._drain(entry, lm, grace_s, on_gone, waits), name=f"drain-{lm.key}"
             )
             log.info("%s is draining (grace %.1f s)", lm.key, grace_s)
         return lm
@@ -443,10 +449,11 @@ class ModelRegistry:
         lm: LoadedModel,
         grace_s: float,
         on_gone: Callable[[LoadedModel], Any],
+        waits: Callable[[LoadedModel], bool],
     ) -> None:
         deadline = time.monotonic() + grace_s
         with contextlib.suppress(asyncio.CancelledError):
-            while lm.engine.open_sequences and time.monotonic() < deadline:
+            while waits(lm) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         try:
             got = on_gone(lm)

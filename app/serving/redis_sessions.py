@@ -79,6 +79,8 @@ class _LocalQueue:
 
 
 class RedisSessionStore(SessionStore):
+    in_process = False
+
     def __init__(
         self,
         url: str,

@@ -86,6 +86,7 @@ class SessionStore(abc.ABC):
     lease) counts as use and pushes back its expiry; reading or listing it does not."""
 
     ttl_s: float
+    in_process: bool  # the sessions live in this process (their states are open sequences)
 
     @abc.abstractmethod
     async def create(self, model: LoadedModel, owner: str) -> SessionRecord:
@@ -191,6 +192,8 @@ class Session:
 
 
 class MemorySessionStore(SessionStore):
+    in_process = True
+
     """In-process sessions, least recently used first; TTL expiry and a cap on their number.
 
     The dict is kept in order of last use, so the expired sessions are found at its front

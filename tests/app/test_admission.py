@@ -197,7 +197,7 @@ def test_row5_one_request_cannot_fill_the_queue(gru_store, share):
 # -- row 6: work stops when its client leaves ------------------------------------------------
 def generated_words(c: httpx.Client) -> float:
     for line in c.get("/metrics").text.splitlines():
-        if line.startswith('model_generated_words_total{model="gru"}'):
+        if line.startswith('model_generated_words_total{model="gru",version="1"}'):
             return float(line.split()[-1])
     return 0.0
 

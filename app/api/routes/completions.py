@@ -13,6 +13,7 @@ from app.api.disconnect import CLIENT_CLOSED, unless_client_leaves
 from app.api.openapi import documented
 from app.api.routes import COMPLETIONS, hot
 from app.api.streaming import CompletionChunks, respond
+from app.core.observability import answered_by
 from app.schemas.common import TEXT_EXAMPLE, sse_event
 from app.schemas.openai import CompletionRequest, CompletionResponse
 from app.serving.completions import CompletionService
@@ -97,6 +98,7 @@ async def create_completion(
     plan = completions.plan(req, x_session_id)
     if not req.stream:  # work nobody will read stops when its client leaves
         body = await unless_client_leaves(request.receive, completions.run(plan, owner))
+        answered_by.set(plan.lm.label)  # a session's version, set in the run's own task
         return Response(status_code=CLIENT_CLOSED) if body is None else json_response(body)
     stream = await completions.stream(plan, owner)
     return respond(stream, CompletionChunks(stream, plan), service.settings)

@@ -52,6 +52,9 @@ async def get_ready(request: Request) -> Ready | JSONResponse:
             if lm.engine.failure is not None:  # a model whose engine stopped serves nothing
                 raise NotReady(lm.engine.failure)
         await service.sessions.check()
+        admin = getattr(request.app.state, "admin", None)
+        if admin is not None and admin.problem is not None:  # not what the fleet serves
+            raise NotReady(admin.problem)
     except NotReady as e:
         body = Ready(status="not_ready", models=models, skipped=skipped, problem=e.detail)
         return JSONResponse(body.model_dump(), status_of(e), headers_of(e))

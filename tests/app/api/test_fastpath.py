@@ -145,10 +145,13 @@ def test_fast_path_requests_are_counted_by_route(both):
     sid = fast.post("/v1/sessions", json={}).json()["session_id"]
     fast.post(f"/v1/sessions/{sid}/next-word", json={"text": "eleventy"})
     text = fast.get("/metrics").text
-    assert 'http_requests_total{method="POST",route="/v1/next-word",status="200"} 1.0' in text
+    assert (
+        'http_requests_total{method="POST",route="/v1/next-word",status="200",'
+        'version="gru-copy@1"} 1.0'
+    ) in text
     assert (
         'http_requests_total{method="POST",route="/v1/sessions/{session_id}/next-word",'
-        'status="422"} 1.0'
+        'status="422",version="gru-copy@1"} 1.0'
     ) in text
 
 

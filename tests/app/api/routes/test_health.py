@@ -27,20 +27,24 @@ def test_not_ready_before_the_models_are_loaded(store):
 
 
 def test_metrics(client):
+    client.get("/v1/models")  # no model answers it: an empty version
     client.post("/v1/next-word", json={"text": "one , two"})
     client.post("/v1/next-word", json={"text": "eleventy"})
     client.post("/v1/sessions", json={"text": "one"})
     client.post("/v1/continuation", json={"text": "one", "max_words": 3, "model": "gru-cell"})
     text = client.get("/metrics").text
-    assert 'model_generated_words_total{model="gru-cell"} 3.0' in text
-    assert 'http_requests_total{method="POST",route="/v1/next-word",status="200"} 1.0' in text
-    assert 'http_requests_total{method="POST",route="/v1/next-word",status="422"} 1.0' in text
+    assert 'model_generated_words_total{model="gru-cell",version="1"} 3.0' in text
+    ok = 'http_requests_total{method="POST",route="/v1/next-word",status="200",version="gru@1"}'
+    assert f"{ok} 1.0" in text  # the version that answered, and 422 too (its vocabulary)
+    bad = 'http_requests_total{method="POST",route="/v1/next-word",status="422",version="gru@1"}'
+    assert f"{bad} 1.0" in text
+    assert 'http_requests_total{method="GET",route="/v1/models",status="200",version=""}' in text
     assert (
         'http_request_duration_seconds_bucket{le="0.5",method="POST",route="/v1/next-word"}' in text
     )
     assert 'sessions_live{model="gru"} 1.0' in text
-    assert 'model_tokens_total{model="gru"} 4.0' in text  # 3 + 1 tokens fed
-    assert 'model_batch_size_count{model="gru"} 2.0' in text
+    assert 'model_tokens_total{model="gru",version="1"} 4.0' in text  # 3 + 1 tokens fed
+    assert 'model_batch_size_count{model="gru",version="1"} 2.0' in text
 
 
 def test_docs_and_an_example_on_every_request_field(client):
