@@ -54,6 +54,10 @@ class ModelConfig:
     # word, word after it), Q tanh(P [e_offered; e_after]), so a carry's answer can depend on
     # the pair ((nine, hundred) -> one) apart from the offered word's successor.
     copy_pair: bool = False
+    # gru-copy: the copy attention's score of each history entry also gets a learned bias by
+    # its distance (K numbers), so the latest "," can win over older ones where the keys alone
+    # are alike (runs of one-word numbers: `seven , eight , nine ,` offering "eight").
+    copy_recency: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -248,13 +252,18 @@ class CopyGRU(HumanNumbersLM):
         pair = lookahead and config.copy_pair
         self.pair_in = nn.Linear(2 * h, h) if pair else None
         self.pair_out = nn.Linear(h, h, bias=False) if pair else None
+        # recency[j]: the bias of the entry j + 1 places back from the newest (0: the newest)
+        self.recency = (
+            nn.Parameter(torch.zeros(config.copy_window)) if config.copy_recency else None
+        )
 
     # Without autograd, a one-word step (advance_state on (B, 1) ids, head_state in eval mode)
     # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
     fast_step = True
 
-    def _fast(self) -> bool:  # copy_step has no lookahead: the modules' path serves it
-        return self.fast_step and not torch.is_grad_enabled() and self.after is None
+    def _fast(self) -> bool:  # copy_step has no lookahead nor recency: the modules' path
+        plain = self.after is None and self.recency is None
+        return self.fast_step and not torch.is_grad_enabled() and plain
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
@@ -317,11 +326,21 @@ class CopyGRU(HumanNumbersLM):
         seen = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
         return {"h": h, "keys": keys, "ids": ids, "seen": seen}
 
-    def _mix(self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor) -> Tensor:
+    def _mix(
+        self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor, back: Tensor | None = None
+    ) -> Tensor:
         """Log-probabilities (B, T, V) of (B, T, H) outputs over a (B, C, D) history whose
-        entry c position t may not copy where blocked[b, t, c]."""
+        entry c position t may not copy where blocked[b, t, c]; back (T, C): how many places
+        back from the newest entry position t can copy entry c is (0: the newest; only read
+        with copy_recency; None: the C = K entries of a state, the newest last)."""
         q = self.query(out)  # (B, T, D)
         raw = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
+        if self.recency is not None:
+            k = self.config.copy_window
+            if back is None:  # a state's entries: the newest is the last
+                raw = raw + self.recency.flip(0)[-keys.shape[1] :]
+            else:
+                raw = raw + self.recency[back.clamp(0, k - 1)]
         scores = raw.masked_fill(blocked, float("-inf"))
         attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
         index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
@@ -361,7 +380,7 @@ class CopyGRU(HumanNumbersLM):
         )
         band = (offset >= 1) & (offset <= self.config.copy_window)  # (T, C)
         blocked = ~band | (ids < 0).unsqueeze(1)
-        logp = self._mix(out, keys, ids, blocked)
+        logp = self._mix(out, keys, ids, blocked, self.config.copy_window - offset)
         return logp, self._keep(keys, ids, None, h)
 
     def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
