@@ -14,7 +14,9 @@ thousands word never seen in training, as "eight" and "nine" are in valid.txt): 
 are judged there, never on valid.txt. `--proxy carry` trains on 1..5,999 and evaluates on
 6,001..7,999: two unseen thousands words and the carry 6,999 -> 7,000 from one into the other,
 as valid.txt's 8,999 -> 9,000; its counting check adds the sessions that cross that carry (fed
-two numbers from 6,974..6,999, so the 25 numbers counted on hold 7,000), reported apart. The
+two numbers from 6,974..6,999, so the 25 numbers counted on hold 7,000), reported apart.
+`--proxy nine` is the carry split without 1..10 in training: `--counting` adds the carry 9 -> 10,
+whose offered word "nine" answers "one" at 999 -> one thousand (as at 9,999 -> ten thousand). The
 recipe flags (`--epochs`, `--layers`, ...) override
 each variant's recipe, for trying designs; `--seed-list` picks seeds other than 0..N-1.
 """
@@ -36,11 +38,13 @@ from training.data import PROXIES, VALID_RANGE, load_data, proxy_data
 from training.evaluation import (
     COUNTING_CARRY,
     COUNTING_RANGES,
+    NINE_PROXY_CARRY,
     PROXY_COUNTING_CARRY,
     PROXY_COUNTING_RANGES,
     breakdown,
     counting_report,
     counts_on,
+    greedy_words,
 )
 from training.loop import RECIPES, train
 from training.report import format_counting
@@ -59,7 +63,8 @@ def main() -> None:
         const="seven",
         choices=list(PROXIES),
         help="seven (no value): train 1..6,999, evaluate 7,001..7,999; carry: train 1..5,999,"
-        " evaluate 6,001..7,999 (crosses 6,999 -> 7,000)",
+        " evaluate 6,001..7,999 (crosses 6,999 -> 7,000); nine: carry's without 1..10 in"
+        " training, the counting check adds the carry 9 -> 10",
     )
     p.add_argument("--epochs", type=int, default=None, help="default: each variant's recipe")
     p.add_argument("--lr", type=float, default=None)
@@ -86,6 +91,14 @@ def main() -> None:
         "new count unit, and sessions from one (120 numbers) and across that carry (30), "
         "mean and min over seeds",
     )
+    p.add_argument(
+        "--show",
+        nargs="+",
+        default=[],
+        metavar="TEXT",
+        help="print each seed's greedy continuation of each TEXT (read after xxbos)",
+    )
+    p.add_argument("--show-words", type=int, default=8, help="words --show generates")
     args = p.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -116,7 +129,8 @@ def main() -> None:
         f"torch {torch.__version__}, device {device}, {platform.processor() or platform.machine()}"
         f", {torch.get_num_threads()} threads, seeds {seeds}"
         + (
-            f", proxy split {args.proxy} (train 1..{PROXIES[args.proxy][0][-1]:,}, evaluate"
+            f", proxy split {args.proxy} (train {PROXIES[args.proxy][0][0]:,}.."
+            f"{PROXIES[args.proxy][0][-1]:,}, evaluate"
             f" {numbers[0]:,}..{numbers[-1]:,})"
             if args.proxy
             else ""
@@ -156,10 +170,19 @@ def main() -> None:
             )
             carried += sum(c == args.run for c in crossed)
             counting.append(
-                counting_report(result.model, data.vocab, ranges=ranges, carry=carry)
+                counting_report(
+                    result.model,
+                    data.vocab,
+                    ranges=ranges,
+                    carry=carry,
+                    also=(NINE_PROXY_CARRY,) if args.proxy == "nine" else (),
+                )
                 if args.counting
                 else {}
             )
+            for text in args.show:  # what it answers where it goes wrong
+                said = greedy_words(result.model, data.vocab, text, args.show_words)
+                print(f"  seed {seed}: {text} -> {' '.join(said)}", flush=True)
             failed_carries = [
                 s + 2 + c for s, c in zip(carry_starts, crossed, strict=True) if c < args.run
             ]

@@ -122,6 +122,22 @@ def counts_on(
     return right
 
 
+@torch.no_grad()
+def greedy_words(model: HumanNumbersLM, vocab: Vocab, text: str, n: int) -> list[str]:
+    """The `n` words a greedy continuation of `text` gives (read after xxbos, as the service
+    reads a text; words only): what a model answers where it goes wrong."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids = vocab.encode("xxbos " + text)
+    banned = torch.tensor(vocab.unpredictable, dtype=torch.long, device=device)
+    for _ in range(n):
+        logits, _ = model(torch.tensor([ids], device=device))
+        last = logits[0, -1]
+        last[banned] = float("-inf")
+        ids.append(int(last.argmax()))
+    return [vocab.itos[i] for i in ids[-n:]]
+
+
 # The ranges a user counts in, as (name, first, last): the next number must be exactly right
 # after four consecutive numbers of the range. train.txt holds 1..7,999 (1..99 only once, right
 # after its xxbos), valid.txt 8,001..9,999; nothing holds five-digit numbers. Then the carry
@@ -143,6 +159,9 @@ PROXY_COUNTING_RANGES = (
     ("6,000..7,999", 6000, 7999),
 )
 PROXY_COUNTING_CARRY = 6000
+# On `--proxy nine` (train 11..5,999) also the carry 9 -> 10, whose offered word "nine" answers
+# "one" at train.txt's 999 -> one thousand, as at 9,999 -> ten thousand.
+NINE_PROXY_CARRY = 10
 
 
 def crossing_trials(carry: int = COUNTING_CARRY) -> list[tuple[int, int]]:
@@ -168,12 +187,14 @@ def counting_report(
     bos: bool = True,
     ranges: tuple[tuple[str, int, int], ...] = COUNTING_RANGES,
     carry: int = COUNTING_CARRY,
+    also: tuple[int, ...] = (),
 ) -> dict[str, float]:
     """The next-number rate of each of `ranges` (`trials` random starts each, four numbers
     fed), across `carry` - 1 -> `carry` (crossing_trials), and two sessions counting on alone:
     from `one,` for 120 numbers (across 99 -> 100) and from `carry - 10` for 30 (across the
     carry); for those two, the numbers right in a row. `bos` puts xxbos before every prompt, as
-    the service reads a text; False measures from the bare zero state."""
+    the service reads a text; False measures from the bare zero state. `also`: more carries
+    whose crossing is measured (their crossing_trials, those starting at 1 or later)."""
     rng = random.Random(seed)
     out: dict[str, float] = {}
     for name, lo, hi in ranges:
@@ -185,6 +206,12 @@ def counting_report(
         model, vocab, [s for s, _ in cross], fed=[f for _, f in cross], run=1, bos=bos
     )
     out[crossing_name(carry)] = sum(right) / len(right)
+    for more in also:
+        cross = [(s, f) for s, f in crossing_trials(more) if s >= 1]
+        right = counts_on(
+            model, vocab, [s for s, _ in cross], fed=[f for _, f in cross], run=1, bos=bos
+        )
+        out[crossing_name(more)] = sum(right) / len(right)
     out["from 1 (of 120)"] = counts_on(model, vocab, [1], fed=1, run=120, bos=bos)[0]
     out[f"from {carry - 10:,} (of 30)"] = counts_on(
         model, vocab, [carry - 10], fed=1, run=30, bos=bos

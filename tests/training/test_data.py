@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from training.data import (
@@ -121,3 +123,18 @@ def test_the_carry_proxy_split_crosses_a_thousands_carry_into_an_unseen_word(dat
     assert len(proxy.train_tokens) + len(proxy.valid_tokens) < len(data.train_tokens)
     with pytest.raises(ValueError, match="unknown proxy split 'eight'"):
         proxy_data("eight")
+
+
+def test_the_nine_proxy_split_holds_out_the_carry_nine_to_ten(data):
+    """The carry split without 1..10 (`--proxy nine`): "nine ," -> "ten" is never read, nor
+    "ten" as a number's first word, while 999 -> one thousand (the other carry that offers
+    "nine") is; the evaluation part is the carry split's."""
+    proxy, carry = proxy_data("nine"), proxy_data("carry")
+    assert proxy.vocab.itos == data.vocab.itos
+    assert proxy.train_tokens[:4] == ["xxbos", "eleven", ",", "twelve"]
+    assert proxy.valid_tokens == carry.valid_tokens
+    train = proxy.train_tokens
+    assert not any(a == "," and b == "ten" for a, b in itertools.pairwise(train))
+    train_text = " ".join(train)
+    assert "nine hundred ninety nine , one thousand" in train_text
+    assert train_text.endswith("five thousand nine hundred ninety nine")

@@ -51,3 +51,33 @@ def test_counts_on_never_chooses_a_special_token(data):
     assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [4, 4]
     model.instead = v.stoi["thousand"]  # a word a user may type: a mistake
     assert counts_on(model, v, [8097, 8098], fed=2, run=4) == [1, 0]
+
+
+def test_counting_report_adds_the_crossings_asked_for(data):
+    """`also` adds a carry's crossing (crossing_trials: 21 prompts of 1 to 8 numbers ending at
+    9, 10 or 11 for the carry 9 -> 10): where "ten" is always wrong, the 8 prompts ending at 9
+    fail and the 13 others do not; the session from one stops at 10."""
+    from training.evaluation import PROXY_COUNTING_CARRY, PROXY_COUNTING_RANGES, counting_report
+
+    v = data.vocab
+    model = Peeker(len(v), wrong_at=v.stoi["ten"], instead=v.stoi["nine"])
+    got = counting_report(
+        model, v, ranges=PROXY_COUNTING_RANGES, carry=PROXY_COUNTING_CARRY, also=(10,)
+    )
+    assert got["9 -> 10"] == 13 / 21
+    assert got["5,999 -> 6,000"] == 1.0
+    assert got["from 5,990 (of 30)"] == 19  # 5,991 .. 6,009 right, then "six thousand ten"
+    assert got["from 1 (of 120)"] == 8  # two .. nine right, then "ten"
+    assert "9 -> 10" not in counting_report(model, v, ranges=PROXY_COUNTING_RANGES, carry=6000)
+
+
+def test_greedy_words_generates_words_only(data):
+    """The greedy continuation of a text, as the engine would give it: never a special token
+    (the Peeker repeats the last token read, ",", but ranks xxbos above it: banned)."""
+    from training.evaluation import greedy_words
+
+    v = data.vocab
+    model = Peeker(len(v), wrong_at=v.stoi[","], instead=v.stoi["xxbos"])
+    assert greedy_words(model, v, "one, two,", 3) == [",", ",", ","]
+    model.instead = v.stoi["five"]  # a word: chosen
+    assert greedy_words(model, v, "one, two,", 2) == ["five", "five"]
