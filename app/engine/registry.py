@@ -416,10 +416,11 @@ class ModelRegistry:
         version: int,
         grace_s: float,
         on_gone: Callable[[LoadedModel], Any],
-        waits: Callable[[LoadedModel], bool] = lambda lm: bool(lm.engine.open_sequences),
+        waits: Callable[[LoadedModel], Any] = lambda lm: bool(lm.engine.open_sequences),
     ) -> LoadedModel:
-        """Drain `version`: it takes no new work at once; once `waits` says nothing is left
-        for it to serve (by default: its last sequence closed), or after `grace_s`,
+        """Drain `version`: it takes no new work at once; once `waits` (a function, or a
+        coroutine function) says nothing is left for it to serve (by default: its last
+        sequence closed), or after `grace_s`,
         `on_gone` ends its sessions, its engine stops and it is dropped."""
         entry = self.entry(name)
         lm = entry.versions.get(version)
@@ -449,11 +450,16 @@ class ModelRegistry:
         lm: LoadedModel,
         grace_s: float,
         on_gone: Callable[[LoadedModel], Any],
-        waits: Callable[[LoadedModel], bool],
+        waits: Callable[[LoadedModel], Any],
     ) -> None:
         deadline = time.monotonic() + grace_s
         with contextlib.suppress(asyncio.CancelledError):
-            while waits(lm) and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                busy = waits(lm)
+                if asyncio.iscoroutine(busy):
+                    busy = await busy
+                if not busy:
+                    break
                 await asyncio.sleep(0.05)
         try:
             got = on_gone(lm)

@@ -45,6 +45,10 @@ class ModelAdmin:
         self._failed: dict[tuple[str, int], float] = {}  # polling: versions that failed, mtime
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # the fleet state's generation this replica serves (Redis's clock at its writing, in
+        # microseconds): an older one read late never undoes a newer change
+        self.generation = 0
+        self._looked: dict[str, float] = {}  # a draining version's Redis sessions: when
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -84,7 +88,7 @@ class ModelAdmin:
     async def _changed(self) -> None:
         """Tell the fleet (with Redis) what this change left."""
         if self.fleet is not None:
-            await self.fleet.publish(self.state())
+            self.generation = await self.fleet.publish(self.state())
 
     # -- changes (the admin API) -------------------------------------------------------------
     async def load(self, name: str, version: int | None) -> ModelEntry:
@@ -127,11 +131,22 @@ class ModelAdmin:
             await self._changed()
         return self.registry.entry(name)
 
-    def _waits(self, lm: LoadedModel) -> bool:
-        """A draining version still has sessions to serve: open sequences (stateless
-        requests, leases, memory sessions); with Redis, sessions that live there and may come
-        back until the grace period ends."""
-        return bool(lm.engine.open_sequences) or not self.sessions.in_process
+    async def _waits(self, lm: LoadedModel) -> bool:
+        """A draining version still has work to serve: open sequences (stateless requests,
+        leases, memory sessions) or, with Redis, sessions there made by it (looked up once a
+        second)."""
+        if lm.engine.open_sequences:
+            return True
+        if self.sessions.in_process:
+            return False
+        now = time.monotonic()
+        if now - self._looked.get(lm.key, 0.0) < 1.0:
+            return True
+        self._looked[lm.key] = now
+        try:
+            return await self.sessions.holds(lm)
+        except NotReady:  # Redis away: its sessions may come back
+            return True
 
     async def _end(self, lm: LoadedModel) -> None:
         ended = await self.sessions.end_model(lm)
@@ -144,6 +159,10 @@ class ModelAdmin:
         splits, drain what it no longer names. What fails is said by /ready."""
         problems: list[str] = []
         async with self.registry.busy:
+            generation = int(state.get("generation", 0))
+            if generation <= self.generation:  # this replica's own, or older than what it has
+                return
+            self.generation = generation
             for name, want in sorted(state.get("models", {}).items()):
                 try:
                     self._apply_one(name, want)
@@ -222,7 +241,9 @@ class ModelAdmin:
                     elif raw is None:
                         # no state yet (or Redis came back empty): this replica's is the
                         # fleet's, unless another replica wrote one first
-                        await self.fleet.publish(self.state(), only_if_none=True)
+                        async with self.registry.busy:
+                            made = await self.fleet.publish(self.state(), only_if_none=True)
+                            self.generation = max(self.generation, made)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:  # /ready says so: the sessions' Redis
@@ -321,15 +342,21 @@ class Fleet:
         self.key = f"{prefix}:models:state"
         self.channel = f"{prefix}:models"
 
-    async def publish(self, state: dict[str, Any], only_if_none: bool = False) -> None:
-        raw = orjson.dumps(state, option=orjson.OPT_SORT_KEYS)
+    async def publish(self, state: dict[str, Any], only_if_none: bool = False) -> int:
+        """Write `state` as the fleet's (only if there is none: `only_if_none`) and say so on
+        the channel; its generation: Redis's clock, one clock for every replica."""
         try:
+            seconds, micros = await self.redis.time()
+            generation = int(seconds) * 1_000_000 + int(micros)
+            raw = orjson.dumps({**state, "generation": generation}, option=orjson.OPT_SORT_KEYS)
             if only_if_none:
                 if await self.redis.set(self.key, raw, nx=True):
                     await self.redis.publish(self.channel, raw)
-                return
+                    return generation
+                return 0
             await self.redis.set(self.key, raw)
             await self.redis.publish(self.channel, raw)
+            return generation
         except RedisError as e:
             raise NotReady(
                 f"the change was made on this replica, but the fleet's state (Redis at "

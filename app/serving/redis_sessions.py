@@ -407,6 +407,25 @@ class RedisSessionStore(SessionStore):
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
 
+    async def holds(self, model: LoadedModel) -> bool:
+        """Whether a session in Redis was made by `model`'s version: its model's index read,
+        then the sessions' versions, a thousand at a time (records without one are on their
+        model's current version, never a draining one)."""
+        ids = await self._call(lambda: self.redis.zrange(self.keys.index(model.name), 0, -1))
+        want = str(model.version).encode()
+        for i in range(0, len(ids), 1000):
+
+            async def versions(chunk: list[Any] = ids[i : i + 1000]) -> list[Any]:
+                pipe = self.redis.pipeline(transaction=False)
+                for sid in chunk:
+                    sid = sid.decode() if isinstance(sid, bytes) else str(sid)
+                    pipe.hget(self.keys.session(sid), "version")
+                return list(await pipe.execute())
+
+            if want in await self._call(versions):
+                return True
+        return False
+
     async def end_model(self, model: LoadedModel) -> int:
         """Nothing kept here: the sessions stay in Redis, and each late request on one is
         told (410) that its version was unloaded."""

@@ -131,6 +131,10 @@ class SessionStore(abc.ABC):
         """Release what the store holds."""
 
     @abc.abstractmethod
+    async def holds(self, model: LoadedModel) -> bool:
+        """Some session lives on `model`'s version (a draining one waits for them)."""
+
+    @abc.abstractmethod
     async def end_model(self, model: LoadedModel) -> int:
         """`model`'s version is being unloaded: end the sessions on it that this store keeps
         in the process (their late requests get 410, naming it); how many."""
@@ -319,6 +323,9 @@ class MemorySessionStore(SessionStore):
     async def close(self) -> None:
         for s in list(self._sessions.values()):
             self._drop(s)
+
+    async def holds(self, model: LoadedModel) -> bool:
+        return any(s.model is model for s in self._sessions.values())
 
     async def end_model(self, model: LoadedModel) -> int:
         ended = [s for s in self._sessions.values() if s.model is model]

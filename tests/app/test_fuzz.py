@@ -96,6 +96,7 @@ def run_schemathesis(base: str, tmp_path: Path, *extra: str) -> tuple[int, str, 
 
 
 KEY = "fuzz-key-0123456789abcdef"
+TOOL_CRASH = "AST constructor recursion depth mismatch"  # a Runtime Error of hypothesis's own
 
 
 @pytest.fixture(params=[None, "API_KEYS", "ADMIN_API_KEYS"], ids=["no-keys", "api-keys", "admin"])
@@ -117,6 +118,10 @@ def test_schemathesis_finds_nothing(server: tuple[AppProcess, bool], tmp_path: P
     app, keyed = server
     auth = ["--header", f"Authorization: Bearer {KEY}"] if keyed else []
     code, output, seconds = run_schemathesis(app.base, tmp_path, *auth)
+    if code != 0 and TOOL_CRASH in output and "= FAILURES =" not in output:
+        # hypothesis itself crashed describing a strategy (CPython 3.11's ast recursion
+        # guard), not a finding about the server: run once more, the same seed
+        code, output, seconds = run_schemathesis(app.base, tmp_path, *auth)
     assert code == 0, output
     assert " passed" in output and "Seed: 1" in output, output
     assert seconds < BOUND_SECONDS, output

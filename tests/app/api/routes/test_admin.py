@@ -362,6 +362,7 @@ def test_a_fleet_state_this_replica_cannot_serve_makes_it_unready(vstore, redis_
     state = {
         "default": "gru",
         "models": {"gru": {"versions": [1, 5], "default": 5, "previous": 1, "split": None}},
+        "generation": 1,  # Redis's clock when it was written (microseconds)
     }
     sync_redis.Redis.from_url(redis_server.url).set(f"{prefix}:models:state", json.dumps(state))
     settings = make_settings(
@@ -379,3 +380,33 @@ def test_a_fleet_state_this_replica_cannot_serve_makes_it_unready(vstore, redis_
         assert r.status_code == 503 and "gru" in r.json()["problem"], r.text
         assert "gru@5: not in this replica's store" in r.json()["problem"]
         assert c.post("/v1/next-word", json={"text": "one ,"}).json()["version"] == 1
+
+
+def test_with_redis_a_version_drains_once_its_last_session_is_deleted(
+    vstore, second_model, redis_server
+):
+    """Redis sessions are not in the process: the drain looks them up by version."""
+    add_version(vstore, second_model, accuracy_of(vstore, 1) + 0.01)
+    with admin_client(
+        vstore,
+        SESSION_BACKEND="redis",
+        REDIS_URL=redis_server.url,
+        REDIS_PREFIX=f"adm{time.monotonic_ns()}",
+    ) as c:
+        assert next_word(c, "gru").json()["version"] == 2
+        c.post("/admin/models/gru/load", json={"version": 1}, headers=AS_ADMIN)
+        sid = c.post(
+            "/v1/sessions", json={"model": "gru@1", "text": "one ,"}, headers=AS_USER
+        ).json()["session_id"]
+        r = c.post(
+            "/admin/models/gru/unload", json={"version": 1, "grace_seconds": 60}, headers=AS_ADMIN
+        )
+        assert r.status_code == 200
+        time.sleep(1.5)  # its session holds it
+        r = c.post(f"/v1/sessions/{sid}/next-word", json={"text": "two ,"}, headers=AS_USER)
+        assert r.json()["version"] == 1
+        started = time.monotonic()
+        assert c.delete(f"/v1/sessions/{sid}", headers=AS_USER).status_code == 204
+        while len(c.get("/admin/models", headers=AS_ADMIN).json()["models"][0]["versions"]) > 1:
+            assert time.monotonic() - started < 10, "v1 still draining 10 s after its session"
+            time.sleep(0.1)
