@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from app.core.config import Settings
 from app.core.errors import Conflict, NotReady, UnknownModel
-from app.core.redact import redact_url
+from app.core.redact import clip, redact_url
 from app.engine.registry import BadSplit, LoadedModel, ModelEntry, ModelRegistry
 from app.serving.sessions import SessionStore
 from model_store import list_checkpoints, read_meta
@@ -117,7 +117,7 @@ class ModelAdmin:
             except ValueError:
                 raise BadSplit(
                     f'split keys are versions (whole numbers), as in {{"1": 90, "2": 10}}; '
-                    f"got {sorted(shares)[:5]}"
+                    f"got {', '.join(clip(k) for k in sorted(shares)[:3])}"
                 ) from None
         async with self.registry.busy:
             entry = self.registry.set_split(name, parsed)

@@ -134,6 +134,10 @@ def test_load_pin_split_promote_and_roll_back(vstore, second_model):
         assert abs(got[2] / 2000 - 0.10) <= 0.03, got
         r = c.put("/admin/models/gru/split", json={"shares": {"1": 90, "2": 5}}, headers=AS_ADMIN)
         assert r.status_code == 409 and "sum to 100" in r.json()["detail"]
+        long = {"x" * 5000: 100}  # a key that is no version: named, cut short
+        r = c.put("/admin/models/gru/split", json={"shares": long}, headers=AS_ADMIN)
+        assert r.status_code == 409 and "whole numbers" in r.json()["detail"]
+        assert len(r.text) < 300
         r = c.put("/admin/models/gru/split", json={"shares": {"1": 50, "3": 50}}, headers=AS_ADMIN)
         assert r.status_code == 404 and "no version 3 loaded" in r.json()["detail"]
 
