@@ -43,6 +43,7 @@ from model_store import (
 log = logging.getLogger("app.models")
 
 Status = Literal["loading", "ready", "draining"]
+SETTLE_S = 5.0  # after an unload's grace, how long work under way may take to end
 
 
 @dataclass(eq=False)
@@ -461,6 +462,11 @@ class ModelRegistry:
                 if not busy:
                     break
                 await asyncio.sleep(0.05)
+            # the grace is over: work under way (a step, a generation) ends first, for a few
+            # seconds at most, so a request in flight is answered, not cut by the stop
+            settle = time.monotonic() + SETTLE_S
+            while lm.engine.queued and time.monotonic() < settle:
+                await asyncio.sleep(0.01)
         try:
             got = on_gone(lm)
             if asyncio.iscoroutine(got):

@@ -414,3 +414,38 @@ def test_with_redis_a_version_drains_once_its_last_session_is_deleted(
         while len(c.get("/admin/models", headers=AS_ADMIN).json()["models"][0]["versions"]) > 1:
             assert time.monotonic() - started < 10, "v1 still draining 10 s after its session"
             time.sleep(0.1)
+
+
+def test_work_in_flight_when_the_grace_ends_is_answered_then_the_session_ends(vstore, second_model):
+    add_version(vstore, second_model, accuracy_of(vstore, 1) + 0.01)
+    app = create_app(make_settings(vstore, ADMIN_API_KEYS=ADMIN, DEFAULT_MODEL="gru"))
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                loaded = await c.post(  # the store's latest (2) serves; 1 beside it
+                    "/admin/models/gru/load", json={"version": 1}, headers=AS_ADMIN
+                )
+                assert loaded.status_code == 200
+                made = await c.post("/v1/sessions", json={"model": "gru@1", "text": "one ,"})
+                sid = made.json()["session_id"]
+                engine = app.state.service.registry.entries["gru"].versions[1].engine
+                long = asyncio.create_task(
+                    c.post(f"/v1/sessions/{sid}/continuation", json={"max_words": 200})
+                )
+                while not engine.queued:  # its generation is under way
+                    await asyncio.sleep(0)
+                r = await c.post(
+                    "/admin/models/gru/unload",
+                    json={"version": 1, "grace_seconds": 0},
+                    headers=AS_ADMIN,
+                )
+                assert r.status_code == 200
+                done = await long
+                assert done.status_code == 200 and len(done.json()["words"]) == 200
+                await app.state.service.registry.drained()
+                late = await c.post(f"/v1/sessions/{sid}/next-word", json={"text": "two ,"})
+                assert late.status_code == 410 and "gru@1 was unloaded" in late.json()["detail"]
+
+    asyncio.run(scenario())
