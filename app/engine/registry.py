@@ -52,7 +52,6 @@ class LoadedModel:
     device: torch.device
     engine: Engine
     status: Status = "ready"
-    loaded_at: float = field(default_factory=time.time)
     label: bytes = field(init=False)  # `key` as bytes: the X-Model-Version header's value
 
     def __post_init__(self) -> None:
@@ -123,6 +122,10 @@ class ModelEntry:
                 return self.versions[version]
         return self.versions[self.default]
 
+    def ready(self) -> set[int]:
+        """The versions that may take new work."""
+        return {v for v, lm in self.versions.items() if lm.status == "ready"}
+
     def share(self, version: int) -> float:
         """Percent of new work under `NAME` that goes to `version`."""
         if self.split is None:
@@ -150,9 +153,8 @@ class ModelRegistry:
     cell_mode: str = "eager"
     # given each new engine (the metrics' observer), before it starts
     on_engine: Callable[[LoadedModel], None] | None = None
-    # versions unloaded, NAME@VERSION -> when: their late sessions are told so (410)
-    retired: dict[str, float] = field(default_factory=dict)
-    changes: int = 0  # counts admin changes: a watcher compares it
+    # versions unloaded, as NAME@VERSION: their late sessions are told so (410)
+    retired: set[str] = field(default_factory=set)
     _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _busy: asyncio.Lock | None = None
 
@@ -228,14 +230,6 @@ class ModelRegistry:
         """Every loaded version, draining ones included."""
         for entry in self.entries.values():
             yield from entry.versions.values()
-
-    def get(self, name: str | None) -> LoadedModel | None:
-        """The version that serves new work under `name` (None: the default model), pinned
-        by NAME@VERSION; None if no such model is loaded or it takes no new work."""
-        try:
-            return self.resolve(name)
-        except (UnknownModel, Gone):
-            return None
 
     def resolve(self, ref: str | None) -> LoadedModel:
         """The version that serves a new session or stateless request: `NAME` by its split
@@ -328,13 +322,12 @@ class ModelRegistry:
                 ) from None
             raise
         lm.status = "ready"
-        self.retired.pop(lm.key, None)
+        self.retired.discard(lm.key)
         entry = self.entries.get(name)  # again: the world may have moved while it loaded
         if entry is None:
             self.entries[name] = ModelEntry(name, {lm.version: lm}, lm.version)
         else:
             entry.versions[lm.version] = lm
-        self.changes += 1
         log.info("loaded %s (%s) on %s", lm.key, lm.checkpoint.config.variant, self.device)
         return lm
 
@@ -376,7 +369,6 @@ class ModelRegistry:
         if version != entry.default:
             entry.previous, entry.default = entry.default, version
         entry.split = None
-        self.changes += 1
         log.info("%s is now the default of %s", lm.key, name)
         return entry
 
@@ -388,7 +380,6 @@ class ModelRegistry:
         self.ready_version(entry, entry.previous)
         entry.default, entry.previous = entry.previous, entry.default
         entry.split = None
-        self.changes += 1
         log.info("%s rolled back to %s", name, entry.current.key)
         return entry
 
@@ -408,7 +399,6 @@ class ModelRegistry:
             if entry.default not in shares:  # the default is the one with the largest share
                 entry.previous, entry.default = entry.default, max(shares, key=shares.get)  # type: ignore[arg-type]
         entry.split = shares
-        self.changes += 1
         return entry
 
     def unload(
@@ -438,7 +428,6 @@ class ModelRegistry:
             )
         if lm.status != "draining":
             lm.status = "draining"
-            self.changes += 1
             self._draining[lm.key] = asyncio.get_running_loop().create_task(
                 self._drain(entry, lm, grace_s, on_gone, waits), name=f"drain-{lm.key}"
             )
@@ -475,7 +464,7 @@ class ModelRegistry:
             entry.versions.pop(lm.version, None)
             if entry.previous == lm.version:
                 entry.previous = None
-            self.retired[lm.key] = time.time()
+            self.retired.add(lm.key)
             await lm.engine.stop()
             self._draining.pop(lm.key, None)
             log.info("unloaded %s", lm.key)

@@ -163,6 +163,7 @@ class ModelAdmin:
             if generation <= self.generation:  # this replica's own, or older than what it has
                 return
             self.generation = generation
+            explained: set[str] = set()  # names whose problem is said already
             for name, want in sorted(state.get("models", {}).items()):
                 try:
                     self._apply_one(name, want)
@@ -174,32 +175,34 @@ class ModelAdmin:
                             await self.registry.add_version(name, version)
                         except UnknownModel:
                             problems.append(f"{name}@{version}: not in this replica's store")
+                            explained.add(name)
                         except Conflict as e:
                             problems.append(e.detail)
+                            explained.add(name)
                     self._apply_one(name, want)
                 except (KeyError, TypeError, ValueError) as e:
                     problems.append(f"{name}: the fleet's state cannot be read ({e!r})")
+                    explained.add(name)
             if state.get("default") in self.registry.entries:
                 self.registry.default = state["default"]
-            said = {p.split(":")[0].split("@")[0] for p in problems}  # names already explained
-            problems += [p for p in self._lacks(state) if p.split(":")[0] not in said]
+            problems += [why for name, why in self._lacks(state) if name not in explained]
         self.problem = "; ".join(problems) or None
         if self.problem:
             log.error("the fleet's state is not served here: %s", self.problem)
 
-    def _lacks(self, state: dict[str, Any]) -> list[str]:
-        """What of `state` this replica does not serve."""
+    def _lacks(self, state: dict[str, Any]) -> list[tuple[str, str]]:
+        """What of `state` this replica does not serve: (name, why) pairs."""
         lacks = []
         for name, want in sorted(state.get("models", {}).items()):
             entry = self.registry.entries.get(name)
-            ready = (
-                {v for v, lm in entry.versions.items() if lm.status == "ready"} if entry else set()
-            )
+            ready = entry.ready() if entry is not None else set()
             missing = sorted({int(v) for v in want.get("versions", [])} - ready)
             if missing:
-                lacks.append(f"{name}: versions {missing} not loaded")
+                lacks.append((name, f"{name}: versions {missing} not loaded"))
             elif entry is not None and entry.default != int(want.get("default", entry.default)):
-                lacks.append(f"{name}: default is {entry.default}, the fleet's {want['default']}")
+                lacks.append(
+                    (name, f"{name}: default is {entry.default}, the fleet's {want['default']}")
+                )
         return lacks
 
     def _apply_one(self, name: str, want: dict[str, Any]) -> None:
@@ -207,18 +210,15 @@ class ModelAdmin:
         if entry is None:
             return
         default, versions = int(want["default"]), [int(v) for v in want["versions"]]
-        if default in entry.versions and entry.versions[default].status == "ready":
-            if entry.default != default:
-                entry.default = default
-                self.registry.changes += 1
+        ready = entry.ready()
+        if default in ready:
+            entry.default = default
             previous = want.get("previous")
             entry.previous = int(previous) if previous is not None else None
             split = want.get("split")
             want_split = None if split is None else {int(v): int(s) for v, s in split.items()}
-            ready = {v for v, lm in entry.versions.items() if lm.status == "ready"}
-            if want_split != entry.split and (want_split is None or set(want_split) <= ready):
+            if want_split is None or set(want_split) <= ready:
                 entry.split = want_split
-                self.registry.changes += 1
         for version, lm in list(entry.versions.items()):
             kept = version in versions or version == entry.default or lm.status != "ready"
             if not kept and not (entry.split is not None and entry.split.get(version)):
@@ -229,14 +229,12 @@ class ModelAdmin:
     async def _follow(self) -> None:
         """Apply the fleet's state: at start, on every message, and every FLEET_CHECK_S."""
         assert self.fleet is not None
-        seen: bytes | None = None
         while not self._stopping:
             try:
                 async for raw in self.fleet.states(FLEET_CHECK_S):
                     if self._stopping:
                         return
-                    if raw is not None and raw != seen:
-                        seen = raw
+                    if raw is not None:  # applied if newer than what this replica has
                         await self.apply(orjson.loads(raw))
                     elif raw is None:
                         # no state yet (or Redis came back empty): this replica's is the

@@ -381,7 +381,7 @@ def test_too_long_and_at_capacity(store):
         busy = asyncio.create_task(
             c.post("/v1/completions", json={"prompt": ["one", "two"], "max_tokens": 200})
         )
-        while not busy.done() and not app.state.service.registry.get("gru").engine.queued:
+        while not busy.done() and not app.state.service.registry.resolve("gru").engine.queued:
             await asyncio.sleep(0)
         r = await c.post("/v1/completions", json={"prompt": ["three"], "max_tokens": 2})
         assert (await busy).status_code == 200
