@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         http=bounded_protocol(limits),  # httptools, with the bounds it lacks
         access_log=False,  # the app logs each request itself, as JSON
         log_level=settings.LOG_LEVEL,
-        timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_GRACE_SECONDS),
+        timeout_graceful_shutdown=math.ceil(settings.DRAIN_SECONDS),
     )
     return 0
 

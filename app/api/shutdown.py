@@ -1,6 +1,6 @@
 """What a request still running at the end of the drain hears.
 
-On SIGTERM the server stops accepting, and the requests in flight get SHUTDOWN_GRACE_SECONDS to
+On SIGTERM the server stops accepting, and the requests in flight get DRAIN_SECONDS to
 finish; then uvicorn cancels them, and would answer the ones with no response yet with a plain
 text 500, and cut streams without their last event. Here instead: a JSON 503 with Retry-After
 (in OpenAI's error shape on its routes), and a stream ends with an error event (`data:

@@ -7,7 +7,7 @@ import resource
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_KEY_CHARS = 16
@@ -107,11 +107,13 @@ class Settings(BaseSettings):
         f"{FD_RESERVE + FD_LINGER}); past it the slowest head or the idlest one is closed, "
         "else the new one gets 503",
     )
-    SHUTDOWN_GRACE_SECONDS: float = Field(
-        10.0,
+    DRAIN_SECONDS: float = Field(
+        30.0,
         ge=0,
-        description="on SIGTERM, requests in flight get this long to finish; then 503 (JSON, "
-        "Retry-After) and streams end with an error event",
+        validation_alias=AliasChoices("DRAIN_SECONDS", "SHUTDOWN_GRACE_SECONDS"),
+        description="on SIGTERM, /ready answers 503 at once and requests in flight and open "
+        "streams get this long to finish; then 503 (JSON, Retry-After) and streams end with an "
+        "error event (SHUTDOWN_GRACE_SECONDS: its older name)",
     )
     CORS_ORIGINS: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
