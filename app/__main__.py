@@ -11,6 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.api.connections import ConnectionLimits, bounded_protocol
+from app.api.shutdown import DrainingServer
 from app.core.config import Settings
 from app.main import create_app
 
@@ -46,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         max_lingering=settings.max_lingering(),
         access_log=settings.ACCESS_LOG,
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.HOST,
         port=settings.PORT,
         loop="uvloop",
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.LOG_LEVEL,
         timeout_graceful_shutdown=math.ceil(settings.DRAIN_SECONDS),
     )
+    # on SIGTERM: /ready 503 at once, then the requests in flight finish (app.api.shutdown)
+    DrainingServer(config, app.state.drain, settings.DRAIN_SECONDS).run()
     return 0
 
 

@@ -21,7 +21,7 @@ from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
 from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
 from app.api.routes import admin, completions, health, models, predict, sessions
-from app.api.shutdown import ShutdownAnswers
+from app.api.shutdown import Drain, ShutdownAnswers
 from app.core.config import Settings
 from app.core.errors import NotReady
 from app.core.observability import (
@@ -90,13 +90,22 @@ class ServiceApp(FastAPI):
     fast_path: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.state.settings.FAST_PATH:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if self.fast_path is None:  # built on the first request, once every route is in
-            self.fast_path = FastPath(super().__call__, self)
-        scope["app"] = self
-        await self.fast_path(scope, receive, send)
+        drain: Drain = self.state.drain
+        drain.inflight += 1  # the drain waits for these (a stream until its last event)
+        try:
+            # while draining, the whole stack answers: its 503s (app.api.shutdown)
+            if not self.state.settings.FAST_PATH or drain.since is not None:
+                await super().__call__(scope, receive, send)
+                return
+            if self.fast_path is None:  # built on the first request, once every route is in
+                self.fast_path = FastPath(super().__call__, self)
+            scope["app"] = self
+            await self.fast_path(scope, receive, send)
+        finally:
+            drain.inflight -= 1
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -169,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.body_deadlines = BodyDeadlines(settings.BODY_TIMEOUT_SECONDS)
     app.state.service = None
     app.state.admin = None
+    app.state.drain = Drain()  # python -m app's server begins it on SIGTERM
     app.state.admin_keys = ApiKeys(settings.admin_api_keys())
     app.state.rate_limiter = None
     metrics.add_gauge(
@@ -213,7 +223,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 *RATE_LIMIT_HEADERS,
             ],
         )
-    app.add_middleware(ShutdownAnswers)  # after the drain grace: 503s and stream error events
+    # while draining, 503s for new requests; at the drain's end, for those left, and stream
+    # error events
+    app.add_middleware(ShutdownAnswers, drain=app.state.drain)
     app.add_middleware(
         ObservabilityMiddleware,
         metrics=metrics,

@@ -181,9 +181,7 @@ def read_events(base: str, path: str, body: dict, first: threading.Event, out: l
                 first.set()
 
 
-@pytest.mark.parametrize(
-    "server", [{"DRAIN_SECONDS": "1", "BATCH_WAIT_MS": "300"}], indirect=True
-)
+@pytest.mark.parametrize("server", [{"DRAIN_SECONDS": "1", "BATCH_WAIT_MS": "300"}], indirect=True)
 def test_requests_cut_by_the_shutdown_get_503_and_streams_an_error_event(server):
     """Row 12: past the drain grace, requests in flight got uvicorn's plain-text 500 and
     streams ended without a last event. (BATCH_WAIT_MS=300: every word takes 0.3 s, so 100

@@ -41,12 +41,16 @@ async def get_health() -> Health:
 )
 @hot
 async def get_ready(request: Request) -> Ready | JSONResponse:
-    """Readiness: 200 once the models are loaded, 503 before and while shutting down."""
+    """Readiness: 200 once the models are loaded, 503 before, and from the shutdown's signal on."""
     service = getattr(request.app.state, "service", None)
     if service is None:
         body = Ready(status="not_ready", models=[], skipped=[], problem="models not loaded")
         return JSONResponse(body.model_dump(), 503, headers_of(NotReady("")))
     models, skipped = sorted(service.registry.models), service.registry.problems
+    if request.app.state.drain.draining:  # SIGTERM: out of the load balancer's rotation
+        problem = "draining: the server is shutting down"
+        body = Ready(status="not_ready", models=models, skipped=skipped, problem=problem)
+        return JSONResponse(body.model_dump(), 503, headers_of(NotReady("")))
     try:
         for lm in service.registry.loaded():
             if lm.engine.failure is not None:  # a model whose engine stopped serves nothing

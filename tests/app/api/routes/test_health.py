@@ -26,6 +26,42 @@ def test_not_ready_before_the_models_are_loaded(store):
     assert c.get("/health").status_code == 200
 
 
+def test_draining_refuses_new_work_and_answers_the_probes(client):
+    """Once the drain begins (SIGTERM: app.api.shutdown), /ready says 503 at once, a new
+    request gets a 503 that says to retry elsewhere and closes its connection, in OpenAI's
+    shape on its routes, on both request paths; /health and /metrics still answer."""
+    sid = client.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]
+    before = client.get(f"/v1/sessions/{sid}").json()
+    client.app.state.drain.begin()
+    r = client.get("/ready")
+    assert r.status_code == 503
+    assert r.json() == {
+        "status": "not_ready",
+        "models": list(VARIANTS),
+        "skipped": [],
+        "problem": "draining: the server is shutting down",
+    }
+    for path, body in [
+        ("/v1/next-word", {"text": "one , two ,"}),
+        (f"/v1/sessions/{sid}/next-word", {"text": "two ,"}),
+        ("/v1/sessions", {"text": "one"}),
+    ]:
+        r = client.post(path, json=body)
+        assert r.status_code == 503, path
+        assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close"
+        assert r.json()["detail"].startswith("the server is shutting down (draining)")
+        assert r.headers["x-request-id"]  # logged and counted like any answer
+    r = client.post("/v1/completions", json={"prompt": "one ,", "max_tokens": 2})
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "service_unavailable_error"
+    assert client.get("/health").json() == {"status": "ok"}
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'route="unmatched",status="503"' in metrics.text  # refused before the router
+    client.app.state.drain.since = None
+    assert client.get(f"/v1/sessions/{sid}").json() == before  # untouched by the refusals
+
+
 def test_metrics(client):
     client.get("/v1/models")  # no model answers it: an empty version
     client.post("/v1/next-word", json={"text": "one , two"})
