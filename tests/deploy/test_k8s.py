@@ -95,6 +95,7 @@ def settings_of(objs: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         stand_in = tmp_path / setting
         stand_in.write_text(f"{setting.lower().replace('_', '-')}-0123456789abcdef\n")
         monkeypatch.setenv(setting, str(stand_in))
+    monkeypatch.setenv("ACCESS_LOG", "false")  # quiet tests; no check reads it
     return Settings()
 
 
@@ -103,8 +104,16 @@ def route_table() -> set[tuple[str, str]]:
     return {(r.path, m) for r in api_routes(app.routes) for m in r.methods}
 
 
-def test_every_render_validates_strictly() -> None:
-    assert validator.main([]) == 0
+def test_every_render_validates_strictly(renders) -> None:
+    version = validator.KUBERNETES_VERSION
+    faults = [
+        f"{name}: {m}"
+        for name, objs in renders.items()
+        for o in objs
+        if (m := validator.check(o, version))
+    ]
+    assert not faults
+    assert validator.uncovered(validator.ROOT) == []
 
 
 def test_the_validation_refuses_what_it_does_not_know(tmp_path: Path, capsys) -> None:
@@ -147,6 +156,25 @@ def test_probes_and_scraping_use_routes_the_app_serves(render) -> None:
     client = TestClient(create_app(Settings(STORE=Path("unused"), ACCESS_LOG=False)))
     assert client.get(probes["livenessProbe"]).status_code == 200
     assert client.get(probes["readinessProbe"]).status_code == 503
+
+
+def test_draining_pods_stay_alive_and_their_refusals_are_retried(
+    render, tmp_path, monkeypatch
+) -> None:
+    _, objs = render
+    client = TestClient(create_app(settings_of(objs, tmp_path, monkeypatch)))
+    client.app.state.drain.begin()  # as SIGTERM does
+    container = server(objs)
+    annotations = only(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    # liveness and scraping go on through the drain (no restart mid-drain); readiness fails
+    for path in (container["livenessProbe"]["httpGet"]["path"], annotations["prometheus.io/path"]):
+        assert client.get(path).status_code == 200, path
+    assert client.get(container["readinessProbe"]["httpGet"]["path"]).status_code == 503
+    # a new request gets 503, none of it done: the ingress tries another pod, POSTs too
+    assert client.post("/v1/next-word", json={"text": "one"}).status_code == 503
+    ingress = only(objs, "Ingress")["metadata"]["annotations"]
+    retried = ingress["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
+    assert {"http_503", "non_idempotent"} <= set(retried)
 
 
 def test_every_variable_is_a_setting(render) -> None:
@@ -365,7 +393,7 @@ def test_the_training_job_fills_the_store_once_and_the_pods_wait(render, tmp_pat
     store = tmp_path / "store"
     (store / "lost+found").mkdir(parents=True)  # a new volume's: no checkpoint
     with pytest.raises(subprocess.TimeoutExpired):  # the pods wait for the Job
-        run_shell(wait, store, path, timeout=1)
+        run_shell(wait, store, path, timeout=0.5)
     done = run_shell(train, store, path, timeout=10)
     assert done.returncode == 0, done.stderr
     argv = (tmp_path / "argv").read_text().split()
