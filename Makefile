@@ -38,6 +38,7 @@ lint: setup
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml config -q
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml --profile scale config -q
 	bash -n scripts/docker-local.sh scripts/docker-smoke.sh scripts/rolling-restart.sh
+	$(BIN)/python scripts/k8s_validate.py  # deploy/k8s rendered, validated strictly
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
