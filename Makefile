@@ -37,6 +37,10 @@ lint: setup
 	$(BIN)/docker-compose -f docker-compose.yml config -q
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml config -q
 	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml --profile scale config -q
+	$(BIN)/docker-compose -f docker-compose.yml -f docker-compose.cpu.yml --profile scale --profile monitoring config -q
+	@command -v promtool >/dev/null || { \
+		echo "make lint checks the Prometheus config with promtool: apt-get install -y prometheus"; exit 1; }
+	promtool check config deploy/prometheus/prometheus.yml
 	bash -n scripts/docker-local.sh scripts/docker-smoke.sh scripts/rolling-restart.sh
 	$(BIN)/python scripts/k8s_validate.py  # deploy/k8s rendered, validated strictly
 

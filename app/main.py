@@ -186,6 +186,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "live sessions by model",
         lambda: app.state.service.sessions.counts() if app.state.service else {},
     )
+
+    def engine_jobs() -> list[tuple[str, int, int, int]]:
+        """(model, version, running, waiting) of every engine: its gauges, at scrape time."""
+        service = app.state.service
+        if service is None:
+            return []
+        return [(lm.name, lm.version, *lm.engine.jobs()) for lm in service.registry.loaded()]
+
+    metrics.add_engine_gauges(engine_jobs)
     install_error_handlers(app)
     app.include_router(health.router)
     # every /v1 route needs a key, when keys are on

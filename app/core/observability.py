@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import orjson
 import pythonjsonlogger.orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +58,11 @@ class RequestIds:
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# a word's time: the requests' steps and more either side (a pass of these small models takes
+# a fraction of a millisecond on a CPU; a queue under load, or a GPU's first call, seconds)
+WORD_BUCKETS = (0.0001, 0.00025, *LATENCY_BUCKETS, 5.0, 10.0)
+# (model, version, running, waiting) of every engine, read at scrape time
+EngineJobs = Callable[[], Iterable[tuple[str, int, int, int]]]
 
 
 MAX_CHILDREN = 10_000  # (method, route, status) kept looked up; methods come from clients
@@ -102,6 +107,25 @@ class Metrics:
             ["model", "version"],
             registry=self.registry,
         )
+        # vLLM's names (vllm:time_to_first_token_seconds, vllm:inter_token_latency_seconds);
+        # timed by the engine (app.engine.engine)
+        self.first_word = Histogram(
+            "time_to_first_token_seconds",
+            "seconds from a job's queueing in the engine to its first word: a next-word's "
+            "answer, a generation's first generated word",
+            ["model", "version"],
+            buckets=WORD_BUCKETS,
+            registry=self.registry,
+        )
+        self.between_words = Histogram(
+            "inter_token_latency_seconds",
+            "seconds between one generation's consecutive words",
+            ["model", "version"],
+            buckets=WORD_BUCKETS,
+            registry=self.registry,
+        )
+        # the process's CPU, memory and open files (process_*; Linux only), read at scrape
+        ProcessCollector(registry=self.registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count and time one HTTP request (by the model version that answered it)."""
@@ -117,17 +141,53 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def batch_observer(self, model: str, version: int) -> Callable[[int, int, int], None]:
+    def batch_observer(
+        self, model: str, version: int
+    ) -> Callable[[int, int, int, list[float], list[float]], None]:
+        """What an engine tells of every pass (app.engine.engine.Observer), counted."""
         labels = (model, str(version))
         tokens, batch = self.tokens.labels(*labels), self.batch_size.labels(*labels)
         words = self.words.labels(*labels)
+        first_word = self.first_word.labels(*labels)
+        between_words = self.between_words.labels(*labels)
 
-        def observe(rows: int, n_tokens: int, n_words: int) -> None:
+        def observe(
+            rows: int, n_tokens: int, n_words: int, firsts: list[float], gaps: list[float]
+        ) -> None:
             batch.observe(rows)
             tokens.inc(n_tokens)
             words.inc(n_words)
+            for seconds in firsts:
+                first_word.observe(seconds)
+            for seconds in gaps:
+                between_words.observe(seconds)
 
         return observe
+
+    def add_engine_gauges(self, read: EngineJobs) -> None:
+        """vLLM's num_requests_running and num_requests_waiting by model and version, read
+        from the engines at scrape time (nothing counted per request)."""
+
+        class EngineGauges(Collector):
+            def collect(self) -> Iterable[Metric]:
+                running = GaugeMetricFamily(
+                    "num_requests_running",
+                    "engine jobs under way: a pass took them and they go on (a generation "
+                    "between its words, a long text between its pieces)",
+                    labels=["model", "version"],
+                )
+                waiting = GaugeMetricFamily(
+                    "num_requests_waiting",
+                    "engine jobs queued that no pass has taken yet",
+                    labels=["model", "version"],
+                )
+                for model, version, n_running, n_waiting in read():
+                    running.add_metric([model, str(version)], n_running)
+                    waiting.add_metric([model, str(version)], n_waiting)
+                yield running
+                yield waiting
+
+        self.registry.register(EngineGauges())
 
     def add_gauge(self, name: str, doc: str, read: Callable[[], dict[str, int]]) -> None:
         """A gauge by model whose values are read at scrape time."""

@@ -10,13 +10,20 @@ inputs are fed `prefill_chunk` ids per pass, so one long text does not pad every
 
 The engine owns the sequences' states (a `SlotPool`); callers `open` a `Sequence` handle
 (app.engine.sequences) and never see where its state is, nor a job. Its health: `failure`
-(why its loop stopped, if it did) and the counts of its passes (`stats`, `observe`).
+(why its loop stopped, if it did), the counts of its passes (`stats`, `observe`) and its
+jobs running and waiting (`jobs`).
+
+Timing, for the metrics: a job's time to first word runs from its queueing to the pass that
+answers it (a step) or chooses its first word (a generation: a stop word counts, a prompt's
+words scored as given do not); a generation's inter-word times run from one such pass to the
+next. One clock read per job and one per pass: the pass's words all came at its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +39,10 @@ from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, start_state
 # A row of the batch for one job: a step's top words (id, prob); a generation's next-word
 # probabilities, or for a greedy one its likeliest word and that word's probability.
 Row = list[tuple[int, float]] | list[float] | tuple[int, float]
-Observer = Callable[[int, int, int], None]  # told (rows, tokens, words) of every pass
+# told of every pass: its rows, the tokens it fed, the words it generated, the times to first
+# word of the jobs that got theirs in it and the times since the previous word of the
+# generations that got another (seconds)
+Observer = Callable[[int, int, int, list[float], list[float]], None]
 log = logging.getLogger("app.engine")
 
 
@@ -58,13 +68,15 @@ class BatchStats:
     words: int = 0  # words generated
     observers: list[Observer] = field(default_factory=list)
 
-    def record(self, rows: int, tokens: int, words: int) -> None:
+    def record(
+        self, rows: int, tokens: int, words: int, firsts: list[float], gaps: list[float]
+    ) -> None:
         self.batches += 1
         self.rows += rows
         self.tokens += tokens
         self.words += words
         for observe in self.observers:
-            observe(rows, tokens, words)
+            observe(rows, tokens, words, firsts, gaps)
 
 
 class Engine:
@@ -112,13 +124,28 @@ class Engine:
         return self._failure
 
     def observe(self, observer: Observer) -> None:
-        """Tell `observer` the rows, tokens fed and words generated of every pass."""
+        """Tell `observer` of every pass (see `Observer`)."""
         self.stats.observers.append(observer)
 
     @property
     def queued(self) -> int:
         """Jobs waiting or running."""
         return len(self._queue) + len(self._running)
+
+    def jobs(self) -> tuple[int, int]:
+        """(running, waiting): jobs a pass took that go on (a generation between its words,
+        a long text between its pieces), and jobs queued that no pass took yet. A walk of the
+        queue, for the metrics at scrape time. A pass never yields to the event loop, so
+        whenever anyone else looks, the queue holds every job under way."""
+        running = waiting = 0
+        for job in self._queue:
+            if job.future.done():  # its caller left: dropped by the next pass
+                continue
+            if job.ran:
+                running += 1
+            else:
+                waiting += 1
+        return running, waiting
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +202,7 @@ class Engine:
             raise AtCapacity(
                 f"the server is at capacity ({len(self._queue)} jobs queued): retry shortly"
             )
+        job.at = time.perf_counter()
         self._queue.append(job)
         self._has_work.set()
 
@@ -221,34 +249,51 @@ class Engine:
             log.exception("model %r failed on a request", self.name)
             fail(batch[0], EngineFailure(f"the model failed on this request ({describe(e)})"))
             return
+        now = time.perf_counter()  # when this pass's words came, all of them
+        firsts: list[float] = []  # times to first word
+        gaps: list[float] = []  # times since the previous word
         words = 0
         for job, row in zip(batch, rows, strict=True):
+            job.ran = True
             if row is not None and not job.future.done():
                 try:
-                    words += self._advance(job, row)
+                    words += self._advance(job, row, now, firsts, gaps)
                 except Exception as e:  # e.g. a caller's callback: that job fails alone
                     log.exception("model %r failed to finish a request", self.name)
                     fail(job, EngineFailure(f"the request failed ({describe(e)})"))
             if not job.future.done():
                 self._queue.append(job)  # more to feed or generate: the next pass
-        self.stats.record(len(batch), tokens, words)
+        self.stats.record(len(batch), tokens, words, firsts, gaps)
 
-    def _advance(self, job: Job, row: Row) -> int:
+    def _advance(
+        self, job: Job, row: Row, now: float, firsts: list[float], gaps: list[float]
+    ) -> int:
         """A job whose ids are all fed, with its next-word distribution (or, for a greedy
-        generation, its likeliest word): answer or go on. How many words it generated (0 or 1)."""
+        generation, its likeliest word), in the pass that ended at `now`: answer or go on,
+        its time to first word or since its previous word told. How many words it generated
+        (0 or 1: a prompt's word scored is none)."""
         gen = job.gen
         if gen is None:  # a step: its row is its top words
+            firsts.append(now - job.at)
             job.future.set_result(row)
             return 0
         if gen.finish is not None:  # that was the last word being fed
             job.future.set_result(None)
             return 0
-        if isinstance(row, tuple):
+        if isinstance(row, tuple):  # greedy: past the forced words
             word, prob = row
+            scored = False
         else:
+            scored = gen.scoring()  # a prompt's word, "chosen" as given: not generated
             dist = cast(list[float], row)  # a generation's row
             word = gen.choose(dist)
             prob = dist[word]
+        if not scored:
+            if job.last:
+                gaps.append(now - job.last)
+            else:
+                firsts.append(now - job.at)
+            job.last = now
         if gen.stops(word):
             job.future.set_result(None)
             return 0
@@ -256,7 +301,7 @@ class Engine:
             job.feed = [word]
         else:
             job.future.set_result(None)
-        return 1
+        return 0 if scored else 1
 
     def _forward(self, batch: list[Job]) -> tuple[list[Row | None], int]:
         """One batched forward: gather, advance, scatter. For each job whose ids are all fed

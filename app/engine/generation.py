@@ -95,6 +95,10 @@ class Generation:
         return len(self.words) - self._forced - self.cut
 
     # -- for the engine ----------------------------------------------------------------------
+    def scoring(self) -> bool:
+        """Whether the next word is one of the forced ones (a prompt's, scored as given)."""
+        return len(self.words) < self._forced
+
     def greedy(self) -> bool:
         """Whether the next word is the likeliest of the row, as it is: the engine then picks
         it for the whole batch at once, and `choose` is not called."""

@@ -76,6 +76,9 @@ class Job:
     top_k: int = 0
     gen: Generation | None = None
     on_applied: Applied | None = None
+    at: float = 0.0  # when it was queued (perf_counter): its time to first word counts from then
+    last: float = 0.0  # when its generation's latest word came (0: none yet)
+    ran: bool = False  # a pass took it: running, no longer waiting
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,11 @@
+import asyncio
+
+import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from tests.app.conftest import VARIANTS, make_settings
+from tests.app.conftest import VARIANTS, make_settings, run_app
 
 
 def test_health_and_ready(client):
@@ -81,6 +85,85 @@ def test_metrics(client):
     assert 'sessions_live{model="gru"} 1.0' in text
     assert 'model_tokens_total{model="gru",version="1"} 4.0' in text  # 3 + 1 tokens fed
     assert 'model_batch_size_count{model="gru",version="1"} 2.0' in text
+
+
+def samples(text: str, model: str = "gru") -> dict[str, float]:
+    """The /metrics samples of one model, by name (and `le` for a bucket)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") == model:
+                out[s.name + (f"@{s.labels['le']}" if "le" in s.labels else "")] = s.value
+    return out
+
+
+def test_engine_metrics_count_first_words_and_the_gaps_between_words(client):
+    """Every job's first word (a next-word's answer, a generation's first word) and every
+    gap between two words of one generation, on every route that reaches the engine."""
+    sid = client.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]  # a step
+    for r in (
+        client.post("/v1/next-word", json={"text": "one , two"}),  # 1 first word
+        client.post("/v1/next-word", json={"text": "eleventy"}),  # 422: never queued
+        client.post(f"/v1/sessions/{sid}/next-word", json={"text": "two ,"}),  # 1
+        client.post("/v1/continuation", json={"text": "one ,", "max_words": 3}),  # 1, 2 gaps
+        client.post(f"/v1/sessions/{sid}/continuation", json={"max_words": 2}),  # 1, 1
+        client.post("/v1/completions", json={"prompt": "one ,", "max_tokens": 3, "n": 2}),
+    ):  # the completion: 2 first words, 4 gaps
+        assert r.status_code in (200, 422), r.text
+    with client.stream(
+        "POST", "/v1/continuation", json={"text": "one", "max_words": 2, "stream": True}
+    ) as r:
+        assert r.status_code == 200 and r.read()  # 1, 1
+    got = samples(client.get("/metrics").text)
+    assert got["time_to_first_token_seconds_count"] == 1 + 1 + 1 + 1 + 1 + 2 + 1
+    assert got["inter_token_latency_seconds_count"] == 2 + 1 + 4 + 1
+    assert got["model_generated_words_total"] == 3 + 2 + 6 + 2
+    ttft = got["time_to_first_token_seconds_count"]
+    assert got["time_to_first_token_seconds_bucket@+Inf"] == ttft
+    assert 0 < got["time_to_first_token_seconds_sum"] < 10
+    assert got["num_requests_running"] == 0 and got["num_requests_waiting"] == 0
+    assert samples(client.get("/metrics").text, "gru-cell")["num_requests_waiting"] == 0
+    assert "process_cpu_seconds_total" in client.get("/metrics").text  # Linux
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "fastapi"])
+def test_jobs_waiting_then_running_while_the_engine_holds_them(store, fast_path):
+    """BATCH_WAIT_MS holds the engine: each pass waits half a second for a fuller batch. Two
+    next-words and a continuation wait together; the first pass answers the next-words and
+    takes the continuation's first word, which then runs between its passes."""
+    app = create_app(
+        make_settings(store, FAST_PATH=fast_path, DEFAULT_MODEL="gru", BATCH_WAIT_MS=500)
+    )
+
+    async def scenario(c):
+        async def until(check):
+            for _ in range(200):
+                got = samples((await c.get("/metrics")).text)
+                if check(got):
+                    return got
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"never seen: {got}")
+
+        requests = [
+            asyncio.create_task(c.post("/v1/next-word", json={"text": "one"})),
+            asyncio.create_task(c.post("/v1/next-word", json={"text": "two"})),
+            asyncio.create_task(c.post("/v1/continuation", json={"text": "one", "max_words": 3})),
+        ]
+        held = await until(lambda got: got["num_requests_waiting"] == 3)
+        going = await until(lambda got: got["num_requests_waiting"] == 0)
+        answers = await asyncio.gather(*requests)
+        return held, going, answers, samples((await c.get("/metrics")).text)
+
+    held, going, answers, done = run_app(app, scenario)
+    assert all(r.status_code == 200 for r in answers)
+    assert held["num_requests_running"] == 0
+    assert going["num_requests_running"] == 1  # the continuation, between its words
+    assert (done["num_requests_running"], done["num_requests_waiting"]) == (0, 0)
+    # every first word waited for the held pass: none within a quarter of a second
+    assert done["time_to_first_token_seconds_count"] == 3
+    assert done["time_to_first_token_seconds_bucket@0.25"] == 0
+    assert done["inter_token_latency_seconds_count"] == 2
+    assert done["inter_token_latency_seconds_bucket@0.25"] == 0  # the passes wait too
 
 
 def test_docs_and_an_example_on_every_request_field(client):
