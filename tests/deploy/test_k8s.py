@@ -119,6 +119,7 @@ def test_every_render_validates_strictly(renders) -> None:
 def test_the_validation_refuses_what_it_does_not_know(tmp_path: Path, capsys) -> None:
     root = tmp_path / "k8s"
     shutil.copytree(validator.ROOT, root)
+    shutil.copytree(validator.ROOT.parent / "grafana", tmp_path / "grafana")  # the overlays' too
     server_yaml = root / "base/server.yaml"
     server_yaml.write_text(server_yaml.read_text().replace("readinessProbe:", "readinesProbe:"))
     scaled = root / "components/keda/scaled-object.yaml"
