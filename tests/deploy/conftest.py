@@ -9,6 +9,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
+
+from launchers import AppProcess
+from model_store import ModelConfig, build_model, save_checkpoint
+from training.data import load_data
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,3 +36,29 @@ def renders() -> dict[str, list[dict[str, Any]]]:
         name: validator.render(kustomization, components)
         for name, (kustomization, components) in validator.RENDERS.items()
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One untrained model: what it answers does not matter here, only what is counted."""
+    root = tmp_path_factory.mktemp("store")
+    vocab = load_data().vocab
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("gru", vocab_size=len(vocab), hidden=8)).eval()
+    save_checkpoint(root, "gru", model, vocab)
+    return root
+
+
+@pytest.fixture(scope="session")
+def scraped(tiny_store: Path) -> str:
+    """/metrics of a real server (`python -m app`) after the traffic the panels chart."""
+    with AppProcess(tiny_store, SSE_FLUSH_MS="0") as app, app.client() as c:
+        assert c.post("/v1/next-word", json={"text": "one , two"}).status_code == 200
+        assert c.post("/v1/next-word", json={"text": "eleventy"}).status_code == 422
+        sid = c.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]
+        assert c.post(f"/v1/sessions/{sid}/next-word", json={"text": "two"}).status_code == 200
+        body = {"text": "one ,", "max_words": 3, "stream": True}
+        with c.stream("POST", "/v1/continuation", json=body) as r:
+            assert r.status_code == 200 and r.read().count(b"data:") == 4
+        text = c.get("/metrics").text
+    return text

@@ -10,14 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import promql_parser as pq
-import pytest
-import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-
-from launchers import AppProcess
-from model_store import ModelConfig, build_model, save_checkpoint
-from training.data import load_data
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy/grafana"
@@ -96,32 +90,6 @@ def problems(expr: str, have: Exported, legend: str = "") -> list[str]:
     if not found:
         found += [f"no metric selected has a label {label!r}" for label in wanted - selected]
     return found
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One untrained model: what it answers does not matter here, only what is counted."""
-    root = tmp_path_factory.mktemp("store")
-    vocab = load_data().vocab
-    torch.manual_seed(0)
-    model = build_model(ModelConfig("gru", vocab_size=len(vocab), hidden=8)).eval()
-    save_checkpoint(root, "gru", model, vocab)
-    return root
-
-
-@pytest.fixture(scope="module")
-def scraped(tiny_store: Path) -> str:
-    """/metrics of a real server (`python -m app`) after the traffic the panels chart."""
-    with AppProcess(tiny_store, SSE_FLUSH_MS="0") as app, app.client() as c:
-        assert c.post("/v1/next-word", json={"text": "one , two"}).status_code == 200
-        assert c.post("/v1/next-word", json={"text": "eleventy"}).status_code == 422
-        sid = c.post("/v1/sessions", json={"text": "one ,"}).json()["session_id"]
-        assert c.post(f"/v1/sessions/{sid}/next-word", json={"text": "two"}).status_code == 200
-        body = {"text": "one ,", "max_words": 3, "stream": True}
-        with c.stream("POST", "/v1/continuation", json=body) as r:
-            assert r.status_code == 200 and r.read().count(b"data:") == 4
-        text = c.get("/metrics").text
-    return text
 
 
 def test_every_query_of_the_dashboard_selects_what_a_live_server_exports(scraped):

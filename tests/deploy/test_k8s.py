@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.fastpath import api_routes
 from app.core.config import Settings
@@ -450,12 +451,14 @@ def test_redis_keeps_an_append_only_file_on_its_volume(render, tmp_path, monkeyp
     assert not selects(source["podSelector"]["matchLabels"], labels_of(only(objs, "Job")))
 
 
-def test_queue_autoscaling_reads_the_metric_the_adapter_makes(renders) -> None:
+def test_queue_autoscaling_reads_the_metric_the_adapter_makes(renders, scraped) -> None:
     (adapter,) = renders["prometheus-adapter"]
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
     made = {r["name"]["as"]: r["seriesQuery"] for r in rules}
+    served = {m.name for m in text_string_to_metric_families(scraped)}  # a live server's
     for name in ("num_requests_waiting", "num_requests_running"):
         assert made[name].startswith(name + "{")
+        assert name in served, f"the server exports no {name}"
     (hpa,) = [o for o in renders["cpu+queue-metric"] if o["kind"] == "HorizontalPodAutoscaler"]
     (queue,) = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert queue["pods"]["metric"]["name"] in made
