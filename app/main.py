@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import torch
 from fastapi import Depends, FastAPI
@@ -22,6 +23,7 @@ from app.api.openapi import install_openapi
 from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
 from app.api.routes import admin, completions, health, models, predict, sessions
 from app.api.shutdown import Drain, ShutdownAnswers
+from app.core import tracing
 from app.core.config import Settings
 from app.core.errors import NotReady
 from app.core.observability import (
@@ -39,6 +41,9 @@ from app.serving.admin import ModelAdmin
 from app.serving.redis_sessions import RedisSessionStore
 from app.serving.service import PredictionService
 from app.serving.sessions import MemorySessionStore, SessionStore
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("app")
 GC_THRESHOLDS = (50_000, 20, 100)  # CPython's defaults are (700, 10, 10)
@@ -84,8 +89,8 @@ async def open_session_store(settings: Settings, registry: ModelRegistry) -> Ses
 class ServiceApp(FastAPI):
     """FastAPI, with the fast path (app.api.fastpath) in front of everything: the hot routes
     in one pass, everything else through FastAPI and its whole middleware stack. In front of
-    FastAPI's own `__call__` too, whose native telemetry asks OpenTelemetry for its three
-    providers (three environment lookups) on every request before anything else runs."""
+    FastAPI's own `__call__` too, whose native telemetry (off: see create_app) would ask
+    OpenTelemetry for its three providers on every request before anything else runs."""
 
     fast_path: ASGIApp | None = None
 
@@ -108,7 +113,10 @@ class ServiceApp(FastAPI):
             drain.inflight -= 1
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, span_exporter: SpanExporter | None = None
+) -> FastAPI:
+    """The app; its traces go to OTLP_ENDPOINT, or to `span_exporter` when given (tests)."""
     settings = settings or Settings()
     configure_logging(settings.LOG_LEVEL)
     metrics = Metrics()
@@ -146,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        if tracing.start(settings, span_exporter):
+            log.info("traces on, as service %s", settings.OTEL_SERVICE_NAME)
         log.info("ready: %s (default %s)", ", ".join(registry.models), registry.default)
         try:
             yield
@@ -158,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.close()
             if app.state.rate_limiter is not None:
                 await app.state.rate_limiter.close()
+            tracing.stop()  # the last spans sent
             log.info("stopped")
             flush_logs()
 
@@ -169,6 +180,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc: install_pages, with packaged assets
         redoc_url=None,
+        # FastAPI's own spans would cover the stack and not the fast path, and name session
+        # ids (url.path): app.core.tracing makes the service's, on both paths
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     keys = ApiKeys(settings.api_keys())
     app.state.settings = settings

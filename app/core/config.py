@@ -6,9 +6,12 @@ import json
 import resource
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.core.redact import redact_url
 
 MIN_KEY_CHARS = 16
 FD_RESERVE = 64  # file descriptors kept for all but clients (models, Redis, logs)
@@ -214,6 +217,20 @@ class Settings(BaseSettings):
         description="what polling does with a new version: latest promotes it (the quality "
         "gate still applies), manual only loads it",
     )
+    OTLP_ENDPOINT: str | None = Field(
+        None,
+        description="OpenTelemetry traces go to this OTLP/HTTP collector (http://collector:4318; "
+        "/v1/traces is added unless given): one trace per request (None: no tracing at all)",
+    )
+    OTEL_SERVICE_NAME: str = Field(
+        "human-numbers", min_length=1, description="the traces' service.name"
+    )
+    TRACE_SAMPLE_RATIO: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of the requests traced (a caller's traceparent decides for its own)",
+    )
     AUTH_METRICS: bool = Field(False, description="with keys on, /metrics needs a key too")
     AUTH_DOCS: bool = Field(
         False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
@@ -227,6 +244,23 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [o.strip() for o in text.split(",") if o.strip()]
+        return v
+
+    @field_validator("OTLP_ENDPOINT")
+    @classmethod
+    def _otlp_is_a_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            ok = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+        except ValueError:  # a bad port
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"OTLP_ENDPOINT {redact_url(v)} is not an http(s) URL of a collector: "
+                "e.g. http://collector:4318"
+            )
         return v
 
     @field_validator("MAX_CONNECTIONS")
