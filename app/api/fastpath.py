@@ -42,6 +42,7 @@ from app.api.errors import internal_error, is_openai, service_error_response
 from app.api.ratelimit import RateLimiter, refusal, token_cost
 from app.api.routes import API_PREFIX, HOT
 from app.api.shutdown import shutdown_answer
+from app.core import tracing
 from app.core.config import Settings
 from app.core.errors import ServiceError
 from app.core.observability import (
@@ -53,6 +54,7 @@ from app.core.observability import (
     log_request,
 )
 from app.core.security import ANONYMOUS, ApiKeys
+from app.core.tracing import ServerSpan
 
 log = logging.getLogger("app")
 JSON_TYPE = (b"content-type", b"application/json")
@@ -227,7 +229,9 @@ class FastPath:
             return
         reply = Reply(send, self.request_ids(scope["headers"]))
         answered_by.set(None)
+        traced = ServerSpan(scope, reply.rid) if tracing.tracer is not None else None
         handoff: Receive | None = None
+        error: BaseException | None = None
         try:
             handoff = await self._serve(
                 scope, receive, reply, hot, kwargs, (head, authorization, wanted)
@@ -236,17 +240,23 @@ class FastPath:
             if not reply.started:
                 with contextlib.suppress(Exception):  # the client may be gone
                     await reply.answer(shutdown_answer(hot.openai))
-        except Exception:
+        except Exception as e:
             log.exception("request %s failed", reply.rid.decode())
+            error = e
             if not reply.started:
                 await reply.answer(internal_error(reply.rid.decode()))
         if handoff is not None:  # nothing charged, counted or logged yet: the stack does it all
+            if traced is not None:
+                traced.drop()
             await self.app(scope, handoff, send)
             return
         elapsed = time.perf_counter() - start
         self.metrics.observe_request(hot.method, reply.route, reply.status, elapsed)
         if self.log_requests:
             log_request(scope, reply.route, reply.status, elapsed, reply.rid, hot.method)
+        if traced is not None:
+            route = None if reply.route == UNMATCHED else reply.route
+            traced.end(route, reply.status, answered_by.get(), error)
 
     async def _serve(
         self,

@@ -29,7 +29,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import tracing
 from app.core.redact import redact_path
+from app.core.tracing import ServerSpan
 
 access_log = logging.getLogger("app.access")
 log = logging.getLogger("app")
@@ -404,6 +406,8 @@ class ObservabilityMiddleware:
         rid = self.request_ids(scope["headers"])
         scope.setdefault("state", {})["request_id"] = rid.decode()
         answered_by.set(None)
+        traced = ServerSpan(scope, rid) if tracing.tracer is not None else None
+        error: BaseException | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -417,15 +421,18 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
+        except Exception as e:
             log.exception("request %s failed", rid.decode())
+            error = e
             if not started:
                 await self.failure(rid.decode())(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None)
+            template = route or "unmatched"
             method = scope["method"]
             self.metrics.observe_request(method, template, status, elapsed)
             if self.log_requests:
                 log_request(scope, template, status, elapsed, rid, method)
+            if traced is not None:
+                traced.end(route, status, answered_by.get(), error)

@@ -31,6 +31,7 @@ from typing import cast
 
 import torch
 
+from app.core import tracing
 from app.core.errors import AtCapacity, EngineFailure, NotReady
 from app.engine.sequences import ExportedState, Host, Job, Sequence, SequenceClosed
 from app.engine.slots import SlotPool
@@ -224,6 +225,8 @@ class Engine:
                 batch.append(job)
             if batch:
                 self._running = batch
+                if tracing.tracer is not None:  # each job's span: its queue time, its batch
+                    traced(batch)
                 try:
                     self._run(batch)
                 except Exception as e:  # a bug of ours: fail this batch, keep serving
@@ -400,6 +403,14 @@ def top_rows(probs: torch.Tensor, rows: list[int], ks: list[int]) -> list[list[t
         [(last - i, p) for i, p in zip(row_ids[:n], row_ps[:n], strict=True) if p > 0]
         for row_ids, row_ps, n in zip(flipped, ps, ks, strict=True)
     ]
+
+
+def traced(batch: list[Job]) -> None:
+    """Tell the batch's traced jobs of the pass about to run."""
+    began, rows = time.perf_counter(), len(batch)
+    for job in batch:
+        if job.trace is not None:
+            job.trace.passed(began, rows)
 
 
 def fail(job: Job, error: Exception) -> None:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.core import tracing
 from app.core.errors import EngineFailure
+from app.core.tracing import JobTrace
 from app.engine.generation import Generation, OnWord
 from app.engine.params import SamplingParams
 from app.engine.slots import SlotPool, describe, from_bytes, to_bytes
@@ -79,6 +81,7 @@ class Job:
     at: float = 0.0  # when it was queued (perf_counter): its time to first word counts from then
     last: float = 0.0  # when its generation's latest word came (0: none yet)
     ran: bool = False  # a pass took it: running, no longer waiting
+    trace: JobTrace | None = None  # its span, while tracing is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +140,21 @@ class Sequence:
         caller is cancelled meanwhile, so bookkeeping never drifts from the state itself.
         """
         job = Job(self, ids, self._future(), top_k, None, on_applied)
+        if tracing.tracer is not None:
+            return await self._traced_step(job)
         self._submit(job, False)
         result: list[tuple[int, float]] = await job.future
+        return result
+
+    async def _traced_step(self, job: Job) -> list[tuple[int, float]]:
+        job.trace = trace = JobTrace("engine.step", self._host.name, len(job.feed))
+        try:
+            self._submit(job, False)
+            result: list[tuple[int, float]] = await job.future
+        except BaseException as e:
+            trace.end(e)
+            raise
+        trace.end()
         return result
 
     def start(
@@ -162,7 +178,16 @@ class Sequence:
         if gen.finish is not None and not ids:
             future.set_result(None)
             return gen
-        self._submit(Job(self, ids, future, 0, gen, on_applied), reserved)
+        job = Job(self, ids, future, 0, gen, on_applied)
+        if tracing.tracer is not None:
+            job.trace = trace = JobTrace("engine.generate", self._host.name, len(ids))
+            future.add_done_callback(lambda f: generated(trace, gen, f))
+        try:
+            self._submit(job, reserved)
+        except BaseException as e:
+            if job.trace is not None:
+                job.trace.end(e)
+            raise
         return gen
 
     async def generate(
@@ -199,3 +224,14 @@ class Sequence:
         if self._row >= 0:
             self._host.pool.free(self._row)
             self._row = -1
+
+
+def generated(trace: JobTrace, gen: Generation, future: asyncio.Future[Any]) -> None:
+    """End a generation's span (at its future's end): its words, and why it ended."""
+    words = {"gen_ai.usage.completion_tokens": gen.n_generated()}
+    if future.cancelled():
+        trace.end(asyncio.CancelledError(), words)
+    elif (error := future.exception()) is not None:
+        trace.end(error, words)
+    else:
+        trace.end(None, {**words, "engine.finish_reason": gen.finish or ""})

@@ -53,6 +53,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 
+from app.core import tracing
 from app.core.errors import NotReady, StateMismatch
 from app.core.redact import clip, redact_url
 from app.core.security import ANONYMOUS
@@ -123,6 +124,8 @@ class RedisSessionStore(SessionStore):
         self._sweep = self._batch.register(lua.SWEEP)
         self._local: dict[str, _LocalQueue] = {}
         self._counts: dict[str, int] = {}
+        where = self.redis.connection_pool.connection_kwargs
+        self.spans = tracing.StoreSpans("redis", where.get("host"), where.get("port"))
 
     # -- plumbing ---------------------------------------------------------------------------
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
@@ -149,33 +152,34 @@ class RedisSessionStore(SessionStore):
         indexes = [self.keys.index(model.name)] + [
             self.keys.index(n) for n in sorted(self.registry.models) if n != model.name
         ]
-        made = await self._call(
-            lambda: self._batch.call(
-                self._create,
-                [
-                    self.keys.session(sid),
-                    self.keys.owned(owner),
-                    self.keys.owners(),
-                    self.keys.use_order(owner),
-                    *indexes,
-                ],
-                [
-                    sid,
-                    model.name,
-                    zero.data,
-                    zero.dtype,
-                    zero.shape,
-                    now_ms,
-                    int(self.ttl_s * 1000),
-                    self.max_sessions,
-                    int(self.policy == "evict"),
-                    self.prefix,
-                    owner,
-                    self.max_per_owner if self.max_per_owner and owner != ANONYMOUS else 0,
-                    model.version,
-                ],
+        with self.spans.op("create", sid):
+            made = await self._call(
+                lambda: self._batch.call(
+                    self._create,
+                    [
+                        self.keys.session(sid),
+                        self.keys.owned(owner),
+                        self.keys.owners(),
+                        self.keys.use_order(owner),
+                        *indexes,
+                    ],
+                    [
+                        sid,
+                        model.name,
+                        zero.data,
+                        zero.dtype,
+                        zero.shape,
+                        now_ms,
+                        int(self.ttl_s * 1000),
+                        self.max_sessions,
+                        int(self.policy == "evict"),
+                        self.prefix,
+                        owner,
+                        self.max_per_owner if self.max_per_owner and owner != ANONYMOUS else 0,
+                        model.version,
+                    ],
+                )
             )
-        )
         if made == -1:
             assert self.max_per_owner is not None
             raise owner_full(self.max_per_owner)
@@ -187,11 +191,12 @@ class RedisSessionStore(SessionStore):
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:
-        deadline = time.monotonic() + self.wait_s  # from arrival: a queue behind a stale
-        async with (  # lease fails together, not one wait after another
-            self._queued(session_id),
-            self._leased(session_id, owner, deadline) as lease,
-        ):
+        # from arrival: a queue behind a stale lease fails together, not one wait after another
+        deadline = time.monotonic() + self.wait_s
+        async with contextlib.AsyncExitStack() as held:
+            with self.spans.op("lease", session_id):  # its turn, the lease, the state loaded
+                await held.enter_async_context(self._queued(session_id))
+                lease = await held.enter_async_context(self._leased(session_id, owner, deadline))
             yield lease
 
     @contextlib.asynccontextmanager
@@ -281,6 +286,10 @@ class RedisSessionStore(SessionStore):
             pause = min(pause * 2, 0.05)
 
     async def _write_back(self, lease: RedisLease, token: str) -> bool:
+        with self.spans.op("commit", lease.id):
+            return await self._commit_state(lease, token)
+
+    async def _commit_state(self, lease: RedisLease, token: str) -> bool:
         exported = lease.seq.export()
         now_ms = int(time.time() * 1000)
         keys = [
@@ -321,9 +330,10 @@ class RedisSessionStore(SessionStore):
         return SessionRecord.of(lease, lease.created, (lease.used or time.time()) + self.ttl_s)
 
     async def describe(self, session_id: str, owner: str = ANONYMOUS) -> SessionRecord:
-        got = await self._call(
-            lambda: self.redis.hmget(self.keys.session(session_id), RECORD_FIELDS)
-        )
+        with self.spans.op("describe", session_id):
+            got = await self._call(
+                lambda: self.redis.hmget(self.keys.session(session_id), RECORD_FIELDS)
+            )
         record = parse_record(session_id, got, owner, self.ttl_s)
         if record is None:
             raise unknown(session_id)
@@ -337,6 +347,12 @@ class RedisSessionStore(SessionStore):
 
     async def page(
         self, owner: str, limit: int, after: str | None = None
+    ) -> tuple[list[SessionRecord], str | None]:
+        with self.spans.op("list"):
+            return await self._page(owner, limit, after)
+
+    async def _page(
+        self, owner: str, limit: int, after: str | None
     ) -> tuple[list[SessionRecord], str | None]:
         owned, more = self.keys.owned(owner), True
         records: list[SessionRecord] = []
@@ -372,6 +388,10 @@ class RedisSessionStore(SessionStore):
     async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
         """Takes its turn like a request (without loading the state, which may not even fit
         its model any more), then deletes."""
+        with self.spans.op("delete", session_id):
+            await self._delete_now(session_id, owner)
+
+    async def _delete_now(self, session_id: str, owner: str) -> None:
         deadline = time.monotonic() + self.wait_s
         async with self._queued(session_id):
             token = secrets.token_hex(16)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from sortedcontainers import SortedList
 
+from app.core import tracing
 from app.core.errors import AtCapacity, Gone, UnknownSession
 from app.core.redact import clip
 from app.core.security import ANONYMOUS
@@ -226,6 +227,7 @@ class MemorySessionStore(SessionStore):
         # sessions ended with their model version: id -> (owner, NAME@VERSION, until when
         # a request is told so rather than "no session")
         self._ended: dict[str, tuple[str, str, float]] = {}
+        self.spans = tracing.StoreSpans("memory")
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -237,7 +239,11 @@ class MemorySessionStore(SessionStore):
         return session.last_used + self.ttl_s
 
     async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
-        return self.record(self.new(model, owner))
+        with self.spans.op("create") as span:
+            session = self.new(model, owner)
+            if span is not None:
+                tracing.tag(span, session.id)
+        return self.record(session)
 
     def new(self, model: LoadedModel, owner: str = ANONYMOUS) -> Session:
         self.drop_expired()
@@ -335,11 +341,12 @@ class MemorySessionStore(SessionStore):
         return len(ended)
 
     async def delete(self, session_id: str, owner: str = ANONYMOUS) -> None:
-        session = self.live(session_id, owner)
-        async with session.lock:
-            if not session.alive:  # deleted by the request before this one
-                raise unknown(session_id)
-            self._drop(session)
+        with self.spans.op("delete", session_id):
+            session = self.live(session_id, owner)
+            async with session.lock:
+                if not session.alive:  # deleted by the request before this one
+                    raise unknown(session_id)
+                self._drop(session)
 
     def drop_expired(self) -> int:
         """Drop idle sessions past their TTL; how many."""
@@ -380,11 +387,21 @@ class Held:
         self.session: Session | None = None
 
     async def __aenter__(self) -> Session:
-        session = self.store.get(self.session_id, self.owner)
-        await session.lock.acquire()
-        if not session.alive:  # deleted while this request waited its turn
-            session.lock.release()
-            raise unknown(self.session_id)
+        # its span: the wait for the session's turn (a flag's check while tracing is off)
+        span = self.store.spans.start("lease", self.session_id) if tracing.tracer else None
+        try:
+            session = self.store.get(self.session_id, self.owner)
+            await session.lock.acquire()
+            if not session.alive:  # deleted while this request waited its turn
+                session.lock.release()
+                raise unknown(self.session_id)
+        except BaseException as e:
+            if span is not None:
+                tracing.failed(span, e)
+            raise
+        finally:
+            if span is not None:
+                span.end()
         self.session = session
         return session
 
