@@ -72,7 +72,8 @@ class DrainingServer(uvicorn.Server):
         self.drain_s = drain_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.drain.draining:  # a second signal: shut down now (a third Ctrl+C: at once)
+        if self.drain.draining:  # a second signal: what runs is cut now (503s, error events)
+            self.config.timeout_graceful_shutdown = 0  # (a third Ctrl+C: exit at once)
             super().handle_exit(sig, frame)
             return
         self._captured_signals.append(sig)  # re-raised at the end, as uvicorn does

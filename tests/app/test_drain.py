@@ -114,3 +114,28 @@ def test_sigterm_drains_streams_and_requests_in_flight(store):
     # it exited once the streams were done: well before DRAIN_SECONDS
     assert exited - signalled < 10
     assert code == -signal.SIGTERM  # uvicorn re-raises the signal once shut down
+
+
+def test_a_second_sigterm_cuts_what_runs(store):
+    """The drain waits for a stream that would take a minute; a second SIGTERM ends it at
+    once: the stream gets its error event, and the process is gone within moments."""
+    server = AppProcess(store, DRAIN_SECONDS="60", BATCH_WAIT_MS="300", ACCESS_LOG="false")
+    server.start()
+    try:
+        first, events, failures = threading.Event(), [], []
+        t = threading.Thread(target=stream, args=(server.base, first, events, failures))
+        t.start()
+        assert first.wait(30) and not failures, failures
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert server.proc.poll() is None  # draining: the stream goes on
+        second = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(15)
+        assert time.monotonic() - second < 5
+        t.join(15)
+    finally:
+        server.kill()
+    assert not failures, failures
+    assert 2 <= len(events) < WORDS and events[-1]["error"].startswith("the server is shutting")
