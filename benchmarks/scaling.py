@@ -5,13 +5,15 @@ figures on paper (docs/scaling.md).
     python -m benchmarks.scaling --store store    # a store already trained (its default model)
 
 Measures, on the real server (`python -m app`) with the default model:
-- Redis operations and bytes for each kind of session request (create, next-word, a
-  continuation of 10 words, info, delete), from Redis's own counters (INFO commandstats and
-  the network byte counters, reset before and read after N requests of a kind);
+- Redis's work for each kind of session request (create, next-word, a continuation of 10
+  words, info, delete), N of a kind one at a time: bytes in and out from its counters (INFO
+  stats, reset before), and under MONITOR the commands the server sent (round trips: a script
+  call is one) and those the scripts ran;
 - Redis memory per live session (used_memory over 10,000 sessions, and one record's MEMORY
   USAGE), and the server's RSS per session with the memory store;
-- session next-word at 64 connections (wrk) on one replica, memory and Redis stores: requests
-  per second, the server's CPU seconds a request, and Redis's (used_cpu_user + sys);
+- session next-word at 64 connections (wrk) on one replica, memory and Redis stores, two
+  fresh servers driven in turn for --rounds rounds (the median round of each): requests per
+  second, the server's CPU seconds a request, and Redis's (used_cpu_user + sys);
 then prints the fleet for --sessions-target live sessions at --rps-target requests/s.
 Needs `wrk` and `redis-server`.
 """
@@ -123,20 +125,29 @@ def session_memory(r: redis.Redis, base: str, n: int) -> dict[str, float]:
     return {"per_session": (used1 - used0) / n, "record": float(usage)}
 
 
-def throughput(srv: AppProcess, r: redis.Redis | None, tmp: Path, n: int, seconds: float) -> dict:
-    ids = asyncio.run(create_sessions(srv.base, n))
-    script = lua_sessions(ids, tmp / ("redis" if r else "memory"))
-    wrk(srv.base, 16, 1, script)  # warm-up
+def prepare(srv: AppProcess, tmp: Path, n: int) -> Path:
+    """`n` sessions on `srv` and the wrk script that drives them (warmed up)."""
+    script = lua_sessions(asyncio.run(create_sessions(srv.base, n)), tmp)
+    wrk(srv.base, 16, 1, script)
+    return script
+
+
+def throughput(
+    srv: AppProcess, script: Path, r: redis.Redis | None, seconds: float
+) -> dict[str, float]:
+    """wrk at 64 connections: its figures, and the server's and Redis's CPU a request."""
     cpu0 = srv.cpu_s()
     rcpu0 = redis_counters(r)["cpu"] if r else 0.0
     got = wrk(srv.base, 64, seconds, script)
     cpu = srv.cpu_s() - cpu0
     rcpu = (redis_counters(r)["cpu"] - rcpu0) if r else 0.0
-    return {
-        **got,
-        "cpu_us": cpu / got["requests"] * 1e6,
-        "redis_cpu_us": rcpu / got["requests"] * 1e6,
-    }
+    n = got["requests"]
+    return {**got, "cpu_us": cpu / n * 1e6, "redis_cpu_us": rcpu / n * 1e6}
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run of median throughput."""
+    return sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
 
 
 def main() -> None:
@@ -145,6 +156,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=500, help="requests of each kind")
     p.add_argument("--sessions", type=int, default=10_000, help="sessions for memory")
     p.add_argument("--duration", type=float, default=10, help="wrk seconds a run")
+    p.add_argument("--rounds", type=int, default=3, help="throughput runs of each store")
     p.add_argument("--sessions-target", type=int, default=1_000_000)
     p.add_argument("--rps-target", type=int, default=50_000)
     args = p.parse_args()
@@ -161,13 +173,25 @@ def main() -> None:
                 ops = {k: per_request(r, srv.base, k, args.requests) for k in KINDS}
                 r.flushdb()
                 mem = session_memory(r, srv.base, args.sessions)
-                r.flushdb()
-                redis_run = throughput(srv, r, tmp, 1000, args.duration)
-        with Server(store, **env) as srv:
-            rss0 = srv.rss_mib()
-            asyncio.run(create_sessions(srv.base, args.sessions))
-            rss_per = (srv.rss_mib() - rss0) * 2**20 / args.sessions
-            memory_run = throughput(srv, None, tmp, 1000, args.duration)
+            r.flushdb()
+            with Server(store, **env) as srv:
+                rss0 = srv.rss_mib()
+                asyncio.run(create_sessions(srv.base, args.sessions))
+                rss_per = (srv.rss_mib() - rss0) * 2**20 / args.sessions
+            # throughput: two fresh servers up at once, driven in turn, --rounds times, so a
+            # load from elsewhere on the machine falls on both alike; the median round of each
+            with Server(store, **env) as mem_srv, Server(store, **redis_env) as redis_srv:
+                scripts = (prepare(mem_srv, tmp / "m", 1000), prepare(redis_srv, tmp / "r", 1000))
+                memory_runs, redis_runs = [], []
+                for i in range(args.rounds):
+                    memory_runs.append(throughput(mem_srv, scripts[0], None, args.duration))
+                    redis_runs.append(throughput(redis_srv, scripts[1], r, args.duration))
+                    print(
+                        f"  round {i + 1}: memory {memory_runs[-1]['rps']:.0f}, "
+                        f"Redis {redis_runs[-1]['rps']:.0f} req/s",
+                        flush=True,
+                    )
+            memory_run, redis_run = median_run(memory_runs), median_run(redis_runs)
     report(args, ops, mem, rss_per, memory_run, redis_run)
 
 
@@ -200,7 +224,10 @@ def report(
         f"{args.sessions:,}; the record alone {mem['record']:.0f} B), memory store "
         f"{rss_per:.0f} B of RSS"
     )
-    print("\nsession next-word, 64 connections, one replica (wrk on the same machine):")
+    print(
+        f"\nsession next-word, 64 connections, one replica, 1,000 sessions (wrk on the same "
+        f"machine; the median of {args.rounds} rounds):"
+    )
     for label, run in (("memory store", memory_run), ("Redis store", redis_run)):
         print(
             f"  {label:<13} {run['rps']:>7.0f} req/s  p99 {run['p99']:.2f} ms  server CPU "
