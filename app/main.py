@@ -21,7 +21,7 @@ from app.api.fastpath import FastPath
 from app.api.gate import KeyGate
 from app.api.openapi import install_openapi
 from app.api.ratelimit import RATE_LIMIT_HEADERS, RateLimiter, RateLimits
-from app.api.routes import admin, completions, health, models, predict, sessions
+from app.api.routes import admin, completions, health, models, predict, sessions, tokenize
 from app.api.shutdown import Drain, ShutdownAnswers
 from app.core import tracing
 from app.core.config import Settings
@@ -212,7 +212,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     # every /v1 route needs a key, when keys are on
-    for module in (models, predict, sessions, completions):
+    for module in (models, predict, sessions, completions, tokenize):
         app.include_router(module.router, dependencies=[Depends(get_owner)])
     if app.state.admin_keys.enabled:  # the admin API: only with admin keys, only for them
         app.include_router(admin.router)

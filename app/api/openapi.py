@@ -21,6 +21,7 @@ from app.api.routes import API_PREFIX, OPENAI_PATHS
 from app.core.config import Settings
 from app.schemas.common import MAX_SEED, ErrorDetail
 from app.schemas.openai import OpenAIErrorResponse
+from app.serving.tokenization import max_ids
 
 # What an error status means: on our routes, and on OpenAI's where it reads otherwise.
 DESCRIPTIONS: dict[int, str | tuple[str, str]] = {
@@ -141,6 +142,10 @@ def complete(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     for name, schema in schemas.items():
         if name.endswith("Request") and "text" in schema["properties"]:
             schema["properties"]["text"]["maxLength"] = settings.MAX_TEXT_CHARS
+    if "TokenizeRequest" in schemas:  # vLLM's name for the text
+        schemas["TokenizeRequest"]["properties"]["prompt"]["maxLength"] = settings.MAX_TEXT_CHARS
+    if "DetokenizeRequest" in schemas:
+        schemas["DetokenizeRequest"]["properties"]["tokens"]["maxItems"] = max_ids(settings)
     keyed = settings.API_KEYS is not None or settings.API_KEYS_FILE is not None
     if not keyed:
         spec["components"].pop("securitySchemes", None)

@@ -134,14 +134,18 @@ class PredictionService:
         )
 
     # -- checks shared by the routes ---------------------------------------------------------
-    def encode(self, lm: LoadedModel, text: str, need_words: bool = False) -> list[int]:
-        """Token ids of `text`; 413 past MAX_TEXT_CHARS, 422 naming an unknown word."""
+    def check_length(self, text: str) -> None:
+        """413 past MAX_TEXT_CHARS."""
         limit = self.settings.MAX_TEXT_CHARS
         if len(text) > limit:
             raise TextTooLong(
                 f"text is {len(text):,} characters; this server takes at most {limit:,} "
                 "(MAX_TEXT_CHARS): send it in pieces to a session"
             )
+
+    def encode(self, lm: LoadedModel, text: str, need_words: bool = False) -> list[int]:
+        """Token ids of `text`; 413 past MAX_TEXT_CHARS, 422 naming an unknown word."""
+        self.check_length(text)
         try:
             ids = lm.vocab.encode(text)
         except UnknownWord as e:

@@ -36,10 +36,10 @@ expected-statuses = [400, 401, 403, 404, 406, 413, 422, 428]
 [checks.positive_data_acceptance]
 expected-statuses = ["2XX", 404]
 
-# What a JSON Schema cannot say: words outside the vocabulary in a text or a stop list, and a
-# `cursor` that this server did not give (422).
+# What a JSON Schema cannot say: words outside the vocabulary in a text or a stop list, ids
+# outside it to detokenize, and a `cursor` that this server did not give (422).
 [[operations]]
-include-path-regex = "^/v1/(sessions|(sessions/[^/]+/)?(next-word|continuation))$"
+include-path-regex = "^/v1/(sessions|(sessions/[^/]+/)?(next-word|continuation)|detokenize)$"
 checks.positive_data_acceptance.expected-statuses = ["2XX", 404, 422]
 
 # The admin API (on with ADMIN_API_KEYS) refuses with 409 a change that does not fit the

@@ -9,12 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.fastpath import FastPath, hot_route
-from app.api.routes import completions, health, predict, sessions
+from app.api.routes import completions, health, predict, sessions, tokenize
 from app.core.config import Settings
 from app.main import create_app
 from app.schemas.openai import CompletionRequest
 from app.schemas.predict import ContinuationRequest, NextWordRequest
 from app.schemas.sessions import SessionContinuationRequest, SessionNextWordRequest
+from app.schemas.tokenize import DetokenizeRequest, TokenizeRequest
 from tests.app.conftest import make_settings
 
 GOLDEN_STORE = Path(__file__).parents[1] / "golden" / "store"
@@ -171,6 +172,8 @@ def test_the_fast_path_serves_the_routes_marked_hot_as_declared():
         ContinuationRequest,
         SessionContinuationRequest,
         CompletionRequest,
+        TokenizeRequest,
+        DetokenizeRequest,
     }
     assert {r.endpoint for r in routes.values()} == {
         health.get_health,
@@ -180,6 +183,8 @@ def test_the_fast_path_serves_the_routes_marked_hot_as_declared():
         sessions.session_next_word,
         sessions.session_continuation,
         completions.create_completion,
+        tokenize.tokenize_text,
+        tokenize.detokenize_ids,
     }
     assert [p for p, r in routes.items() if r.openai] == ["/v1/completions"]
     assert not routes["/v1/next-word"].streams and routes["/v1/continuation"].streams
@@ -208,6 +213,10 @@ HOT_ROUTES = {
                         {"prompt": "one", "model": "nope"},
                         {"prompt": "one eleventy"}, {"prompt": "one", "bogus": 1},
                         {"prompt": "one ,", "max_tokens": 2, "temperature": 0, "stream": True}],
+    "/v1/tokenize": [{"prompt": "one eleventy ,", "return_token_strs": True},
+                     {"prompt": "one", "model": "nope"}, {"prompt": 5}],
+    "/v1/detokenize": [{"tokens": [12, 9]}, {"tokens": [12], "model": "nope"},
+                       {"tokens": [12, 99]}, {"tokens": ["x"]}],
 }  # fmt: skip
 HOT_GETS = ("/health", "/ready")
 VOLATILE = re.compile(rb'"(created_at|expires_at|id)":"[^"]*"|"created":\d+')
