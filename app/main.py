@@ -209,6 +209,9 @@ def create_app(
         return [(lm.name, lm.version, *lm.engine.jobs()) for lm in service.registry.loaded()]
 
     metrics.add_engine_gauges(engine_jobs)
+    metrics.add_prefix_cache(
+        lambda: app.state.service.prefix_cache.counts() if app.state.service else ()
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     # every /v1 route needs a key, when keys are on

@@ -127,6 +127,19 @@ class Settings(BaseSettings):
     MAX_BATCH_SIZE: int = Field(256, ge=1, description="requests in one batched forward")
     BATCH_WAIT_MS: float = Field(0.0, ge=0, description="wait for a fuller batch (0: never)")
     MAX_QUEUE: int = Field(4096, ge=1, description="queued jobs per model before 429")
+    # A state is 0.2 to 1.5 KB whatever its prefix's length (~0.7 to 2 KB an entry, counted):
+    # 32 MiB keeps some 16,000 to 45,000 prefixes, a small part of a replica's memory.
+    PREFIX_CACHE_MB: float = Field(
+        32.0,
+        ge=0,
+        description="memory of the stateless requests' prefix cache (states after shared "
+        "prefixes), least recently used evicted past it (0: off)",
+    )
+    PREFIX_CACHE_SCOPE: Literal["shared", "per_key"] = Field(
+        "shared",
+        description="shared: one key's prefixes serve every key (a hit is faster, which "
+        "tells a caller that someone sent its prefix); per_key: each key's its own",
+    )
     MAX_QUEUE_SHARE: float = Field(
         0.25,
         gt=0,

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import orjson
 import pythonjsonlogger.orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,6 +65,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 WORD_BUCKETS = (0.0001, 0.00025, *LATENCY_BUCKETS, 5.0, 10.0)
 # (model, version, running, waiting) of every engine, read at scrape time
 EngineJobs = Callable[[], Iterable[tuple[str, int, int, int]]]
+# (model, version, (hits, misses, tokens saved, bytes, entries)) of every version the prefix
+# cache served, read at scrape time
+PrefixCacheCounts = Callable[[], Iterable[tuple[str, str, tuple[int, int, int, int, int]]]]
 
 
 MAX_CHILDREN = 10_000  # (method, route, status) kept looked up; methods come from clients
@@ -190,6 +193,45 @@ class Metrics:
                 yield waiting
 
         self.registry.register(EngineGauges())
+
+    def add_prefix_cache(self, read: PrefixCacheCounts) -> None:
+        """The prefix cache's hits, misses, prompt tokens not fed, bytes and entries by model
+        and version, read from it at scrape time (app.serving.prefix_cache)."""
+
+        class PrefixCacheMetrics(Collector):
+            def collect(self) -> Iterable[Metric]:
+                labels = ["model", "version"]
+                families: tuple[CounterMetricFamily | GaugeMetricFamily, ...] = (
+                    CounterMetricFamily(
+                        "prefix_cache_hits",
+                        "stateless requests that started from a cached prefix's state",
+                        labels=labels,
+                    ),
+                    CounterMetricFamily(
+                        "prefix_cache_misses",
+                        "stateless requests that found no cached prefix",
+                        labels=labels,
+                    ),
+                    CounterMetricFamily(
+                        "prefix_cache_tokens_saved",
+                        "prompt tokens not fed thanks to a cached prefix",
+                        labels=labels,
+                    ),
+                    GaugeMetricFamily(
+                        "prefix_cache_bytes",
+                        "memory of the cached states, as counted against PREFIX_CACHE_MB",
+                        labels=labels,
+                    ),
+                    GaugeMetricFamily(
+                        "prefix_cache_entries", "cached prefixes' states", labels=labels
+                    ),
+                )
+                for model, version, counts in read():
+                    for family, value in zip(families, counts, strict=True):
+                        family.add_metric([model, version], value)
+                yield from families
+
+        self.registry.register(PrefixCacheMetrics())
 
     def add_gauge(self, name: str, doc: str, read: Callable[[], dict[str, int]]) -> None:
         """A gauge by model whose values are read at scrape time."""

@@ -153,6 +153,7 @@ class ModelRegistry:
     cell_mode: str = "eager"
     # given each new engine (the metrics' observer), before it starts
     on_engine: Callable[[LoadedModel], None] | None = None
+    on_unloaded: Callable[[LoadedModel], None] | None = None  # told once a version is gone
     # versions unloaded, as NAME@VERSION: their late sessions are told so (410)
     retired: set[str] = field(default_factory=set)
     _draining: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -467,6 +468,8 @@ class ModelRegistry:
             self.retired.add(lm.key)
             await lm.engine.stop()
             self._draining.pop(lm.key, None)
+            if self.on_unloaded is not None:
+                self.on_unloaded(lm)
             log.info("unloaded %s", lm.key)
             del lm
             release_memory()

@@ -38,6 +38,7 @@ from app.schemas.sessions import (
     SessionList,
     SessionNextWordRequest,
 )
+from app.serving.prefix_cache import PrefixCache
 from app.serving.runs import Choice, Run
 from app.serving.sessions import Lease, SessionRecord, SessionStore, applied
 from app.serving.streams import GenerationStream
@@ -74,6 +75,10 @@ class PredictionService:
         self.registry = registry
         self.sessions = sessions
         self.settings = settings
+        self.prefix_cache = PrefixCache(
+            int(settings.PREFIX_CACHE_MB * 2**20), settings.PREFIX_CACHE_SCOPE == "per_key"
+        )
+        registry.on_unloaded = self.prefix_cache.drop  # a gone version's states with it
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
@@ -208,16 +213,13 @@ class PredictionService:
         return [{"word": itos[i], "prob": p} for i, p in top]
 
     # -- stateless ---------------------------------------------------------------------------
-    async def next_word(self, req: NextWordRequest) -> Plain:
-        """NextWordResponse's fields (see `Plain`)."""
+    async def next_word(self, req: NextWordRequest, owner: str = ANONYMOUS) -> Plain:
+        """NextWordResponse's fields (see `Plain`); fed from the prefix cache's state after
+        the text's longest cached prefix (the owner's own under PREFIX_CACHE_SCOPE=per_key)."""
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text, need_words=True)
-        seq = lm.engine.open()
-        try:
-            top = await seq.step(ids, req.top_k)
-        finally:
-            seq.close()
+        top = await self.prefix_cache.step(lm, owner, ids, req.top_k)
         return {
             "model": lm.name,
             "version": lm.version,
@@ -225,14 +227,12 @@ class PredictionService:
             "next": self.next_list(lm, top),
         }
 
-    async def continuation(self, req: ContinuationRequest) -> ContinuationResponse:
+    async def continuation(
+        self, req: ContinuationRequest, owner: str = ANONYMOUS
+    ) -> ContinuationResponse:
         lm = self.model(req.model)
         params, ids = self.continuation_input(lm, req, None)
-        seq = lm.engine.open()
-        try:
-            gen = await seq.generate(ids, params)
-        finally:
-            seq.close()
+        gen = await self.prefix_cache.generate(lm, owner, ids, params)
         return ContinuationResponse(**generated(lm, gen))
 
     def continuation_input(
