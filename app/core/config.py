@@ -296,7 +296,9 @@ class Settings(BaseSettings):
     @field_validator("STATE_SIGNING_KEY")
     @classmethod
     def _signing_key_is_long(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < MIN_KEY_CHARS:
+        if v is None or not v.get_secret_value():  # compose passes an empty value: off
+            return None
+        if len(v.get_secret_value()) < MIN_KEY_CHARS:
             raise ValueError(
                 f"STATE_SIGNING_KEY is too short: it needs at least {MIN_KEY_CHARS} characters "
                 "(e.g. openssl rand -hex 32)"

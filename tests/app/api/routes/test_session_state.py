@@ -10,10 +10,11 @@ import struct
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from app.main import create_app
 from launchers import AppProcess
+from tests.app.conftest import make_settings
 
 KEY = "state-signing-key-0123456789abcdef"
 USER_A, USER_B = "user-a-key-0123456789", "user-b-key-0123456789"
@@ -276,6 +277,13 @@ def test_without_a_signing_key_state_routes_answer_501(settings):
         assert count(c) == before
         # a fork needs no document: it works without a key
         assert c.post(f"/v1/sessions/{sid}/fork").status_code == 201
+
+
+def test_a_short_signing_key_stops_the_start(store):
+    with pytest.raises(ValidationError, match="STATE_SIGNING_KEY is too short") as e:
+        make_settings(store, STATE_SIGNING_KEY="s3cr3t-short")
+    assert "s3cr3t" not in str(e.value)  # the key is not echoed
+    assert make_settings(store, STATE_SIGNING_KEY="").STATE_SIGNING_KEY is None  # compose's ""
 
 
 def test_another_key_cannot_fork_or_snapshot(settings):
