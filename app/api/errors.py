@@ -25,12 +25,14 @@ from starlette.types import Send
 from app.api.routes import OPENAI_PATHS
 from app.core.errors import (
     AtCapacity,
+    BadState,
     BadText,
     Conflict,
     EngineFailure,
     Forbidden,
     Gone,
     InvalidRequest,
+    NotEnabled,
     NotReady,
     OverLimit,
     ServiceError,
@@ -55,8 +57,10 @@ STATUS: dict[type[ServiceError], int] = {
     Gone: 410,
     TextTooLong: 413,
     BadText: 422,
+    BadState: 422,
     AtCapacity: 429,
     EngineFailure: 500,
+    NotEnabled: 501,
     NotReady: 503,
 }
 OPENAI_TYPES = {

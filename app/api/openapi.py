@@ -45,6 +45,7 @@ DESCRIPTIONS: dict[int, str | tuple[str, str]] = {
         "at capacity: too many sessions or queued steps (see Retry-After)",
         "at capacity (see Retry-After)",
     ),
+    501: "not set up on this server (the message names the missing setting)",
     503: "not ready, shutting down, the model's engine stopped, or the session store unreachable",
 }
 

@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         le=1,
         description="share of the requests traced (a caller's traceparent decides for its own)",
     )
+    STATE_SIGNING_KEY: SecretStr | None = Field(
+        None,
+        description="the secret that signs session state documents (HMAC-SHA256; at least "
+        f"{MIN_KEY_CHARS} characters, shared by every replica): GET /v1/sessions/{{id}}/state "
+        "and POST /v1/sessions with `state` answer 501 without it",
+    )
     AUTH_METRICS: bool = Field(False, description="with keys on, /metrics needs a key too")
     AUTH_DOCS: bool = Field(
         False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
@@ -284,6 +290,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAX_CONNECTIONS {v} does not fit this process's open-file limit ({limit}, "
                 "ulimit -n) with room for the rest: lower it, or raise the limit"
+            )
+        return v
+
+    @field_validator("STATE_SIGNING_KEY")
+    @classmethod
+    def _signing_key_is_long(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():  # compose passes an empty value: off
+            return None
+        if len(v.get_secret_value()) < MIN_KEY_CHARS:
+            raise ValueError(
+                f"STATE_SIGNING_KEY is too short: it needs at least {MIN_KEY_CHARS} characters "
+                "(e.g. openssl rand -hex 32)"
             )
         return v
 

@@ -44,6 +44,15 @@ class BadText(ServiceError):
     """A text that cannot be used: an unknown word, empty where a word is needed."""
 
 
+class BadState(ServiceError):
+    """A session state document that does not check (its signature, its model, its layout,
+    its values): 422, naming the fault; nothing is created."""
+
+
+class NotEnabled(ServiceError):
+    """A route this server was not set up for (a setting is missing, which it names): 501."""
+
+
 class TextTooLong(ServiceError):
     pass
 

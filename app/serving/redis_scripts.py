@@ -80,9 +80,10 @@ CREATE = (
 -- KEYS: session, owner's index, owner hash, owner's use order, then the index of every
 -- model (the new session's first)
 -- ARGV: id, model, state, dtype, shape, now_ms, ttl_ms, max_sessions, evict (0/1), prefix,
---       owner, max_per_owner (0: no share), version
+--       owner, max_per_owner (0: no share), version, tokens, last (JSON), spare ('' none)
 -- 1: made; 0: the server is full; -1: the owner's share is full. With evict, room is made
--- by evicting the owner's own least recently used session; one that holds none gets 0.
+-- by evicting the owner's own least recently used session other than `spare` (a fork's
+-- source, leased by the forking request); one that holds none gets 0.
 local now, ttl, prefix = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[10]
 local live = 0
 for i = 5, #KEYS do
@@ -91,8 +92,9 @@ for i = 5, #KEYS do
 end
 local function evict_own()
   if ARGV[9] == '0' then return false end
-  local first = redis.call('ZRANGE', KEYS[4], 0, 0)
+  local first = redis.call('ZRANGE', KEYS[4], 0, 1)
   local victim = first[1]
+  if victim ~= nil and victim == ARGV[16] then victim = first[2] end
   if victim == nil then return false end
   redis.call('DEL', prefix .. ':s:' .. victim)
   for i = 5, #KEYS do redis.call('ZREM', KEYS[i], victim) end
@@ -107,8 +109,8 @@ if share > 0 and redis.call('ZCARD', KEYS[2]) >= share then
 end
 if live >= tonumber(ARGV[8]) and not evict_own() then return 0 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'state', ARGV[3], 'dtype', ARGV[4],
-           'shape', ARGV[5], 'tokens', 0, 'last', '[]', 'created', ARGV[6], 'used', ARGV[6],
-           'owner', ARGV[11], 'version', ARGV[13])
+           'shape', ARGV[5], 'tokens', ARGV[14], 'last', ARGV[15], 'created', ARGV[6],
+           'used', ARGV[6], 'owner', ARGV[11], 'version', ARGV[13])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])

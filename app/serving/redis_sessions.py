@@ -62,6 +62,7 @@ from app.serving import redis_scripts as lua
 from app.serving.redis_records import RECORD_FIELDS, RedisLease, open_lease, parse_record
 from app.serving.sessions import (
     Lease,
+    Seed,
     SessionRecord,
     SessionStore,
     owner_full,
@@ -145,10 +146,19 @@ class RedisSessionStore(SessionStore):
         await self.redis.aclose()
 
     # -- sessions --------------------------------------------------------------------------
-    async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
+    async def create(
+        self,
+        model: LoadedModel,
+        owner: str = ANONYMOUS,
+        seed: Seed | None = None,
+        spare: str | None = None,
+    ) -> SessionRecord:
         sid = secrets.token_urlsafe(16)
         now_ms = int(time.time() * 1000)
-        zero = model.engine.zero_export
+        if seed is not None:
+            model.engine.open(seed.saved).close()  # LayoutMismatch before anything is written
+        zero = seed.saved if seed is not None else model.engine.zero_export
+        tokens, last = (seed.tokens_seen, list(seed.last_words)) if seed is not None else (0, [])
         indexes = [self.keys.index(model.name)] + [
             self.keys.index(n) for n in sorted(self.registry.models) if n != model.name
         ]
@@ -177,6 +187,9 @@ class RedisSessionStore(SessionStore):
                         owner,
                         self.max_per_owner if self.max_per_owner and owner != ANONYMOUS else 0,
                         model.version,
+                        tokens,
+                        json.dumps(last),
+                        spare or "",
                     ],
                 )
             )
@@ -187,7 +200,7 @@ class RedisSessionStore(SessionStore):
             raise server_full(self.max_sessions)
         self._counts[model.name] = self._counts.get(model.name, 0) + 1  # till the next sweep
         now = now_ms / 1000
-        return SessionRecord(sid, model.name, model.version, 0, [], now, now + self.ttl_s)
+        return SessionRecord(sid, model.name, model.version, tokens, last, now, now + self.ttl_s)
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, owner: str = ANONYMOUS) -> AsyncIterator[Lease]:

@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.config import Settings
-from app.core.errors import BadText, OverLimit, ServiceError, TextTooLong
+from app.core.errors import BadState, BadText, OverLimit, ServiceError, TextTooLong
 from app.core.observability import answered_by
 from app.core.redact import clip, clip_number
 from app.core.security import ANONYMOUS
 from app.engine.generation import Generation
 from app.engine.params import SamplingParams
 from app.engine.registry import LoadedModel, ModelRegistry
+from app.engine.sequences import LayoutMismatch
 from app.schemas.models import ModelDetail, ModelInfo, ModelList
 from app.schemas.openai import OpenAIModel
 from app.schemas.predict import (
@@ -37,10 +38,12 @@ from app.schemas.sessions import (
     SessionInfo,
     SessionList,
     SessionNextWordRequest,
+    SessionState,
 )
 from app.serving.prefix_cache import PrefixCache
 from app.serving.runs import Choice, Run
-from app.serving.sessions import Lease, SessionRecord, SessionStore, applied
+from app.serving.sessions import Lease, Seed, SessionRecord, SessionStore, applied
+from app.serving.state_documents import StateSigner
 from app.serving.streams import GenerationStream
 from model_store import UnknownWord, split_words
 
@@ -79,6 +82,7 @@ class PredictionService:
             int(settings.PREFIX_CACHE_MB * 2**20), settings.PREFIX_CACHE_SCOPE == "per_key"
         )
         registry.on_unloaded = self.prefix_cache.drop  # a gone version's states with it
+        self.signer = StateSigner(settings.STATE_SIGNING_KEY)
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
@@ -302,11 +306,27 @@ class PredictionService:
     async def create_session(
         self, req: SessionCreateRequest, owner: str = ANONYMOUS
     ) -> SessionCreated:
-        lm = self.model(req.model)  # checks come first: a refused request creates nothing
+        # checks come first: a refused request creates nothing
+        seed = None
+        if req.state is None:
+            lm = self.model(req.model)
+        elif req.model is not None:
+            raise BadText(
+                "give `model` or `state`, not both: a restored session stays on the model "
+                "version its state names"
+            )
+        else:  # the text, if any, is fed after the restored state
+            lm, seed = self.signer.read(req.state, self.registry)
+            answered_by.set(lm.label)
         self.check_top_k(lm, req.top_k)
         ids = self.encode(lm, req.text)
-        record = await self.sessions.create(lm, owner)
-        if not ids:  # nothing to feed: no step, no lease (an idle session stays small)
+        try:
+            record = await self.sessions.create(lm, owner, seed)
+        except LayoutMismatch as e:  # checked by the document already: a second guard
+            raise BadState(f"state does not fit model {lm.key}: {e}") from None
+        # nothing to feed nor to answer (a restored state has a distribution): no step, no
+        # lease (an idle session stays small)
+        if not ids and not record.tokens_seen:
             return SessionCreated(**self.session_fields(record), next=[])
         try:
             async with self.sessions.lease(record.id, owner) as lease:
@@ -317,6 +337,22 @@ class PredictionService:
             raise
         info = self.session_fields(self.sessions.record(lease))
         return SessionCreated(**info, next=nxt)
+
+    async def fork_session(self, session_id: str, owner: str = ANONYMOUS) -> SessionInfo:
+        """A new session of the same owner with the session's state, version and counters;
+        both go on independently. The source is held while its state is copied."""
+        async with self.sessions.lease(session_id, owner) as lease:
+            lm = self.leased(lease)
+            record = await self.sessions.create(lm, owner, Seed.of(lease), spare=lease.id)
+        return self.session_info(record)
+
+    async def session_state(self, session_id: str, owner: str = ANONYMOUS) -> SessionState:
+        """The session's state as a signed document (app.serving.state_documents)."""
+        self.signer.check_enabled()  # 501 before the session is looked up
+        async with self.sessions.lease(session_id, owner) as lease:
+            lm = self.leased(lease)
+            seed = Seed.of(lease)
+        return self.signer.document(lm, seed)
 
     async def list_sessions(
         self, owner: str = ANONYMOUS, limit: int = 100, cursor: str | None = None

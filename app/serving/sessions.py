@@ -27,7 +27,7 @@ from app.core.errors import AtCapacity, Gone, UnknownSession
 from app.core.redact import clip
 from app.core.security import ANONYMOUS
 from app.engine.registry import LoadedModel
-from app.engine.sequences import Applied, Sequence
+from app.engine.sequences import Applied, ExportedState, Sequence
 
 LAST_WORDS = 10  # words of its text a session remembers for display
 
@@ -55,6 +55,20 @@ class SessionRecord:
             created,
             expires_at,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """What a new session starts from other than the start state: a fork's or a restored
+    document's state and counters."""
+
+    saved: ExportedState
+    tokens_seen: int
+    last_words: list[str]
+
+    @classmethod
+    def of(cls, lease: Lease) -> Seed:
+        return cls(lease.seq.export(), lease.tokens_seen, list(lease.last_words))
 
 
 class Lease(Protocol):
@@ -90,8 +104,16 @@ class SessionStore(abc.ABC):
     in_process: bool  # the sessions live in this process (their states are open sequences)
 
     @abc.abstractmethod
-    async def create(self, model: LoadedModel, owner: str) -> SessionRecord:
-        """A new session at the start state; AtCapacity when full (or the owner's share is)."""
+    async def create(
+        self,
+        model: LoadedModel,
+        owner: str,
+        seed: Seed | None = None,
+        spare: str | None = None,
+    ) -> SessionRecord:
+        """A new session at the start state, or at `seed`'s state and counters (LayoutMismatch
+        if it does not fit `model`: nothing is created); AtCapacity when full (or the owner's
+        share is). The session `spare` (a fork's source) is never evicted to make room."""
 
     @abc.abstractmethod
     def lease(self, session_id: str, owner: str) -> contextlib.AbstractAsyncContextManager[Lease]:
@@ -238,14 +260,31 @@ class MemorySessionStore(SessionStore):
     def expires_at(self, session: Session) -> float:
         return session.last_used + self.ttl_s
 
-    async def create(self, model: LoadedModel, owner: str = ANONYMOUS) -> SessionRecord:
+    async def create(
+        self,
+        model: LoadedModel,
+        owner: str = ANONYMOUS,
+        seed: Seed | None = None,
+        spare: str | None = None,
+    ) -> SessionRecord:
         with self.spans.op("create") as span:
-            session = self.new(model, owner)
+            session = self.new(model, owner, seed)
             if span is not None:
                 tracing.tag(span, session.id)
         return self.record(session)
 
-    def new(self, model: LoadedModel, owner: str = ANONYMOUS) -> Session:
+    def new(self, model: LoadedModel, owner: str = ANONYMOUS, seed: Seed | None = None) -> Session:
+        seq = model.engine.open(seed.saved if seed is not None else None)  # may refuse it
+        try:
+            session = self._admit(model, owner, seq)
+        except BaseException:
+            seq.close()
+            raise
+        if seed is not None:
+            session.tokens_seen, session.last_words = seed.tokens_seen, list(seed.last_words)
+        return session
+
+    def _admit(self, model: LoadedModel, owner: str, seq: Sequence) -> Session:
         self.drop_expired()
         cap = self.max_per_owner
         if cap is not None and owner != ANONYMOUS and len(self._owned.get(owner, ())) >= cap:
@@ -253,7 +292,7 @@ class MemorySessionStore(SessionStore):
         if len(self._sessions) >= self.max_sessions:
             self._make_room(owner, server_full(self.max_sessions))
         now = self.clock()
-        session = Session(secrets.token_urlsafe(16), model, model.engine.open(), owner, now, now)
+        session = Session(secrets.token_urlsafe(16), model, seq, owner, now, now)
         self._sessions[session.id] = session
         self._owned.setdefault(owner, SortedList()).add(session.id)
         self._used.setdefault(owner, OrderedDict())[session.id] = session

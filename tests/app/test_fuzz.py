@@ -105,7 +105,11 @@ def server(store: Path, tmp_path: Path, request: pytest.FixtureRequest):
     that /v1 refuses requests without it, or with another); or with the admin API on and an
     admin key (its routes fuzzed too; /v1 open), on a store of its own (the admin routes
     load and unload its versions)."""
-    env = {"ACCESS_LOG": "false", **({request.param: KEY} if request.param else {})}
+    env = {
+        "ACCESS_LOG": "false",
+        "STATE_SIGNING_KEY": "fuzz-state-key-0123456789",  # the state routes on, not 501
+        **({request.param: KEY} if request.param else {}),
+    }
     if request.param == "ADMIN_API_KEYS":
         shutil.copytree(store, tmp_path / "store")
         store = tmp_path / "store"

@@ -19,6 +19,7 @@ from app.schemas.sessions import (
     SessionNextWordRequest,
     SessionNextWordResponse,
     SessionResetRequest,
+    SessionState,
 )
 from app.serving.service import Plain
 
@@ -29,12 +30,13 @@ router = APIRouter(prefix=f"{API_PREFIX}/sessions", tags=["sessions"])
     "",
     response_model=SessionCreated,
     status_code=201,
-    responses=documented(404, 429),
+    responses=documented(404, 422, 429, 501),
 )
 async def create_session(
     req: SessionCreateRequest, service: ServiceDep, owner: OwnerDep
 ) -> SessionCreated:
-    """Start a session: a hidden state kept between calls, optionally fed a first text."""
+    """Start a session: a hidden state kept between calls, optionally fed a first text, or
+    restored from a signed `state` document (then fed the text)."""
     return await service.create_session(req, owner)
 
 
@@ -102,3 +104,24 @@ async def reset_session(
     `model`, on that model or version (how a session moves to a new version)."""
     model = req.model if req is not None else None
     return await service.reset_session(session_id, owner, model)
+
+
+@router.post(
+    "/{session_id}/fork",
+    response_model=SessionInfo,
+    status_code=201,
+    responses=documented(404, 429),
+)
+async def fork_session(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionInfo:
+    """A new session with this one's state, model version and counters; both go on
+    independently."""
+    return await service.fork_session(session_id, owner)
+
+
+@router.get(
+    "/{session_id}/state", response_model=SessionState, responses=documented(404, 409, 410, 501)
+)
+async def get_session_state(session_id: str, service: ServiceDep, owner: OwnerDep) -> SessionState:
+    """The session's state as a portable document signed by this server (STATE_SIGNING_KEY):
+    `POST /v1/sessions {state}` restores it, here or on another server with the same key."""
+    return await service.session_state(session_id, owner)
