@@ -70,6 +70,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
         self.drain_s = drain_s
+        self.announced = False  # the drain's start logged
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain.draining:  # a second signal: what runs is cut now (503s, error events)
@@ -77,13 +78,19 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._captured_signals.append(sig)  # re-raised at the end, as uvicorn does
-        self.drain.begin()  # /ready says 503 from now on: the signal runs on the loop's thread
-        log.info(
-            "draining: %d requests in flight, at most %.1f s", self.drain.inflight, self.drain_s
-        )
+        # /ready says 503 from now on (the signal runs on the loop's thread). Nothing else
+        # here: a handler that logged could block on a lock the interrupted code holds.
+        self.drain.begin()
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain.draining and not self.should_exit:
+            if not self.announced:
+                self.announced = True
+                log.info(
+                    "draining: %d requests in flight, at most %.1f s",
+                    self.drain.inflight,
+                    self.drain_s,
+                )
             elapsed = self.drain.elapsed()
             if self.drain.inflight == 0 or elapsed >= self.drain_s:
                 # uvicorn's shutdown: stop listening, close idle connections, give what is
