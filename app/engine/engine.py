@@ -277,7 +277,8 @@ class Engine:
         (0 or 1: a prompt's word scored is none)."""
         gen = job.gen
         if gen is None:  # a step: its row is its top words
-            firsts.append(now - job.at)
+            if job.timed:
+                firsts.append(now - job.at)
             job.future.set_result(row)
             return 0
         if gen.finish is not None:  # that was the last word being fed

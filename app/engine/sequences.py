@@ -82,6 +82,7 @@ class Job:
     last: float = 0.0  # when its generation's latest word came (0: none yet)
     ran: bool = False  # a pass took it: running, no longer waiting
     trace: JobTrace | None = None  # its span, while tracing is on
+    timed: bool = True  # False: a step of the server's own (the prefix cache's), no first word
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +133,19 @@ class Sequence:
         return asyncio.get_running_loop().create_future()
 
     async def step(
-        self, ids: list[int], top_k: int, on_applied: Applied | None = None
+        self,
+        ids: list[int],
+        top_k: int,
+        on_applied: Applied | None = None,
+        timed: bool = True,
     ) -> list[tuple[int, float]]:
         """Feed `ids`; the `top_k` likeliest next words (id, prob).
 
         `on_applied` hears of every piece of ids as soon as the state holds it, even if the
         caller is cancelled meanwhile, so bookkeeping never drifts from the state itself.
+        `timed` False: no request's answer (a state kept on the way), no time to first word.
         """
-        job = Job(self, ids, self._future(), top_k, None, on_applied)
+        job = Job(self, ids, self._future(), top_k, None, on_applied, timed=timed)
         if tracing.tracer is not None:
             return await self._traced_step(job)
         self._submit(job, False)

@@ -55,6 +55,7 @@ class SessionCreateRequest(Strict):
         None,
         description="restore a session from a document of GET /v1/sessions/{id}/state (its "
         "model comes with it: give no `model`); `text` is then fed after it",
+        examples=[None],  # a real document is a server's own: GET .../state gives one
     )
 
 

@@ -220,7 +220,7 @@ class PrefixCache:
             for n, key in plan.keep:
                 if n == len(ids):  # the text's end: kept once the request fed it
                     break
-                await seq.step(ids[at:n], 0)
+                await seq.step(ids[at:n], 0, timed=False)
                 self.put(lm, key, seq.export(), plan.text)
                 at = n
         except BaseException:
@@ -261,7 +261,7 @@ class PrefixCache:
         seq, at, end = await self._open(lm, owner, ids)
         try:
             if end is not None:  # the text's end is kept: fed first, then generated from
-                await seq.step(ids[at:], 0)
+                await seq.step(ids[at:], 0, timed=False)
                 self.put(lm, end, seq.export())
                 at = len(ids)
             return await seq.generate(ids[at:], params)

@@ -15,7 +15,10 @@ from tests.app.pages.browser import OfflineGuard, launch, missing_chromium
 
 @pytest.fixture(scope="session")
 def live_server(store: Path) -> Iterator[AppProcess]:
-    server = AppProcess(store, ACCESS_LOG="false").start()
+    # with a signing key, as a deployment that offers session snapshots: every route answers
+    server = AppProcess(
+        store, ACCESS_LOG="false", STATE_SIGNING_KEY="pages-test-signing-key-0123456789"
+    ).start()
     yield server
     server.kill()
 
