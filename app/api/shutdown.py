@@ -101,16 +101,17 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+RETRY_ELSEWHERE = {"Retry-After": "1", "Connection": "close"}  # the headers of both 503s
+
+
 def shutdown_answer(openai: bool) -> Response:
     """The 503 of a request that has no answer yet when the drain ends."""
-    headers = {"Retry-After": "1", "Connection": "close"}
-    return error_response(503, MESSAGE, openai=openai, headers=headers)
+    return error_response(503, MESSAGE, openai=openai, headers=RETRY_ELSEWHERE)
 
 
 def draining_answer(openai: bool) -> Response:
     """The 503 of a request that arrives while the server drains: nothing of it was done."""
-    headers = {"Retry-After": "1", "Connection": "close"}
-    return error_response(503, DRAINING, openai=openai, headers=headers)
+    return error_response(503, DRAINING, openai=openai, headers=RETRY_ELSEWHERE)
 
 
 class ShutdownAnswers:

@@ -211,7 +211,9 @@ class PrefixCache:
     ) -> tuple[Sequence, int, Key | None]:
         """A sequence that has seen `ids` up to its last kept state inside the text (the
         states on the way kept), where it stands in `ids`, and the key of the text's end
-        when that is to be kept too."""
+        when that is to be kept too. With the cache off: a fresh sequence, nothing kept."""
+        if not self.on:
+            return lm.engine.open(), 0, None
         plan = self.plan(lm, owner, ids)
         engine: Engine = lm.engine
         seq = engine.open(plan.saved)
@@ -233,12 +235,6 @@ class PrefixCache:
         self, lm: LoadedModel, owner: str, ids: list[int], top_k: int
     ) -> list[tuple[int, float]]:
         """`Sequence.step` of a new sequence fed `ids`: its `top_k` next words."""
-        if not self.on:
-            seq = lm.engine.open()
-            try:
-                return await seq.step(ids, top_k)
-            finally:
-                seq.close()
         seq, at, end = await self._open(lm, owner, ids)
         try:
             top = await seq.step(ids[at:], top_k)
@@ -252,12 +248,6 @@ class PrefixCache:
         self, lm: LoadedModel, owner: str, ids: list[int], params: SamplingParams
     ) -> Generation:
         """`Sequence.generate` of a new sequence fed `ids`."""
-        if not self.on:
-            seq = lm.engine.open()
-            try:
-                return await seq.generate(ids, params)
-            finally:
-                seq.close()
         seq, at, end = await self._open(lm, owner, ids)
         try:
             if end is not None:  # the text's end is kept: fed first, then generated from
