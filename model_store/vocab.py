@@ -27,8 +27,12 @@ class UnknownWord(ValueError):
 
 
 def split_words(text: str) -> list[str]:
-    """Split a text into tokens: lower case, `,` its own token, runs of spaces ignored."""
-    return _TOKEN_RE.findall(text.lower())
+    """Split a text into tokens: lower case, `,` its own token, runs of spaces ignored.
+
+    The tokens `_TOKEN_RE` finds, by str methods in C at a quarter of the regex's time (a
+    7,000-character prompt: 82 against 336 µs); `str.split` and the regex's `\\s` agree on
+    every code point (both are `str.isspace`; tests/model_store/test_vocab.py checks)."""
+    return text.lower().replace(",", " , ").split()
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,17 @@ class Vocab:
         Besides the words, `xxbos` (the start-of-stream token the models were trained with) is
         accepted; other special tokens are not.
         """
-        typable = self.typable
+        return self.encode_tokens(text)[1]
+
+    def encode_tokens(self, text: str) -> tuple[list[str], list[int]]:
+        """`split_words(text)` and their ids (`encode`'s): the words as the vocabulary spells
+        them, without decoding the ids again."""
         tokens = split_words(text)
-        ids = [typable.get(tok, -1) for tok in tokens]  # one lookup a token: the service's path
-        if -1 in ids:
-            pos = ids.index(-1)
-            raise UnknownWord(tokens[pos], pos)
-        return ids
+        try:  # one lookup a token, in C: the service's path
+            return tokens, list(map(self.typable.__getitem__, tokens))
+        except KeyError:
+            pos = next(i for i, tok in enumerate(tokens) if tok not in self.typable)
+            raise UnknownWord(tokens[pos], pos) from None
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.itos[i] for i in ids]

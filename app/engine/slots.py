@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -147,11 +149,16 @@ def describe(spec: dict[str, StateSpec]) -> tuple[str, str]:
     """(dtype, shape) texts of a state layout, as stored beside exported bytes. A state of one
     float32 part `h` keeps the seed format ("float32", "1,56"); others name every part:
     ("parts", "h:float32:1,64;keys:float32:16,16;...")."""
-    if list(spec) == ["h"] and spec["h"].dtype == torch.float32:
-        return "float32", ",".join(str(n) for n in spec["h"].shape)
+    return _describe(tuple(spec.items()))
+
+
+@functools.cache  # a handful of layouts (one a model); asked on every restore and export
+def _describe(spec: tuple[tuple[str, StateSpec], ...]) -> tuple[str, str]:
+    if len(spec) == 1 and spec[0][0] == "h" and spec[0][1].dtype == torch.float32:
+        return "float32", ",".join(str(n) for n in spec[0][1].shape)
     parts = (
         f"{name}:{str(s.dtype).removeprefix('torch.')}:{','.join(str(n) for n in s.shape)}"
-        for name, s in spec.items()
+        for name, s in spec
     )
     return "parts", ";".join(parts)
 
@@ -166,15 +173,12 @@ def to_bytes(state: State, spec: dict[str, StateSpec]) -> bytes:
 
 def from_bytes(data: bytes, spec: dict[str, StateSpec]) -> State:
     """The inverse of `to_bytes`; ValueError if the length does not fit the layout."""
-    sizes = {
-        name: torch.Size(s.shape).numel() * torch.empty(0, dtype=s.dtype).element_size()
-        for name, s in spec.items()
-    }
+    sizes = {name: math.prod(s.shape) * s.dtype.itemsize for name, s in spec.items()}
     if len(data) != sum(sizes.values()):
         raise ValueError(f"{len(data)} bytes of state, the layout needs {sum(sizes.values())}")
     buf, state, at = bytearray(data), {}, 0
     for name, s in spec.items():
-        part = torch.frombuffer(buf, dtype=s.dtype, count=torch.Size(s.shape).numel(), offset=at)
+        part = torch.frombuffer(buf, dtype=s.dtype, count=math.prod(s.shape), offset=at)
         state[name] = part.view(s.shape)
         at += sizes[name]
     return state

@@ -154,9 +154,15 @@ class PredictionService:
 
     def encode(self, lm: LoadedModel, text: str, need_words: bool = False) -> list[int]:
         """Token ids of `text`; 413 past MAX_TEXT_CHARS, 422 naming an unknown word."""
+        return self.encode_tokens(lm, text, need_words)[1]
+
+    def encode_tokens(
+        self, lm: LoadedModel, text: str, need_words: bool = False
+    ) -> tuple[list[str], list[int]]:
+        """`encode`, with the tokens as the vocabulary spells them (`decode(ids)`)."""
         self.check_length(text)
         try:
-            ids = lm.vocab.encode(text)
+            tokens, ids = lm.vocab.encode_tokens(text)
         except UnknownWord as e:
             raise BadText(
                 f"unknown word {clip(e.word)} at position {e.position}: the vocabulary of model "
@@ -164,7 +170,7 @@ class PredictionService:
             ) from None
         if need_words and not ids:
             raise BadText("text has no words: give at least one word of the model's vocabulary")
-        return ids
+        return tokens, ids
 
     def check_top_k(self, lm: LoadedModel, top_k: int | None) -> None:
         if top_k is not None and top_k > len(lm.vocab):
@@ -222,12 +228,12 @@ class PredictionService:
         the text's longest cached prefix (the owner's own under PREFIX_CACHE_SCOPE=per_key)."""
         lm = self.model(req.model)
         self.check_top_k(lm, req.top_k)
-        ids = self.encode(lm, req.text, need_words=True)
+        tokens, ids = self.encode_tokens(lm, req.text, need_words=True)
         top = await self.prefix_cache.step(lm, owner, ids, req.top_k)
         return {
             "model": lm.name,
             "version": lm.version,
-            "tokens": lm.vocab.decode(ids),
+            "tokens": tokens,
             "next": self.next_list(lm, top),
         }
 
@@ -389,11 +395,11 @@ class PredictionService:
         async with self.sessions.lease(session_id, owner) as lease:
             lm = self.leased(lease)  # checks come first: a bad request changes nothing
             self.check_top_k(lm, req.top_k)
-            ids = self.encode(lm, req.text)
+            tokens, ids = self.encode_tokens(lm, req.text)
             nxt = await self._session_step(lease, ids, req.top_k)
         return {
             **self.session_fields(self.sessions.record(lease)),
-            "tokens": lm.vocab.decode(ids),
+            "tokens": tokens,
             "next": nxt,
         }
 

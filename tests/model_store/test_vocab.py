@@ -1,6 +1,11 @@
+import random
+import re
+import sys
+
 import pytest
 
 from model_store import UnknownWord, split_words
+from model_store.vocab import _TOKEN_RE
 
 
 def test_split_is_case_insensitive_and_commas_may_touch():
@@ -14,6 +19,25 @@ def test_split_is_case_insensitive_and_commas_may_touch():
         "four",
     ]
     assert split_words("") == []
+
+
+def test_split_equals_the_token_pattern_on_any_text():
+    """split_words works by str methods; its tokens are the pattern's (what token_ends and the
+    docs describe) on texts of every kind of space, commas, letters and odd code points."""
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    pieces = [*spaces, ",", ",,", "one", "Two", "xxbos", "é", "İ", "\u200b", "\x00", "-"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert split_words(text) == _TOKEN_RE.findall(text.lower()), repr(text)
+    assert all(re.fullmatch(r"\s", c) for c in spaces)  # the pattern's \s is str.isspace
+
+
+def test_encode_tokens_are_the_words_of_the_ids(data):
+    text = " Eight thousand,nine , XXBOS"
+    tokens, ids = data.vocab.encode_tokens(text)
+    assert tokens == ["eight", "thousand", ",", "nine", ",", "xxbos"]
+    assert data.vocab.decode(ids) == tokens and data.vocab.encode(text) == ids
 
 
 def test_encode_decode_round_trip(data):
