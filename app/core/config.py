@@ -250,6 +250,17 @@ class Settings(BaseSettings):
         f"{MIN_KEY_CHARS} characters, shared by every replica): GET /v1/sessions/{{id}}/state "
         "and POST /v1/sessions with `state` answer 501 without it",
     )
+    STATE_SIGNING_KEY_FILE: Path | None = Field(
+        None,
+        description="a file of state signing keys, one a line (# comments and blank lines "
+        "ignored), instead of STATE_SIGNING_KEY: the first signs, every one checks (to rotate, "
+        "put the new key first and keep the old one below it while its documents matter)",
+    )
+    STATE_SIGNING_KEY_FALLBACKS: SecretStr | None = Field(
+        None,
+        description="comma-separated older signing keys: documents they signed still restore, "
+        "nothing new is signed with them (rotation with STATE_SIGNING_KEY)",
+    )
     AUTH_METRICS: bool = Field(False, description="with keys on, /metrics needs a key too")
     AUTH_DOCS: bool = Field(
         False, description="with keys on, /docs, /redoc and /openapi.json need a key too"
@@ -316,6 +327,7 @@ class Settings(BaseSettings):
     def _keys_are_readable(self) -> Settings:
         self.api_keys()  # a bad key or key file stops the start, with the reason
         self.admin_api_keys()
+        self.state_signing_keys()
         return self
 
     def max_lingering(self) -> int:
@@ -338,20 +350,55 @@ class Settings(BaseSettings):
             )
         return keys
 
+    def state_signing_keys(self) -> list[str]:
+        """The keys that check state documents, the one that signs first; [] when documents
+        are off. ValueError (the start stops) for a key file that cannot be read or holds a
+        short key, both STATE_SIGNING_KEY and its file, or fallbacks with nothing to sign."""
+        if self.STATE_SIGNING_KEY is not None and self.STATE_SIGNING_KEY_FILE is not None:
+            raise ValueError(
+                "STATE_SIGNING_KEY and STATE_SIGNING_KEY_FILE are both set: give the signing "
+                "key one way (older keys go below it in the file, or in "
+                "STATE_SIGNING_KEY_FALLBACKS)"
+            )
+        keys = [self.STATE_SIGNING_KEY.get_secret_value()] if self.STATE_SIGNING_KEY else []
+        if self.STATE_SIGNING_KEY_FILE is not None:
+            keys = read_lines("STATE_SIGNING_KEY_FILE", self.STATE_SIGNING_KEY_FILE)
+        fallbacks = self.STATE_SIGNING_KEY_FALLBACKS
+        older = [k.strip() for k in fallbacks.get_secret_value().split(",")] if fallbacks else []
+        older = [k for k in older if k]
+        if older and not keys:
+            raise ValueError(
+                "STATE_SIGNING_KEY_FALLBACKS is set without a key that signs: set "
+                "STATE_SIGNING_KEY (or STATE_SIGNING_KEY_FILE) too"
+            )
+        for i, key in enumerate(keys + older, 1):
+            if len(key) < MIN_KEY_CHARS:
+                raise ValueError(
+                    f"state signing key number {i} is too short: keys need at least "
+                    f"{MIN_KEY_CHARS} characters (e.g. openssl rand -hex 32)"
+                )
+        return list(dict.fromkeys(keys + older))
+
+
+def read_lines(setting: str, file: Path) -> list[str]:
+    """The keys of a key file: one a line, # comments and blank lines ignored; ValueError
+    naming the setting for a file that cannot be read or holds none."""
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{setting} {file}: {getattr(e, 'strerror', None) or e}") from None
+    keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
+    if not keys:
+        raise ValueError(f"{setting} {file} holds no key")
+    return keys
+
 
 def read_keys(setting: str, listed: SecretStr | None, file: Path | None) -> list[str]:
     keys = []
     if listed is not None:
         keys += [k.strip() for k in listed.get_secret_value().split(",") if k.strip()]
     if file is not None:
-        try:
-            lines = file.read_text().splitlines()
-        except OSError as e:
-            raise ValueError(f"{setting}_FILE {file}: {e.strerror}") from None
-        file_keys = [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
-        if not file_keys:
-            raise ValueError(f"{setting}_FILE {file} holds no key")
-        keys += file_keys
+        keys += read_lines(f"{setting}_FILE", file)
     what = "API key" if setting == "API_KEYS" else "admin key"
     for i, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_CHARS or any(c.isspace() for c in key):

@@ -12,6 +12,8 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
+
 from app.core.config import Settings
 from app.core.errors import BadState, BadText, OverLimit, ServiceError, TextTooLong
 from app.core.observability import answered_by
@@ -82,7 +84,7 @@ class PredictionService:
             int(settings.PREFIX_CACHE_MB * 2**20), settings.PREFIX_CACHE_SCOPE == "per_key"
         )
         registry.on_unloaded = self.prefix_cache.drop  # a gone version's states with it
-        self.signer = StateSigner(settings.STATE_SIGNING_KEY)
+        self.signer = StateSigner(tuple(map(SecretStr, settings.state_signing_keys())))
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:

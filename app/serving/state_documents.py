@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +38,7 @@ FORMAT = 1  # the document's format: a server reads its own only
 
 def part_sizes(spec: dict[str, StateSpec]) -> dict[str, int]:
     """Each part's size in bytes, in the order the exported bytes hold them."""
-    return {
-        name: torch.Size(s.shape).numel() * torch.empty(0, dtype=s.dtype).element_size()
-        for name, s in spec.items()
-    }
+    return {name: math.prod(s.shape) * s.dtype.itemsize for name, s in spec.items()}
 
 
 def canonical(doc: SessionState) -> bytes:
@@ -52,23 +50,24 @@ def canonical(doc: SessionState) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class StateSigner:
-    """Makes and checks documents with one key; without a key both answer 501."""
+    """Makes documents with the first key and checks them with any (the others are older
+    keys, kept while a rotation's documents matter); without a key both answer 501."""
 
-    key: SecretStr | None
+    keys: tuple[SecretStr, ...] = ()
 
-    def _key(self) -> bytes:
-        if self.key is None:  # never unsigned: the routes are off rather than unguarded
+    def _keys(self) -> list[bytes]:
+        if not self.keys:  # never unsigned: the routes are off rather than unguarded
             raise NotEnabled(
                 "session state documents are off on this server: it has no STATE_SIGNING_KEY "
                 "to sign and check them with (fork a session instead, or ask its operator)"
             )
-        return self.key.get_secret_value().encode()
+        return [k.get_secret_value().encode() for k in self.keys]
 
     def sign(self, doc: SessionState) -> str:
-        return hmac.new(self._key(), canonical(doc), hashlib.sha256).hexdigest()
+        return hmac.new(self._keys()[0], canonical(doc), hashlib.sha256).hexdigest()
 
     def check_enabled(self) -> None:
-        self._key()
+        self._keys()
 
     def document(self, lm: LoadedModel, seed: Seed) -> SessionState:
         """The signed document of a session's state on `lm`."""
@@ -92,14 +91,20 @@ class StateSigner:
     def read(self, doc: SessionState, registry: ModelRegistry) -> tuple[LoadedModel, Seed]:
         """The model version and the state of a document, once every check passed; BadState
         (422) naming the first that failed."""
-        key = self._key()
+        keys = self._keys()
         if doc.format != FORMAT:
             raise BadState(
                 f"state.format is {doc.format}: this server reads format {FORMAT} documents "
                 "(take a new snapshot from a server of this version)"
             )
-        want = hmac.new(key, canonical(doc), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want.encode(), doc.signature.encode()):
+        signed = canonical(doc)
+        given = doc.signature.encode()
+        if not any(  # every key is tried (no early out: the time says nothing of which)
+            [
+                hmac.compare_digest(hmac.new(k, signed, hashlib.sha256).hexdigest().encode(), given)
+                for k in keys
+            ]
+        ):
             raise BadState(
                 "state.signature does not check: the document was changed after it was signed, "
                 "or signed by a server with another STATE_SIGNING_KEY; nothing was created"

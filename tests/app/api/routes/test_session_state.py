@@ -263,6 +263,63 @@ def test_another_servers_key_is_refused(settings):
         refused(b, doc, "state.signature does not check")
 
 
+OLD, NEWER = "old-state-key-0123456789abcdef", "newer-state-key-0123456789abcd"
+
+
+def test_a_rotated_key_still_checks_what_it_signed_and_signs_nothing(settings, tmp_path):
+    """Rotation: documents signed with the old key restore on a server that signs with a new
+    one and keeps the old as a fallback (in the setting or below the first line of the key
+    file); what that server signs, the new key alone checks."""
+    with app_with(settings, STATE_SIGNING_KEY=SecretStr(OLD)) as old:
+        sid = new(old, text=TEXT)["session_id"]
+        doc, expected = snapshot(old, sid), probs(old, sid, MORE)
+    key_file = tmp_path / "state-keys"
+    key_file.write_text(f"# the first line signs\n{NEWER}\n\n{OLD}\n")
+    for how in (
+        {"STATE_SIGNING_KEY": SecretStr(NEWER), "STATE_SIGNING_KEY_FALLBACKS": SecretStr(OLD)},
+        {"STATE_SIGNING_KEY": None, "STATE_SIGNING_KEY_FILE": key_file},
+    ):
+        with app_with(settings, **how) as rotated:
+            restored = new(rotated, state=doc)["session_id"]
+            equal(probs(rotated, restored, MORE), expected)
+            again = snapshot(rotated, restored)
+        with app_with(settings, STATE_SIGNING_KEY=SecretStr(NEWER)) as newer:
+            assert new(newer, state=again)["tokens_seen"] == again["tokens_seen"]
+            refused(newer, doc, "state.signature does not check")  # the old key is gone here
+        with app_with(settings, STATE_SIGNING_KEY=SecretStr(OLD)) as old:
+            refused(old, again, "state.signature does not check")  # signed with NEWER only
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"STATE_SIGNING_KEY": KEY, "STATE_SIGNING_KEY_FILE": "FILE"}, "are both set"),
+        ({"STATE_SIGNING_KEY_FALLBACKS": OLD}, "without a key that signs"),
+        ({"STATE_SIGNING_KEY": KEY, "STATE_SIGNING_KEY_FALLBACKS": "short-s3cr3t"}, "too short"),
+        ({"STATE_SIGNING_KEY_FILE": "FILE", "write": "# none\n\n"}, "holds no key"),
+        ({"STATE_SIGNING_KEY_FILE": "FILE", "write": f"{KEY}\nshort-s3cr3t\n"}, "too short"),
+        ({"STATE_SIGNING_KEY_FILE": "MISSING"}, "No such file"),
+    ],
+    ids=[
+        "key-and-file",
+        "fallbacks-alone",
+        "short-fallback",
+        "empty-file",
+        "short-in-file",
+        "no-file",
+    ],
+)
+def test_bad_signing_key_settings_stop_the_start(store, tmp_path, env, problem):
+    env = dict(env)
+    key_file = tmp_path / "state-keys"
+    key_file.write_text(env.pop("write", f"{KEY}\n"))
+    for name, value in env.items():
+        env[name] = {"FILE": str(key_file), "MISSING": str(tmp_path / "nope")}.get(value, value)
+    with pytest.raises(ValidationError, match=problem) as e:
+        make_settings(store, **env)
+    assert "s3cr3t" not in str(e.value) and KEY not in str(e.value)  # no key is echoed
+
+
 # -- without a key, and other keys' sessions -----------------------------------------------------
 def test_without_a_signing_key_state_routes_answer_501(settings):
     with app_with(settings) as a:
