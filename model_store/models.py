@@ -45,19 +45,6 @@ class ModelConfig:
     # offers it), so a text of one number (`one,`) is counted on from its own first word.
     # Without it the first word is never in the history: only the words after it are.
     copy_start: bool = False
-    # gru-copy (with copy_value): the head also reads the embedding of the word that followed
-    # the offered one in the history (`nine` then `thousand`, or `nine` then `hundred`), so the
-    # answer at a carry can depend on the unit it carries: 999 -> one thousand, 9,999 -> ten
-    # thousand (round 7's candidate H, docs/benchmarks.md).
-    copy_lookahead: bool = False
-    # gru-copy (with copy_lookahead): the head also adds a nonlinear term of the pair (offered
-    # word, word after it), Q tanh(P [e_offered; e_after]), so a carry's answer can depend on
-    # the pair ((nine, hundred) -> one) apart from the offered word's successor.
-    copy_pair: bool = False
-    # gru-copy: the copy attention's score of each history entry also gets a learned bias by
-    # its distance (K numbers), so the latest "," can win over older ones where the keys alone
-    # are alike (runs of one-word numbers: `seven , eight , nine ,` offering "eight").
-    copy_recency: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -247,23 +234,13 @@ class CopyGRU(HumanNumbersLM):
         self.key = nn.Linear(h, d)
         self.sentinel = nn.Linear(h, 1)  # the score of "use the vocabulary"
         self.value = nn.Linear(h, h, bias=False) if config.copy_value else None
-        lookahead = config.copy_value and config.copy_lookahead
-        self.after = nn.Linear(h, h, bias=False) if lookahead else None
-        pair = lookahead and config.copy_pair
-        self.pair_in = nn.Linear(2 * h, h) if pair else None
-        self.pair_out = nn.Linear(h, h, bias=False) if pair else None
-        # recency[j]: the bias of the entry j + 1 places back from the newest (0: the newest)
-        self.recency = (
-            nn.Parameter(torch.zeros(config.copy_window)) if config.copy_recency else None
-        )
 
     # Without autograd, a one-word step (advance_state on (B, 1) ids, head_state in eval mode)
     # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
     fast_step = True
 
-    def _fast(self) -> bool:  # copy_step has no lookahead nor recency: the modules' path
-        plain = self.after is None and self.recency is None
-        return self.fast_step and not torch.is_grad_enabled() and plain
+    def _fast(self) -> bool:
+        return self.fast_step and not torch.is_grad_enabled()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
@@ -326,21 +303,11 @@ class CopyGRU(HumanNumbersLM):
         seen = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
         return {"h": h, "keys": keys, "ids": ids, "seen": seen}
 
-    def _mix(
-        self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor, back: Tensor | None = None
-    ) -> Tensor:
+    def _mix(self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor) -> Tensor:
         """Log-probabilities (B, T, V) of (B, T, H) outputs over a (B, C, D) history whose
-        entry c position t may not copy where blocked[b, t, c]; back (T, C): how many places
-        back from the newest entry position t can copy entry c is (0: the newest; only read
-        with copy_recency; None: the C = K entries of a state, the newest last)."""
+        entry c position t may not copy where blocked[b, t, c]."""
         q = self.query(out)  # (B, T, D)
         raw = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
-        if self.recency is not None:
-            k = self.config.copy_window
-            if back is None:  # a state's entries: the newest is the last
-                raw = raw + self.recency.flip(0)[-keys.shape[1] :]
-            else:
-                raw = raw + self.recency[back.clamp(0, k - 1)]
         scores = raw.masked_fill(blocked, float("-inf"))
         attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
         index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
@@ -351,18 +318,7 @@ class CopyGRU(HumanNumbersLM):
             # The offered word: the history's attention without the sentinel (a finite mask,
             # so a position with nothing to copy is offered nothing: zeros, not NaN).
             offer = torch.softmax(raw.masked_fill(blocked, -1e30), dim=2).masked_fill(blocked, 0)
-            offered = offer @ self.i_h(ids.clamp_min(0))  # (B, T, H)
-            feature = out + self.value(offered)
-            if self.after is not None:
-                # The word after each entry's: the next entry's id, where this position has
-                # read it (the next entry not blocked); nothing for the newest entry.
-                after = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -1)], dim=1)
-                unknown = torch.cat([blocked[..., 1:], blocked.new_ones(*blocked.shape[:2], 1)], 2)
-                seen = offer.masked_fill(unknown, 0) @ self.i_h(after.clamp_min(0))
-                feature = feature + self.after(seen)
-                if self.pair_in is not None and self.pair_out is not None:
-                    pair = torch.tanh(self.pair_in(torch.cat([offered, seen], dim=2)))
-                    feature = feature + self.pair_out(pair)
+            feature = out + self.value(offer @ self.i_h(ids.clamp_min(0)))  # (B, T, H)
         vocab = torch.log_softmax(self.h_o(self.bn(feature)), dim=2) + attn[..., -1:]
         # In probability space: p = gate * p_vocab + sum of the copied entries' weights. The
         # floor keeps log() finite (and its gradient zero) for words not in the history.
@@ -380,7 +336,7 @@ class CopyGRU(HumanNumbersLM):
         )
         band = (offset >= 1) & (offset <= self.config.copy_window)  # (T, C)
         blocked = ~band | (ids < 0).unsqueeze(1)
-        logp = self._mix(out, keys, ids, blocked, self.config.copy_window - offset)
+        logp = self._mix(out, keys, ids, blocked)
         return logp, self._keep(keys, ids, None, h)
 
     def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:

@@ -60,9 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (
         ("--copy-value", "gru-copy: the head reads the offered word's embedding"),
         ("--copy-start", "gru-copy: the first word fed to the zero state can be copied"),
-        ("--copy-lookahead", "gru-copy: the head reads the word after the offered one"),
-        ("--copy-pair", "gru-copy: the head reads a nonlinear term of offered and after"),
-        ("--copy-recency", "gru-copy: the copy attention has a learned bias by distance"),
         ("--restart-numbers", "restarted rows jump to a random number's first word"),
         ("--restart-bos", "restarted rows read xxbos first"),
     ):

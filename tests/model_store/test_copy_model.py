@@ -14,25 +14,18 @@ K = 6  # a small window, so the texts below cross it many times
 
 
 @pytest.fixture(
-    params=[
-        (False, False, {}),
-        (True, False, {}),
-        (True, True, {}),
-        (True, False, {"copy_lookahead": True, "copy_recency": True}),
-        (True, False, {"copy_lookahead": True, "copy_pair": True}),
-    ],
-    ids=["plain", "copy_value", "copy_start", "lookahead_recency", "lookahead_pair"],
+    params=[(False, False), (True, False), (True, True)],
+    ids=["plain", "copy_value", "copy_start"],
     autouse=True,
 )
 def copy_value(request):
     """Every test runs on each kind of model: make_model reads this."""
-    global COPY_VALUE, COPY_START, MORE
-    COPY_VALUE, COPY_START, MORE = request.param
+    global COPY_VALUE, COPY_START
+    COPY_VALUE, COPY_START = request.param
     return request.param[0]
 
 
 COPY_VALUE = COPY_START = False
-MORE: dict[str, bool] = {}  # the eighth round's options (docs/benchmarks.md)
 
 
 def make_model(seed: int = 0, copy_value: bool | None = None):
@@ -44,15 +37,12 @@ def make_model(seed: int = 0, copy_value: bool | None = None):
         key_size=8,
         copy_value=COPY_VALUE if copy_value is None else copy_value,
         copy_start=COPY_START,
-        **MORE,
     )
     model = build_model(config).eval()
     with torch.no_grad():  # real statistics for the norm layer, a sentinel that copies a lot
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
         model.sentinel.bias.fill_(-2.0)
-        if model.recency is not None:  # a bias by distance that matters
-            model.recency.uniform_(-2.0, 2.0)
     return model
 
 
@@ -190,8 +180,6 @@ def test_the_head_reads_the_word_the_copy_path_offers():
     """With the value layer at zero the model is the plain one; otherwise the vocabulary part
     depends on the offered word: the same text, a different word in the history, a different
     vocabulary distribution even where the sentinel takes everything."""
-    if MORE:
-        pytest.skip("copy_value alone (the eighth round's options: the test below)")
     plain, valued = make_model(12, copy_value=False), make_model(12, copy_value=True)
     assert valued.value is not None and plain.value is None
     valued.load_state_dict({**plain.state_dict(), "value.weight": valued.value.weight})
@@ -221,27 +209,3 @@ def test_copy_start_offers_the_first_word_of_a_fresh_state():
             _, state = model(x)
         assert state["ids"][0, -2:].tolist() == [9, 7]
         assert (5 in state["ids"][0].tolist()) == copy_start
-
-
-def test_the_eighth_rounds_options_at_zero_are_the_copy_value_model():
-    """copy_lookahead, copy_pair and copy_recency add to the copy_value model: with their
-    weights at zero it is that model exactly; otherwise the answer changes."""
-    if not MORE:
-        pytest.skip("the eighth round's options")
-    base, more = make_model(3), make_model(3)
-    base.config = more.config.__class__(**{**more.config.to_dict(), **dict.fromkeys(MORE, False)})
-    base.after = base.pair_in = base.pair_out = base.recency = None
-    x = torch.randint(0, 40, (2, 15))
-    with torch.no_grad():
-        for module in (more.after, more.pair_out):
-            if module is not None:
-                module.weight.zero_()
-        if more.recency is not None:
-            more.recency.zero_()
-        torch.testing.assert_close(more(x)[0], base(x)[0])
-        more.after.weight.normal_()
-        if more.pair_out is not None:
-            more.pair_out.weight.normal_()
-        if more.recency is not None:
-            more.recency.normal_()
-        assert not torch.allclose(more(x)[0], base(x)[0])
