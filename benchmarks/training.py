@@ -19,6 +19,8 @@ two numbers from 6,974..6,999, so the 25 numbers counted on hold 7,000), reporte
 whose offered word "nine" answers "one" at 999 -> one thousand (as at 9,999 -> ten thousand). The
 recipe flags (`--epochs`, `--layers`, ...) override
 each variant's recipe, for trying designs; `--seed-list` picks seeds other than 0..N-1.
+`--show-misses` (with `--counting`) prints what each seed answers where the counting check
+counts it wrong.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from training.evaluation import (
     PROXY_COUNTING_CARRY,
     PROXY_COUNTING_RANGES,
     breakdown,
+    counting_misses,
     counting_report,
     counts_on,
     greedy_words,
@@ -99,7 +102,16 @@ def main() -> None:
         help="print each seed's greedy continuation of each TEXT (read after xxbos)",
     )
     p.add_argument("--show-words", type=int, default=8, help="words --show generates")
+    p.add_argument(
+        "--show-misses",
+        action="store_true",
+        help="with --counting: print each prompt of the counting check a seed gets wrong (and"
+        " where a session from one or across the carry goes wrong) with its greedy"
+        " continuation, --show-words words",
+    )
     args = p.parse_args()
+    if args.show_misses and not args.counting:
+        p.error("--show-misses shows the counting check's misses: it needs --counting")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
@@ -180,6 +192,16 @@ def main() -> None:
                 if args.counting
                 else {}
             )
+            if args.counting and args.show_misses:
+                for name, text, said in counting_misses(
+                    result.model,
+                    data.vocab,
+                    words=args.show_words,
+                    ranges=ranges,
+                    carry=carry,
+                    also=(NINE_PROXY_CARRY,) if args.proxy == "nine" else (),
+                ):
+                    print(f"  seed {seed} misses {name}: {text} -> {' '.join(said)}", flush=True)
             for text in args.show:  # what it answers where it goes wrong
                 said = greedy_words(result.model, data.vocab, text, args.show_words)
                 print(f"  seed {seed}: {text} -> {' '.join(said)}", flush=True)

@@ -179,6 +179,26 @@ def crossing_name(carry: int) -> str:
     return f"{carry - 1:,} -> {carry:,}"
 
 
+def counting_prompts(
+    trials: int = 60,
+    seed: int = 0,
+    ranges: tuple[tuple[str, int, int], ...] = COUNTING_RANGES,
+    carry: int = COUNTING_CARRY,
+    also: tuple[int, ...] = (),
+) -> dict[str, list[tuple[int, int]]]:
+    """counting_report's next-number prompts as (start, numbers fed), by the name of the rate
+    they make: `trials` random starts of four numbers in each of `ranges` (drawn in order from
+    Random(seed)), then the crossings of `carry` and of each of `also` (those from 1 on)."""
+    rng = random.Random(seed)
+    prompts = {
+        name: [(rng.randint(lo, hi - 4), 4) for _ in range(trials)] for name, lo, hi in ranges
+    }
+    prompts[crossing_name(carry)] = crossing_trials(carry)
+    for more in also:
+        prompts[crossing_name(more)] = [(s, f) for s, f in crossing_trials(more) if s >= 1]
+    return prompts
+
+
 def counting_report(
     model: HumanNumbersLM,
     vocab: Vocab,
@@ -195,25 +215,46 @@ def counting_report(
     carry); for those two, the numbers right in a row. `bos` puts xxbos before every prompt, as
     the service reads a text; False measures from the bare zero state. `also`: more carries
     whose crossing is measured (their crossing_trials, those starting at 1 or later)."""
-    rng = random.Random(seed)
     out: dict[str, float] = {}
-    for name, lo, hi in ranges:
-        starts = [rng.randint(lo, hi - 4) for _ in range(trials)]
-        right = counts_on(model, vocab, starts, fed=4, run=1, bos=bos)
+    for name, prompts in counting_prompts(trials, seed, ranges, carry, also).items():
+        starts, feds = [s for s, _ in prompts], [f for _, f in prompts]
+        right = counts_on(model, vocab, starts, fed=feds, run=1, bos=bos)
         out[name] = sum(right) / len(right)
-    cross = crossing_trials(carry)
-    right = counts_on(
-        model, vocab, [s for s, _ in cross], fed=[f for _, f in cross], run=1, bos=bos
-    )
-    out[crossing_name(carry)] = sum(right) / len(right)
-    for more in also:
-        cross = [(s, f) for s, f in crossing_trials(more) if s >= 1]
-        right = counts_on(
-            model, vocab, [s for s, _ in cross], fed=[f for _, f in cross], run=1, bos=bos
-        )
-        out[crossing_name(more)] = sum(right) / len(right)
-    out["from 1 (of 120)"] = counts_on(model, vocab, [1], fed=1, run=120, bos=bos)[0]
-    out[f"from {carry - 10:,} (of 30)"] = counts_on(
-        model, vocab, [carry - 10], fed=1, run=30, bos=bos
-    )[0]
+    for name, start, run in counting_sessions(carry):
+        out[name] = counts_on(model, vocab, [start], fed=1, run=run, bos=bos)[0]
     return out
+
+
+def counting_sessions(carry: int = COUNTING_CARRY) -> list[tuple[str, int, int]]:
+    """counting_report's sessions counting on alone, as (name, the number fed, numbers to get
+    right): from one for 120, from `carry` - 10 for 30."""
+    return [("from 1 (of 120)", 1, 120), (f"from {carry - 10:,} (of 30)", carry - 10, 30)]
+
+
+def counting_misses(
+    model: HumanNumbersLM,
+    vocab: Vocab,
+    words: int = 6,
+    trials: int = 60,
+    seed: int = 0,
+    ranges: tuple[tuple[str, int, int], ...] = COUNTING_RANGES,
+    carry: int = COUNTING_CARRY,
+    also: tuple[int, ...] = (),
+) -> list[tuple[str, str, list[str]]]:
+    """What a model answers where counting_report counts it wrong (read after xxbos, as the
+    service reads a text): for each next-number prompt it misses, and for each session up to
+    its first wrong number, the rate's name, the text read and the greedy `words` after it."""
+    misses = []
+    for name, prompts in counting_prompts(trials, seed, ranges, carry, also).items():
+        starts, feds = [s for s, _ in prompts], [f for _, f in prompts]
+        right = counts_on(model, vocab, starts, fed=feds, run=1)
+        for (start, fed), r in zip(prompts, right, strict=True):
+            if not r:
+                text = number_text(range(start, start + fed)).strip()
+                misses.append((name, text, greedy_words(model, vocab, text, words)))
+    for name, start, run in counting_sessions(carry):
+        counted = counts_on(model, vocab, [start], fed=1, run=run)[0]
+        if counted < run:  # greedy equals the truth up to its first mistake: the text it read
+            text = number_text(range(start, start + 1 + counted)).strip()
+            misses.append((name, text, greedy_words(model, vocab, text, words)))
+    return misses

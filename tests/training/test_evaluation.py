@@ -81,3 +81,44 @@ def test_greedy_words_generates_words_only(data):
     assert greedy_words(model, v, "one, two,", 3) == [",", ",", ","]
     model.instead = v.stoi["five"]  # a word: chosen
     assert greedy_words(model, v, "one, two,", 2) == ["five", "five"]
+
+
+def test_counting_misses_are_the_prompts_the_report_counts_wrong(data):
+    """counting_misses lists exactly the prompts counting_report counts wrong (as many for
+    each rate as its rate misses), each with the model's greedy words after it; a session
+    appears with the text it read up to its first wrong number."""
+    from training.evaluation import (
+        PROXY_COUNTING_CARRY,
+        PROXY_COUNTING_RANGES,
+        counting_misses,
+        counting_prompts,
+        counting_report,
+    )
+
+    v = data.vocab
+    model = Peeker(len(v), wrong_at=v.stoi["ten"], instead=v.stoi["nine"])
+    asked = dict(ranges=PROXY_COUNTING_RANGES, carry=PROXY_COUNTING_CARRY, also=(10,))
+    report = counting_report(model, v, **asked)
+    misses = counting_misses(model, v, words=2, **asked)
+    prompts = counting_prompts(**asked)
+    for name, some in prompts.items():
+        missed = [text for n, text, _ in misses if n == name]
+        assert len(missed) == round((1 - report[name]) * len(some)), name
+    nine = [text for n, text, _ in misses if n == "9 -> 10"]
+    assert len(nine) == 8 and all(text.endswith("nine,") for text in nine)
+    assert nine[0] == "nine," and nine[-1] == "two, three, four, five, six, seven, eight, nine,"
+    # a range's misses: the prompts whose next number holds "ten", as its four numbers' text
+    from training.evaluation import greedy_words, number_text
+
+    for name, _, _ in PROXY_COUNTING_RANGES:
+        want = [
+            number_text(range(s, s + f)).strip()
+            for s, f in prompts[name]
+            if "ten" in number_words(s + f).split()
+        ]
+        assert [text for n, text, _ in misses if n == name] == want, name
+    sessions = {n: text for n, text, _ in misses if n.startswith("from")}
+    assert sessions["from 1 (of 120)"] == "one, two, three, four, five, six, seven, eight, nine,"
+    assert sessions["from 5,990 (of 30)"].endswith("six thousand nine,")  # then 6,010
+    for _, text, said in misses[:3] + misses[-2:]:  # the model's own words after the text
+        assert said == greedy_words(model, v, text, 2)
