@@ -244,16 +244,28 @@ class PrefixCache:
         finally:
             seq.close()
 
+    async def open(self, lm: LoadedModel, owner: str, ids: list[int]) -> tuple[Sequence, int]:
+        """A new sequence to generate from after `ids`, and how many of them its state has
+        seen (the rest are the generation's to feed): from the longest cached prefix, the
+        states on the way kept, and the text's end too when it is a boundary (fed first
+        then). The caller closes the sequence."""
+        seq, at, end = await self._open(lm, owner, ids)
+        try:
+            if end is not None:
+                await seq.step(ids[at:], 0, timed=False)
+                self.put(lm, end, seq.export())
+                at = len(ids)
+        except BaseException:
+            seq.close()
+            raise
+        return seq, at
+
     async def generate(
         self, lm: LoadedModel, owner: str, ids: list[int], params: SamplingParams
     ) -> Generation:
         """`Sequence.generate` of a new sequence fed `ids`."""
-        seq, at, end = await self._open(lm, owner, ids)
+        seq, at = await self.open(lm, owner, ids)
         try:
-            if end is not None:  # the text's end is kept: fed first, then generated from
-                await seq.step(ids[at:], 0, timed=False)
-                self.put(lm, end, seq.export())
-                at = len(ids)
             return await seq.generate(ids[at:], params)
         finally:
             seq.close()

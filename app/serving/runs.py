@@ -22,7 +22,9 @@ class Choice:
     prompt: int  # index of its prompt
     params: SamplingParams
     gen: Generation | None = None  # once started
-    seq: Sequence | None = None  # the lease's, or its own (closed when done)
+    seq: Sequence | None = None  # the lease's, or its own (closed when done; given opened,
+    # from the prefix cache, with `fed` of its prompt's ids already in its state)
+    fed: int = 0
     started: bool = False  # started (or never to be: the request failed); its end ends it
     index: int = 0  # in the response
 
@@ -86,8 +88,11 @@ class Run:
         # the prompt's words before the scored ones; nothing, when there is nothing to
         # generate and no session to keep them
         keep = lease is not None or params.max_words or params.forced
-        feed = ids[: len(ids) - len(params.forced)] if keep else []
-        c.seq = lease.seq if lease is not None else self.engine.open()
+        feed = ids[c.fed : len(ids) - len(params.forced)] if keep else []
+        if lease is not None:
+            c.seq = lease.seq
+        elif c.seq is None:
+            c.seq = self.engine.open()
         c.started = True
         end = functools.partial(self.ended, c)
         c.gen = c.seq.start(feed, params, self.applied, self.on_word, end, reserved)

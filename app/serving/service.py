@@ -262,10 +262,13 @@ class PredictionService:
             raise BadText("the session has seen no word yet: give a text to continue from")
         return params, ids
 
-    async def continuation_stream(self, req: ContinuationRequest) -> GenerationStream:
-        """A continuation's words as they come (see `stream`)."""
+    async def continuation_stream(
+        self, req: ContinuationRequest, owner: str = ANONYMOUS
+    ) -> GenerationStream:
+        """A continuation's words as they come (see `stream`), fed from the prefix cache as
+        `continuation` is."""
         lm = self.model(req.model)
-        return await self.stream(lm, req, None, contextlib.AsyncExitStack())
+        return await self.stream(lm, req, None, contextlib.AsyncExitStack(), owner)
 
     async def stream(
         self,
@@ -273,15 +276,23 @@ class PredictionService:
         req: ContinuationRequest | SessionContinuationRequest,
         lease: Lease | None,
         stack: contextlib.AsyncExitStack,
+        owner: str = ANONYMOUS,
     ) -> GenerationStream:
         """A continuation's stream, once its first word came: one that fails before any
         raises its error. A session's (its `lease` entered in `stack`) is held until the
-        stream ends; if it ends early, the session keeps its text and the words sent."""
+        stream ends; if it ends early, the session keeps its text and the words sent. A
+        stateless one starts from the prefix cache's state (the owner's own under per_key)."""
+        choice: Choice | None = None
         try:
             params, ids = self.continuation_input(lm, req, lease)
-            stream = GenerationStream(Run(lm.engine, [ids], [Choice(0, params)], lease), stack)
+            choice = Choice(0, params)
+            if lease is None:
+                choice.seq, choice.fed = await self.prefix_cache.open(lm, owner, ids)
+            stream = GenerationStream(Run(lm.engine, [ids], [choice], lease), stack)
             stream.start()
         except BaseException:
+            if lease is None and choice is not None and choice.seq is not None:
+                choice.seq.close()  # opened from the cache, never handed to a run
             await stack.aclose()
             raise
         await stream.first()

@@ -38,6 +38,6 @@ async def create_continuation(
 ) -> ContinuationResponse | Response:
     """Continue a text word by word: greedy at temperature 0, else sampled."""
     if req.stream:
-        stream = await service.continuation_stream(req)
+        stream = await service.continuation_stream(req, owner)
         return respond(stream, WordEvents(stream), service.settings)
     return await service.continuation(req, owner)

@@ -5,6 +5,7 @@ an unloaded version's states go with it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import tracemalloc
 from pathlib import Path
@@ -50,9 +51,19 @@ def texts(rng: random.Random) -> list[str]:
     return out
 
 
+async def streamed(c: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """A streamed continuation's words and probabilities, as the unstreamed answer has them."""
+    r = await c.post("/v1/continuation", json={**body, "stream": True})
+    assert r.status_code == 200, r.text
+    events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    assert "finish_reason" in events[-1], events[-1]
+    return {"words": [e["word"] for e in events[:-1]], "probs": [e["prob"] for e in events[:-1]]}
+
+
 async def answers(c: Any, model: str, batch: list[str], together: bool) -> list[Any]:
     """Each text's next words (the whole vocabulary) and its greedy and sampled
-    continuations; all at once (batched with one another) or one after another."""
+    continuations, the sampled one also streamed; all at once (batched with one another) or
+    one after another."""
 
     async def one(text: str) -> Any:
         nxt = await c.post("/v1/next-word", json={"text": text, "model": model, "top_k": 40})
@@ -60,11 +71,9 @@ async def answers(c: Any, model: str, batch: list[str], together: bool) -> list[
         greedy = await c.post(
             "/v1/continuation", json={"text": text, "model": model, "max_words": 6}
         )
-        sampled = await c.post(
-            "/v1/continuation",
-            json={"text": text, "model": model, "max_words": 6, "temperature": 1, "seed": 5},
-        )
-        return nxt.json()["next"], greedy.json(), sampled.json()
+        sample = {"text": text, "model": model, "max_words": 6, "temperature": 1, "seed": 5}
+        sampled = await c.post("/v1/continuation", json=sample)
+        return nxt.json()["next"], greedy.json(), sampled.json(), await streamed(c, sample)
 
     if together:
         return list(await asyncio.gather(*(one(t) for t in batch)))
@@ -75,11 +84,11 @@ def same(cached: list[Any], uncached: list[Any]) -> None:
     """The same words, probabilities within 1e-5, the invariant suite's bound: the uncached
     path itself differs by up to 1.4e-6 batched and alone (gru-copy), and the cache's
     answers differ from it by as much (measured: 3e-7 to 1.1e-6 asked one by one)."""
-    for (nxt, greedy, sampled), (nxt0, greedy0, sampled0) in zip(cached, uncached, strict=True):
+    for (nxt, *gens), (nxt0, *gens0) in zip(cached, uncached, strict=True):
         assert [w["word"] for w in nxt] == [w["word"] for w in nxt0]
         for w, w0 in zip(nxt, nxt0, strict=True):
             assert w["prob"] == pytest.approx(w0["prob"], abs=1e-5)
-        for got, want in ((greedy, greedy0), (sampled, sampled0)):
+        for got, want in zip(gens, gens0, strict=True):
             assert got["words"] == want["words"]
             assert got["probs"] == pytest.approx(want["probs"], abs=1e-5)
 
@@ -160,10 +169,14 @@ def test_per_key_scope_never_serves_another_keys_prefix(store):
         app = create_app(settings)
 
         async def scenario(c: Any) -> tuple[int, int]:
-            for key in (KEY_A, KEY_B, KEY_B):
+            for key, path, extra in (
+                (KEY_A, "/v1/next-word", {}),
+                (KEY_B, "/v1/continuation", {"stream": True}),  # a stream is the key's too
+                (KEY_B, "/v1/next-word", {}),
+            ):
                 r = await c.post(
-                    "/v1/next-word",
-                    json={"text": text, "model": "gru"},
+                    path,
+                    json={"text": text, "model": "gru", **extra},
                     headers={"Authorization": f"Bearer {key}"},
                 )
                 assert r.status_code == 200
@@ -172,8 +185,8 @@ def test_per_key_scope_never_serves_another_keys_prefix(store):
 
         return run_app(app, scenario)
 
-    assert misses("shared") == (2, 1)  # B's first request found A's prefix
-    assert misses("per_key") == (1, 2)  # only its own second one found B's
+    assert misses("shared") == (2, 1)  # B's first request (a stream) found A's prefix
+    assert misses("per_key") == (1, 2)  # only its own second one found B's (the stream's)
 
 
 def test_memory_stays_under_the_bound(store):
