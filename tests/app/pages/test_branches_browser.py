@@ -170,6 +170,39 @@ def test_save_then_restore_gives_the_same_session_without_feeding_it(
     assert_bars_match(playground, api, text + " five,")
 
 
+def test_each_branch_keeps_its_model_and_a_word_being_typed_is_not_saved(
+    playground: Page, api, tmp_path: Path
+):
+    listed = api.get("/v1/models").json()
+    other = next(m["name"] for m in listed["models"] if m["name"] != listed["default"])
+    playground.locator("#model").select_option(other)
+    box = playground.locator("#text")
+    box.press_sequentially("one, two, thir", delay=10)
+    wait_fed(playground, "one, two,")
+    expect(playground.locator("#status")).to_contain_text(f"on {other}: 4 tokens seen")
+
+    path, saved = save(playground, tmp_path)  # what the session has seen, not "thir"
+    assert saved["text"] == "one, two," and saved["state"]["tokens_seen"] == 4
+    assert saved["state"]["model"] == other and other in path.name
+    expect(box).to_have_value("one, two, thir")
+
+    # a session of the default model restored beside it: the branch is on that model
+    theirs, _ = signed_file(api, tmp_path, "nine, ten,")
+    playground.locator("#restore-file").set_input_files(theirs)
+    expect(playground.locator("#playground")).to_have_attribute("data-branch", "restored 1")
+    wait_fed(playground, "nine, ten,")
+    expect(playground.locator("#model")).to_have_value(listed["default"])
+    assert_bars_match(playground, api, "nine, ten,")
+
+    calls = Calls(playground)
+    playground.get_by_role("button", name="main", exact=True).click()
+    expect(playground.locator("#model")).to_have_value(other)
+    expect(box).to_have_value("one, two, thir")
+    wait_fed(playground, "one, two,")
+    assert_bars_match(playground, api, "one, two,")
+    assert calls.seen == []
+
+
 def signed_file(api: httpx.Client, tmp_path: Path, text: str) -> tuple[Path, dict[str, Any]]:
     """A file as Save writes it, of a session fed `text` (made through the API)."""
     sid = api.post("/v1/sessions", json={"text": text}).json()["session_id"]
