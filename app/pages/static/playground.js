@@ -2,23 +2,46 @@
 //
 // A session keeps the model's hidden state, so as the text grows only the new words are sent
 // (POST /v1/sessions/{id}/next-word). When earlier text changes, the session is reset and the
-// whole text fed again. Every call on the session runs one at a time (`exclusive`).
+// whole text fed again. Every call on a session runs one at a time (`exclusive`).
+//
+// Branches: each has its own text and session. Fork copies the shown branch's session on the
+// server (POST .../fork); Save downloads its signed state (GET .../state) with its text;
+// Restore starts a session from such a file (POST /v1/sessions {state}). None of them feeds a
+// word again: a branch's bars come from its own session.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN = /[^\s,]+|,/g; // the service's tokenizer: words, and commas even when touching
 const DEBOUNCE_MS = 200;
 
+const SAVE_KIND = "human-numbers-playground-session"; // what a saved file says it is
+
 const state = {
   key: "", // the API key: in this variable only, never stored
   models: [],
-  model: null,
-  words: new Set(), // what the model accepts (lower case)
-  sessionId: null,
-  fed: null, // tokens the session has been fed; null: unknown (reset and feed it all)
-  shown: null, // what the bars show: `${tokens}|${top_k}` of the last answer
+  words: new Set(), // what the shown branch's model accepts (lower case)
+  vocabularies: new Map(), // model name -> its words, fetched once
+  branches: [],
+  branch: null, // the one shown: its text is in the textarea, its bars on the page
+  forks: 0, // how many forks and restores were made: their branches' numbers
+  restores: 0,
   stream: null, // the AbortController of a running continuation
+  snapshots: true, // false once the service said it has no signing key (501)
 };
+
+// One line of work: its text, and the session that has been fed it.
+function newBranch(name, model) {
+  return {
+    name,
+    model,
+    text: "", // the textarea's text while another branch is shown
+    sessionId: null,
+    fed: null, // tokens the session has been fed; null: unknown (reset and feed it all)
+    shown: null, // what `next` is for: `${tokens}|${top_k}` of the last answer
+    next: [], // the last next-word distribution
+    info: null, // the last SessionInfo
+  };
+}
 
 class ApiError extends Error {
   constructor(status, detail) {
@@ -82,7 +105,8 @@ async function errorDetail(res) {
 
 // --- messages ------------------------------------------------------------------------------
 
-function showError(e) {
+// `stale`: the bars show the text before the fault (not so after a failed save or restore).
+function showError(e, stale = true) {
   if (e?.name === "AbortError") return;
   const el = $("error");
   if (e instanceof ApiError) {
@@ -94,7 +118,7 @@ function showError(e) {
     el.dataset.status = "";
   }
   el.hidden = false;
-  $("bars").classList.add("stale"); // they show the text before the fault
+  if (stale) $("bars").classList.add("stale");
 }
 
 function clearError() {
@@ -103,13 +127,23 @@ function clearError() {
   $("bars").classList.remove("stale");
 }
 
+// The shown branch's session (`info` its latest SessionInfo, or null: none yet).
 function showSession(info) {
+  const b = state.branch;
+  b.info = info;
   const main = $("playground");
+  main.dataset.branch = b.name;
   main.dataset.sessionId = info ? info.session_id : "";
-  main.dataset.fed = info && state.fed ? state.fed.join(" ") : ""; // what the bars are for
-  $("status").textContent = info
-    ? `Session ${info.session_id.slice(0, 8)}… on ${info.model}: ${info.tokens_seen} tokens seen`
-    : "";
+  main.dataset.fed = info && b.fed ? b.fed.join(" ") : ""; // what the bars are for
+  const session = info
+    ? `session ${info.session_id.slice(0, 8)}… on ${info.model}: ${info.tokens_seen} tokens seen`
+    : "no session yet";
+  $("status").textContent = `${b.name}: ${session}`;
+  setBranchControls();
+}
+
+function note(message) {
+  $("branch-note").textContent = message;
 }
 
 // --- the text and the session --------------------------------------------------------------
@@ -145,23 +179,24 @@ const topK = () => Number($("top-k").value) || 10;
 
 // Bring the session up to the text (creating or resetting it as needed) and show its bars.
 async function syncNow(all = false) {
-  if (!state.model) return;
+  const b = state.branch;
+  if (!b.model) return;
   const { tokens, partial } = readyTokens($("text").value, all);
   const key = `${tokens.join(" ")}|${topK()}`;
-  if (state.sessionId && state.fed && key === state.shown) {
+  if (b.sessionId && b.fed && key === b.shown) {
     highlight(partial);
     return;
   }
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      await feed(tokens);
-      state.shown = key;
+      await feed(b, tokens);
+      b.shown = key;
       clearError();
       highlight(partial);
       return;
     } catch (e) {
-      if (e instanceof ApiError && e.status === 404 && state.sessionId && attempt === 0) {
-        state.sessionId = null; // expired, or the service restarted: start a new one
+      if (e instanceof ApiError && e.status === 404 && b.sessionId && attempt === 0) {
+        b.sessionId = null; // expired, or the service restarted: start a new one
         continue;
       }
       showError(e);
@@ -170,28 +205,36 @@ async function syncNow(all = false) {
   }
 }
 
-async function feed(tokens) {
-  if (!state.sessionId) {
+// `b` is the shown branch: nothing changes it while a call on its session runs (`exclusive`).
+async function feed(b, tokens) {
+  if (!b.sessionId) {
     const created = await api("POST", "v1/sessions", {
-      model: state.model,
+      model: b.model,
       text: tokens.join(" "),
       top_k: topK(),
     });
-    state.sessionId = created.session_id;
-    state.fed = tokens;
-    showSession(created);
-    renderBars(created.next);
+    b.sessionId = created.session_id;
+    b.fed = tokens;
+    showAnswer(created);
     return;
   }
-  const base = `v1/sessions/${encodeURIComponent(state.sessionId)}`;
-  if (!state.fed || !isPrefix(state.fed, tokens)) {
+  const base = sessionPath(b);
+  if (!b.fed || !isPrefix(b.fed, tokens)) {
     // earlier text changed: back to the zero state, then the whole text
     await api("POST", `${base}/reset`);
-    state.fed = [];
+    b.fed = [];
   }
-  const fresh = tokens.slice(state.fed.length);
+  const fresh = tokens.slice(b.fed.length);
   const answer = await api("POST", `${base}/next-word`, { text: fresh.join(" "), top_k: topK() });
-  state.fed = tokens;
+  b.fed = tokens;
+  showAnswer(answer);
+}
+
+const sessionPath = (b) => `v1/sessions/${encodeURIComponent(b.sessionId)}`;
+
+// A session's answer (SessionInfo with `next`) for the shown branch.
+function showAnswer(answer) {
+  state.branch.next = answer.next;
   showSession(answer);
   renderBars(answer.next);
 }
@@ -299,6 +342,7 @@ function setStreaming(on) {
   $("text").readOnly = on;
   $("model").disabled = on || state.models.length === 0;
   $("playground").dataset.streaming = on ? "true" : "false";
+  setBranchControls();
 }
 
 async function continueText() {
@@ -322,7 +366,8 @@ async function continueText() {
   setStreaming(true);
   let finish = null;
   let started = false;
-  const path = `v1/sessions/${encodeURIComponent(state.sessionId)}/continuation`;
+  const b = state.branch; // the branch controls are off while it streams
+  const path = `${sessionPath(b)}/continuation`;
   try {
     const res = await request("POST", path, body, controller.signal);
     started = true;
@@ -334,7 +379,7 @@ async function continueText() {
       }
       out.append(wordSpan(event.word, event.prob), " ");
       $("text").value = appendWord($("text").value, event.word);
-      state.fed.push(event.word);
+      b.fed.push(event.word);
     }
     $("finish").textContent =
       finish === "stop" ? "Stopped at a stop word." : finish ? "Reached the word limit." : "";
@@ -345,12 +390,12 @@ async function continueText() {
       showError(e);
     }
     // the session may have gone further than the words we saw: feed it again
-    if (started) state.fed = null;
+    if (started) b.fed = null;
   } finally {
     state.stream = null;
     setStreaming(false);
   }
-  state.shown = null;
+  b.shown = null;
   await syncNow().catch(() => {});
 }
 
@@ -361,12 +406,13 @@ async function loadModels() {
   try {
     const list = await api("GET", "v1/models");
     state.models = list.models;
+    state.vocabularies.clear(); // another key may see other models
     select.replaceChildren(
       ...list.models.map((m) => {
         const variant = m.variant === m.name ? "" : ` (${m.variant})`;
         const acc = m.valid_accuracy == null ? "" : ` · accuracy ${m.valid_accuracy.toFixed(3)}`;
         const option = new Option(`${m.name}${variant}${acc}`, m.name);
-        option.selected = m.name === (state.model || list.default);
+        option.selected = m.name === (state.branch.model || list.default);
         return option;
       }),
     );
@@ -380,19 +426,28 @@ async function loadModels() {
   }
 }
 
+// The shown branch moves to model `name`: a new session, fed its text.
 async function useModel(name) {
   await dropSession();
-  state.model = name;
-  const detail = await api("GET", `v1/models/${encodeURIComponent(name)}`);
-  state.words = new Set(detail.words.map((w) => w.toLowerCase()));
+  state.branch.model = name;
+  await loadWords(name);
   await syncNow();
 }
 
+async function loadWords(name) {
+  let words = state.vocabularies.get(name);
+  if (!words) {
+    const detail = await api("GET", `v1/models/${encodeURIComponent(name)}`);
+    words = new Set(detail.words.map((w) => w.toLowerCase()));
+    state.vocabularies.set(name, words);
+  }
+  state.words = words;
+}
+
 async function dropSession() {
-  const id = state.sessionId;
-  state.sessionId = null;
-  state.fed = null;
-  state.shown = null;
+  const b = state.branch;
+  const id = b.sessionId;
+  Object.assign(b, { sessionId: null, fed: null, shown: null, next: [] });
   showSession(null);
   if (id) await api("DELETE", `v1/sessions/${encodeURIComponent(id)}`).catch(() => {});
 }
@@ -403,16 +458,220 @@ async function resetAll() {
   $("finish").textContent = "";
   clearError();
   renderBars([]);
-  if (state.sessionId) {
-    const info = await api("POST", `v1/sessions/${encodeURIComponent(state.sessionId)}/reset`);
-    state.fed = [];
-    state.shown = `|${topK()}`;
+  const b = state.branch;
+  b.next = [];
+  if (b.sessionId) {
+    const info = await api("POST", `${sessionPath(b)}/reset`);
+    b.fed = [];
+    b.shown = `|${topK()}`;
     showSession(info);
   }
   $("text").focus();
 }
 
+// --- branches: fork, save, restore ---------------------------------------------------------
+
+function renderBranches() {
+  const list = $("branches");
+  const focused = list.contains(document.activeElement);
+  list.replaceChildren(
+    ...state.branches.map((b) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "branch";
+      button.textContent = b.name;
+      button.setAttribute("aria-pressed", String(b === state.branch));
+      button.addEventListener("click", () => exclusive(() => showBranch(b)).catch(showError));
+      return button;
+    }),
+  );
+  if (focused) list.children[state.branches.indexOf(state.branch)].focus();
+  setBranchControls();
+}
+
+function setBranchControls() {
+  const streaming = state.stream !== null;
+  const ready = Boolean(state.branch?.model) && !streaming;
+  for (const button of $("branches").children) button.disabled = streaming;
+  $("fork").disabled = !ready;
+  $("close-branch").disabled = streaming || state.branches.length < 2;
+  $("save").disabled = !ready || !state.snapshots;
+  $("restore-file").disabled = streaming || !state.snapshots;
+}
+
+// Show branch `b` as the page left it: its text, model, bars and session (nothing is fed
+// unless its text has words its session has not seen yet).
+async function showBranch(b) {
+  if (b === state.branch) return;
+  state.branch.text = $("text").value;
+  state.branch = b;
+  $("text").value = b.text;
+  $("text").setSelectionRange(b.text.length, b.text.length); // typing goes on at its end
+  $("continuation").replaceChildren();
+  $("finish").textContent = "";
+  clearError();
+  if (state.snapshots) note(""); // (that they are off stays said)
+  renderBars(b.next);
+  showSession(b.info);
+  renderBranches();
+  $("model").value = b.model;
+  await loadWords(b.model);
+  await syncNow().catch(() => {}); // a fault is shown; the branch is shown all the same
+}
+
+// `fn(branch)` on the shown branch's session once it has the text's words; a session that
+// expired meanwhile is made again from the text, once.
+async function onSession(fn) {
+  for (let attempt = 0; ; attempt++) {
+    await syncNow();
+    const b = state.branch;
+    if (!b.sessionId) throw new Error("there is no model to start a session on");
+    try {
+      return await fn(b);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404 && attempt === 0) {
+        b.sessionId = null;
+        continue;
+      }
+      throw e;
+    }
+  }
+}
+
+async function forkBranch() {
+  const from = state.branch;
+  const info = await onSession((b) => api("POST", `${sessionPath(b)}/fork`));
+  // the copy's state is the source's: so are the words it has seen and its bars
+  const fork = {
+    ...from,
+    name: `fork ${++state.forks}`,
+    text: $("text").value,
+    sessionId: info.session_id,
+    fed: [...from.fed],
+  };
+  state.branches.push(fork);
+  await showBranch(fork);
+  showSession(info);
+  note(`Forked “${from.name}” as “${fork.name}”, a session of its own.`);
+}
+
+async function closeBranch() {
+  const b = state.branch;
+  const at = state.branches.indexOf(b);
+  if (state.branches.length < 2) return;
+  await showBranch(state.branches[at > 0 ? at - 1 : 1]);
+  state.branches.splice(at, 1);
+  renderBranches();
+  note(`Closed “${b.name}”.`);
+  if (b.sessionId) await api("DELETE", sessionPath(b)).catch(() => {});
+}
+
+const sameTokens = (a, b) => a.length === b.length && isPrefix(a, b);
+const textOf = (tokens) => tokens.join(" ").replace(/ ,/g, ",");
+
+async function saveBranch() {
+  let doc;
+  try {
+    doc = await onSession((b) => api("GET", `${sessionPath(b)}/state`));
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 501) return snapshotsOff(e);
+    throw e;
+  }
+  const b = state.branch;
+  const typed = $("text").value;
+  // the text as typed if the session has seen all of it, else the words it has seen
+  const text = sameTokens(tokensOf(typed), b.fed) ? typed : textOf(b.fed);
+  const saved = {
+    kind: SAVE_KIND,
+    saved_at: new Date().toISOString(),
+    branch: b.name,
+    text,
+    state: doc,
+  };
+  const stamp = saved.saved_at.slice(0, 19).replace(/:/g, "-");
+  const name = `human-numbers-session-${doc.model.replace(/[^\w.-]+/g, "-")}-${stamp}.json`;
+  download(name, `${JSON.stringify(saved, null, 2)}\n`);
+  note(`Saved “${b.name}” (${doc.tokens_seen} tokens seen) as ${name}.`);
+}
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// A file of Save's, checked before anything is sent: its text must be what its state has seen
+// (the text is not signed; the state is, and the service checks it).
+function readSave(text, name) {
+  let saved;
+  try {
+    saved = JSON.parse(text);
+  } catch {
+    throw new Error(`${name} is not JSON: choose a file saved by this page's Save`);
+  }
+  const doc = saved?.state;
+  if (typeof saved?.text !== "string" || typeof doc !== "object" || doc === null) {
+    throw new Error(`${name} is not a session saved by this page: it has no "text" and "state"`);
+  }
+  const tokens = tokensOf(saved.text);
+  const last = Array.isArray(doc.last_words) ? doc.last_words : [];
+  if (
+    (Number.isInteger(doc.tokens_seen) && tokens.length !== doc.tokens_seen) ||
+    !sameTokens(tokens.slice(Math.max(0, tokens.length - last.length)), last)
+  ) {
+    throw new Error(
+      `${name}: its text (${tokens.length} tokens) is not the text its state has seen ` +
+        `(${doc.tokens_seen} tokens): was the text changed after saving?`,
+    );
+  }
+  return saved;
+}
+
+// A saved session as a new branch: the current ones stay as they are.
+async function restoreFile(file) {
+  let saved;
+  try {
+    saved = readSave(await file.text(), file.name);
+  } catch (e) {
+    return showError(e, false);
+  }
+  let created;
+  try {
+    // the model and version come with the state; the text is not fed again
+    created = await api("POST", "v1/sessions", { state: saved.state, top_k: topK() });
+  } catch (e) {
+    return e instanceof ApiError && e.status === 501 ? snapshotsOff(e) : showError(e, false);
+  }
+  const b = newBranch(`restored ${++state.restores}`, created.model);
+  Object.assign(b, {
+    text: saved.text,
+    sessionId: created.session_id,
+    fed: tokensOf(saved.text),
+    next: created.next,
+    info: created,
+  });
+  b.shown = `${b.fed.join(" ")}|${topK()}`;
+  state.branches.push(b);
+  await showBranch(b);
+  note(`Restored ${file.name} as “${b.name}”: ${created.tokens_seen} tokens seen.`);
+}
+
+// The service has no signing key: Save and Restore cannot work there, and say so.
+function snapshotsOff(e) {
+  state.snapshots = false;
+  setBranchControls();
+  note(`Save and Restore are off (error ${e.status}): ${e.message}`);
+}
+
 function main() {
+  state.branch = newBranch("main", null);
+  state.branches.push(state.branch);
+  renderBranches();
   renderBars([]);
   $("text").addEventListener("input", debounced);
   $("top-k").addEventListener("input", debounced);
@@ -427,9 +686,10 @@ function main() {
   });
   $("api-key").addEventListener("change", (e) => {
     state.key = e.target.value.trim();
-    // sessions belong to the key that made them: start again under the new one
-    state.sessionId = null;
-    state.fed = null;
+    // sessions belong to the key that made them: every branch starts again under the new one
+    for (const b of state.branches) {
+      Object.assign(b, { sessionId: null, fed: null, shown: null, info: null });
+    }
     exclusive(loadModels).catch(() => {});
   });
   $("continue").addEventListener("click", () => exclusive(continueText).catch(() => {}));
@@ -437,6 +697,15 @@ function main() {
   $("reset").addEventListener("click", () => {
     state.stream?.abort();
     exclusive(resetAll).catch(showError);
+  });
+  const failed = (e) => showError(e, false);
+  $("fork").addEventListener("click", () => exclusive(forkBranch).catch(failed));
+  $("close-branch").addEventListener("click", () => exclusive(closeBranch).catch(failed));
+  $("save").addEventListener("click", () => exclusive(saveBranch).catch(failed));
+  $("restore-file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = ""; // the same file may be chosen again
+    if (file) exclusive(() => restoreFile(file)).catch(failed);
   });
   exclusive(loadModels).catch(() => {});
 }

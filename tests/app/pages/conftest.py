@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from launchers import AppProcess
 from tests.app.pages.browser import OfflineGuard, launch, missing_chromium
@@ -54,6 +55,15 @@ def page(browser: Browser, live_server: AppProcess) -> Iterator[Page]:
     context.close()
     assert guard.blocked == [], f"requests left this machine: {guard.blocked}"
     assert errors == [], f"JavaScript errors: {errors}"
+
+
+@pytest.fixture
+def playground(page: Page) -> Page:
+    """The playground, once its start-up calls are over (its first session exists)."""
+    page.goto("/")
+    expect(page.locator("#model")).to_be_enabled()
+    expect(page.locator("#playground")).to_have_attribute("data-session-id", re.compile("."))
+    return page
 
 
 def csp_violation(message: str) -> bool:
