@@ -107,7 +107,8 @@ class StateSigner:
         ):
             raise BadState(
                 "state.signature does not check: the document was changed after it was signed, "
-                "or signed by a server with another STATE_SIGNING_KEY; nothing was created"
+                "or signed with a key this server does not hold (STATE_SIGNING_KEY or its "
+                "fallbacks); nothing was created"
             )
         try:
             lm = registry.version(doc.model, doc.version)
