@@ -23,6 +23,7 @@ SEED_RECIPE = {
     "key_size": 16,
     "copy_value": False,
     "copy_start": False,
+    "copy_lookahead": False,
     "wd": 0.01,
     "reset": 0.0,
     "restart_begin": 0.0,
