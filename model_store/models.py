@@ -45,6 +45,11 @@ class ModelConfig:
     # offers it), so a text of one number (`one,`) is counted on from its own first word.
     # Without it the first word is never in the history: only the words after it are.
     copy_start: bool = False
+    # gru-copy (with copy_value): the head also reads the embedding of the word that followed
+    # the offered one in the history (`nine` then `thousand`, or `nine` then `hundred`), so the
+    # answer at a carry can depend on the unit it carries: 999 -> one thousand, 9,999 -> ten
+    # thousand (round 7's candidate H, docs/benchmarks.md).
+    copy_lookahead: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -234,13 +239,15 @@ class CopyGRU(HumanNumbersLM):
         self.key = nn.Linear(h, d)
         self.sentinel = nn.Linear(h, 1)  # the score of "use the vocabulary"
         self.value = nn.Linear(h, h, bias=False) if config.copy_value else None
+        lookahead = config.copy_value and config.copy_lookahead
+        self.after = nn.Linear(h, h, bias=False) if lookahead else None
 
     # Without autograd, a one-word step (advance_state on (B, 1) ids, head_state in eval mode)
     # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
     fast_step = True
 
-    def _fast(self) -> bool:
-        return self.fast_step and not torch.is_grad_enabled()
+    def _fast(self) -> bool:  # copy_step has no lookahead: the modules' path
+        return self.fast_step and not torch.is_grad_enabled() and self.after is None
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
@@ -318,7 +325,15 @@ class CopyGRU(HumanNumbersLM):
             # The offered word: the history's attention without the sentinel (a finite mask,
             # so a position with nothing to copy is offered nothing: zeros, not NaN).
             offer = torch.softmax(raw.masked_fill(blocked, -1e30), dim=2).masked_fill(blocked, 0)
-            feature = out + self.value(offer @ self.i_h(ids.clamp_min(0)))  # (B, T, H)
+            offered = offer @ self.i_h(ids.clamp_min(0))  # (B, T, H)
+            feature = out + self.value(offered)
+            if self.after is not None:
+                # The word after each entry's: the next entry's id, where this position has
+                # read it (the next entry not blocked); nothing for the newest entry.
+                after = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -1)], dim=1)
+                unknown = torch.cat([blocked[..., 1:], blocked.new_ones(*blocked.shape[:2], 1)], 2)
+                seen = offer.masked_fill(unknown, 0) @ self.i_h(after.clamp_min(0))
+                feature = feature + self.after(seen)
         vocab = torch.log_softmax(self.h_o(self.bn(feature)), dim=2) + attn[..., -1:]
         # In probability space: p = gate * p_vocab + sum of the copied entries' weights. The
         # floor keeps log() finite (and its gradient zero) for words not in the history.

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (
         ("--copy-value", "gru-copy: the head reads the offered word's embedding"),
         ("--copy-start", "gru-copy: the first word fed to the zero state can be copied"),
+        ("--copy-lookahead", "gru-copy: the head reads the word after the offered one"),
         ("--restart-numbers", "restarted rows jump to a random number's first word"),
         ("--restart-bos", "restarted rows read xxbos first"),
     ):

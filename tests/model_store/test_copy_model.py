@@ -1,7 +1,8 @@
 """gru-copy: the copy path is causal, and its state behaves like the seed models' hidden state
 (pieces == whole, a padded batch row == the row alone, nothing kept in the module); with and
 without the head reading the offered word (`copy_value`), and with the zero state's first word
-copyable (`copy_start`)."""
+copyable (`copy_start`), and with the head reading the word after the offered one
+(`copy_lookahead`)."""
 
 import random
 
@@ -14,18 +15,25 @@ K = 6  # a small window, so the texts below cross it many times
 
 
 @pytest.fixture(
-    params=[(False, False), (True, False), (True, True)],
-    ids=["plain", "copy_value", "copy_start"],
+    params=[
+        (False, False, {}),
+        (True, False, {}),
+        (True, True, {}),
+        (True, False, {"copy_lookahead": True}),
+        (True, True, {"copy_lookahead": True}),
+    ],
+    ids=["plain", "copy_value", "copy_start", "lookahead", "lookahead_start"],
     autouse=True,
 )
 def copy_value(request):
     """Every test runs on each kind of model: make_model reads this."""
-    global COPY_VALUE, COPY_START
-    COPY_VALUE, COPY_START = request.param
+    global COPY_VALUE, COPY_START, MORE
+    COPY_VALUE, COPY_START, MORE = request.param
     return request.param[0]
 
 
 COPY_VALUE = COPY_START = False
+MORE: dict[str, bool] = {}  # copy_lookahead (docs/benchmarks.md, issue 16's rounds)
 
 
 def make_model(seed: int = 0, copy_value: bool | None = None):
@@ -37,6 +45,7 @@ def make_model(seed: int = 0, copy_value: bool | None = None):
         key_size=8,
         copy_value=COPY_VALUE if copy_value is None else copy_value,
         copy_start=COPY_START,
+        **MORE,
     )
     model = build_model(config).eval()
     with torch.no_grad():  # real statistics for the norm layer, a sentinel that copies a lot
@@ -180,6 +189,8 @@ def test_the_head_reads_the_word_the_copy_path_offers():
     """With the value layer at zero the model is the plain one; otherwise the vocabulary part
     depends on the offered word: the same text, a different word in the history, a different
     vocabulary distribution even where the sentinel takes everything."""
+    if MORE:
+        pytest.skip("copy_value alone (copy_lookahead: the test below)")
     plain, valued = make_model(12, copy_value=False), make_model(12, copy_value=True)
     assert valued.value is not None and plain.value is None
     valued.load_state_dict({**plain.state_dict(), "value.weight": valued.value.weight})
@@ -209,3 +220,19 @@ def test_copy_start_offers_the_first_word_of_a_fresh_state():
             _, state = model(x)
         assert state["ids"][0, -2:].tolist() == [9, 7]
         assert (5 in state["ids"][0].tolist()) == copy_start
+
+
+def test_copy_lookahead_at_zero_is_the_copy_value_model():
+    """copy_lookahead adds to the copy_value model: with its weights at zero it is that model
+    exactly; otherwise the answer changes."""
+    if not MORE:
+        pytest.skip("copy_lookahead")
+    base, more = make_model(3), make_model(3)
+    base.config = more.config.__class__(**{**more.config.to_dict(), **dict.fromkeys(MORE, False)})
+    base.after = None
+    x = torch.randint(0, 40, (2, 15))
+    with torch.no_grad():
+        more.after.weight.zero_()
+        torch.testing.assert_close(more(x)[0], base(x)[0])
+        more.after.weight.normal_()
+        assert not torch.allclose(more(x)[0], base(x)[0])
