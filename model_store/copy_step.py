@@ -85,12 +85,16 @@ def head_tabled(
     of_h_b: Tensor,
     no_sentinel: Tensor,
     offered_out: Tensor | None,
+    after_out: Tensor | None,
 ) -> Tensor:
     """Next-token log-probabilities (B, V) of outputs h (B, H) over a history of keys (B, K, D)
     and ids (B, K) (-1: empty): `CopyGRU._mix` at one position. `of_h_*` give what reads h
     alone: the scaled query, the sentinel's score and the output layer's logits of h (through
     the folded batch norm); `offered_out` (V, V) what each offered word adds to the logits
-    (None: the head reads no offer); `no_sentinel` (2, K + 1) is 0 but -inf at [1, K]."""
+    (None: the head reads no offer); `after_out`, with the lookahead, what the offered words
+    and the words after them add, stacked ((2 (V + 1), V): offered_out, a zero row, the same
+    through the lookahead's weights, a zero row), so both come from one scatter and one
+    product (None: no lookahead); `no_sentinel` (2, K + 1) is 0 but -inf at [1, K]."""
     d, k = keys.shape[2], keys.shape[1]
     v = of_h_w.shape[0] - d - 1
     of_h = F.linear(h, of_h_w, of_h_b)  # (B, D + 1 + V)
@@ -103,7 +107,7 @@ def head_tabled(
         copy = torch.zeros(h.shape[0], v + 1, dtype=h.dtype, device=h.device)
         copy = copy.scatter_add_(1, index, weights.narrow(1, 0, k)).narrow(1, 0, v)
         logits = of_h.narrow(1, d + 1, v)
-    else:  # the copy path's weights, and the offer: the same without the sentinel
+    elif after_out is None:  # the copy path's weights, and the offer: without the sentinel
         both = torch.softmax(scores.unsqueeze(1) + no_sentinel, 2)  # (B, 2, K + 1)
         weights = both.select(1, 0)
         mass = torch.zeros(h.shape[0], 2, v + 1, dtype=h.dtype, device=h.device)
@@ -111,6 +115,18 @@ def head_tabled(
         copy = mass.select(1, 0).narrow(1, 0, v)
         offer = mass.select(1, 1).narrow(1, 0, v)
         logits = torch.addmm(of_h.narrow(1, d + 1, v), offer, offered_out)
+    else:  # and the offer's weights onto the word after each entry: the next entry's id,
+        # so entry c's weight goes where entry c + 1 lands (none after the newest; an empty
+        # entry's lands past the vocabulary, as its own does)
+        both = torch.softmax(scores.unsqueeze(1) + no_sentinel, 2)  # (B, 2, K + 1)
+        weights = both.select(1, 0)
+        onto = F.pad(both.narrow(1, 1, 1).narrow(2, 0, k - 1), (1, 0))  # (B, 1, K)
+        mass = torch.zeros(h.shape[0], 3, v + 1, dtype=h.dtype, device=h.device)
+        where = index.unsqueeze(1).expand(-1, 3, -1)
+        mass.scatter_add_(2, where, torch.cat([both.narrow(2, 0, k), onto], 1))
+        copy = mass.select(1, 0).narrow(1, 0, v)
+        offers = mass.narrow(1, 1, 2).reshape(h.shape[0], 2 * (v + 1))  # a view: no copy
+        logits = torch.addmm(of_h.narrow(1, d + 1, v), offers, after_out)
     # p = gate * p_vocab + the copied mass, floored as the modules do
     p = torch.addcmul(copy.clamp_min(1e-30), torch.softmax(logits, 1), weights.narrow(1, k, 1))
     return p.log()
@@ -151,6 +167,7 @@ def head_exact(
     sentinel_b: Tensor,
     embedding: Tensor,
     value_w: Tensor | None,
+    after_w: Tensor | None,
     bn_w: Tensor,
     bn_b: Tensor,
     bn_mean: Tensor,
@@ -173,6 +190,11 @@ def head_exact(
         offer = torch.softmax(raw.masked_fill(blocked, -1e30), 1).masked_fill(blocked, 0.0)
         offered = (offer.unsqueeze(1) @ F.embedding(safe, embedding)).squeeze(1)  # (B, H)
         feature = h + F.linear(offered, value_w)
+        if after_w is not None:  # the word after each entry: the next entry's (none: -1)
+            after = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1)
+            known = offer.masked_fill(after < 0, 0.0).unsqueeze(1)
+            seen = (known @ F.embedding(after.clamp_min(0), embedding)).squeeze(1)  # (B, H)
+            feature = feature + F.linear(seen, after_w)
     normed = torch.batch_norm(feature, bn_w, bn_b, bn_mean, bn_var, False, 0.0, eps, False)
     vocab = torch.log_softmax(F.linear(normed, out_w, out_b), 1) + attn[:, -1:]
     return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))
@@ -209,6 +231,7 @@ def tables(model: Any, part: str) -> tuple[Tensor | None, ...] | None:
         sources += [model.sentinel.bias, model.i_h.weight, bn.weight, bn.bias, bn.running_mean]
         sources += [bn.running_var, model.h_o.weight, model.h_o.bias]
         sources += [] if value is None else [value.weight]
+        sources += [] if model.after is None else [model.after.weight]
     if any(t.is_inference() for t in sources):  # no version to tell a change by: no tables
         return None
     stamp = tuple([t._version for t in sources])
@@ -235,9 +258,21 @@ def tables(model: Any, part: str) -> tuple[Tensor | None, ...] | None:
                 torch.cat([model.query.bias / root, model.sentinel.bias, out_b]),
                 no_sentinel,
                 None if value is None else model.i_h.weight @ value.weight.t() @ out_w.t(),
+                None if model.after is None else stacked(model, value, out_w),
             )
     kept[part] = (sources, stamp, made)
     return made
+
+
+def stacked(model: Any, value: Any, out_w: Tensor) -> Tensor:
+    """head_tabled's `after_out`: what an offered word adds to the logits (through the value
+    map), a zero row (the scatter's place past the vocabulary), the same for the word after
+    an offered one (through the lookahead's map), a zero row."""
+    embedding = model.i_h.weight
+    zero = out_w.new_zeros(1, out_w.shape[0])
+    offered = embedding @ value.weight.t() @ out_w.t()
+    after = embedding @ model.after.weight.t() @ out_w.t()
+    return torch.cat([offered, zero, after, zero])
 
 
 def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -261,10 +296,10 @@ def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
     made = tables(model, "head") if h.shape[0] >= TABLED_ROWS else None
     if made is not None:
         return compiled()["head_tabled"](h, keys, ids, *made)
-    bn, value = model.bn, model.value
+    bn, value, after = model.bn, model.value, model.after
     return compiled()["head_exact"](
         h, keys, ids, model.query.weight, model.query.bias, model.sentinel.weight,
         model.sentinel.bias, model.i_h.weight, None if value is None else value.weight,
-        bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, model.h_o.weight,
-        model.h_o.bias,
+        None if after is None else after.weight, bn.weight, bn.bias, bn.running_mean,
+        bn.running_var, bn.eps, model.h_o.weight, model.h_o.bias,
     )  # fmt: skip

@@ -246,8 +246,8 @@ class CopyGRU(HumanNumbersLM):
     # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
     fast_step = True
 
-    def _fast(self) -> bool:  # copy_step has no lookahead: the modules' path
-        return self.fast_step and not torch.is_grad_enabled() and self.after is None
+    def _fast(self) -> bool:
+        return self.fast_step and not torch.is_grad_enabled()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale

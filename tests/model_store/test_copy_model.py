@@ -14,14 +14,12 @@ from model_store import ModelConfig, build_model
 K = 6  # a small window, so the texts below cross it many times
 
 
+KINDS = [(False, False, {}), (True, False, {}), (True, True, {})]  # (value, start, more)
+LOOKAHEAD = [(True, False, {"copy_lookahead": True}), (True, True, {"copy_lookahead": True})]
+
+
 @pytest.fixture(
-    params=[
-        (False, False, {}),
-        (True, False, {}),
-        (True, True, {}),
-        (True, False, {"copy_lookahead": True}),
-        (True, True, {"copy_lookahead": True}),
-    ],
+    params=KINDS + LOOKAHEAD,
     ids=["plain", "copy_value", "copy_start", "lookahead", "lookahead_start"],
     autouse=True,
 )
@@ -185,12 +183,11 @@ def test_one_token_steps_equal_the_forward():
         torch.testing.assert_close(state[name], part, atol=1e-6, rtol=0)
 
 
-def test_the_head_reads_the_word_the_copy_path_offers():
+@pytest.mark.parametrize("copy_value", KINDS, indirect=True)  # copy_value alone
+def test_the_head_reads_the_word_the_copy_path_offers(copy_value):
     """With the value layer at zero the model is the plain one; otherwise the vocabulary part
     depends on the offered word: the same text, a different word in the history, a different
     vocabulary distribution even where the sentinel takes everything."""
-    if MORE:
-        pytest.skip("copy_value alone (copy_lookahead: the test below)")
     plain, valued = make_model(12, copy_value=False), make_model(12, copy_value=True)
     assert valued.value is not None and plain.value is None
     valued.load_state_dict({**plain.state_dict(), "value.weight": valued.value.weight})
@@ -222,11 +219,10 @@ def test_copy_start_offers_the_first_word_of_a_fresh_state():
         assert (5 in state["ids"][0].tolist()) == copy_start
 
 
-def test_copy_lookahead_at_zero_is_the_copy_value_model():
+@pytest.mark.parametrize("copy_value", LOOKAHEAD, indirect=True)
+def test_copy_lookahead_at_zero_is_the_copy_value_model(copy_value):
     """copy_lookahead adds to the copy_value model: with its weights at zero it is that model
     exactly; otherwise the answer changes."""
-    if not MORE:
-        pytest.skip("copy_lookahead")
     base, more = make_model(3), make_model(3)
     base.config = more.config.__class__(**{**more.config.to_dict(), **dict.fromkeys(MORE, False)})
     base.after = None

@@ -11,18 +11,22 @@ from model_store import ModelConfig, build_model
 from model_store.copy_step import TABLED_ROWS
 from model_store.models import CopyGRU
 
-KINDS = {  # (copy_value, copy_start)
-    "plain": (False, False),
-    "copy_value": (True, False),
-    "copy_start": (True, True),
+KINDS = {  # (copy_value, copy_start, copy_lookahead)
+    "plain": (False, False, False),
+    "copy_value": (True, False, False),
+    "copy_start": (True, True, False),
+    "lookahead": (True, False, True),  # the recipe's (K, docs/benchmarks.md's eleventh round)
+    "lookahead_start": (True, True, True),
 }
 
 
-def random_model(seed: int, copy_value: bool, copy_start: bool) -> CopyGRU:
+def random_model(
+    seed: int, copy_value: bool, copy_start: bool, copy_lookahead: bool = False
+) -> CopyGRU:
     torch.manual_seed(seed)
     config = ModelConfig(
         "gru-copy", hidden=48, copy_window=8, key_size=16, copy_value=copy_value,
-        copy_start=copy_start,
+        copy_start=copy_start, copy_lookahead=copy_lookahead,
     )  # fmt: skip
     model = build_model(config).eval()
     with torch.no_grad():  # weights and statistics far from their initial values
