@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 # fastai v1's special tokens, in the order Vocab.create puts them first.
@@ -47,6 +47,11 @@ class Vocab:
     words: tuple[str, ...] = field(init=False, repr=False, compare=False)
     typable: dict[str, int] = field(init=False, repr=False, compare=False)  # token -> id
     unpredictable: tuple[int, ...] = field(init=False, repr=False, compare=False)  # not words
+    # Long texts are read in pieces cut after a "," (`pieces`), each piece's tokens and ids
+    # kept here: prompts that share a long prefix (the prefix cache's case) read it once.
+    _read: OrderedDict[str, tuple[list[str], list[int]]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         real = [t for t in self.itos if t != PAD_FILLER]
@@ -63,6 +68,7 @@ class Vocab:
         object.__setattr__(self, "words", words)
         object.__setattr__(self, "typable", typable)
         object.__setattr__(self, "unpredictable", unpredictable)
+        object.__setattr__(self, "_read", OrderedDict())
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -77,7 +83,30 @@ class Vocab:
 
     def encode_tokens(self, text: str) -> tuple[list[str], list[int]]:
         """`split_words(text)` and their ids (`encode`'s): the words as the vocabulary spells
-        them, without decoding the ids again."""
+        them, without decoding the ids again. A long text is read piece by piece, each piece
+        from the last PIECE_KEPT read when it was (the same tokens: a piece ends with a ",",
+        a token of its own, so no token spans two; a piece with an unknown word sends the
+        whole text to the plain reading, which names the word and its position in the text)."""
+        if len(text) <= PIECE_CHARS:
+            return self._encode_tokens(text)
+        read, tokens, ids = self._read, [], []
+        for piece in pieces(text):
+            got = read.get(piece)
+            if got is None:
+                try:
+                    got = self._encode_tokens(piece)
+                except UnknownWord:
+                    return self._encode_tokens(text)
+                read[piece] = got
+                if len(read) > PIECE_KEPT:
+                    read.popitem(last=False)
+            else:
+                read.move_to_end(piece)
+            tokens += got[0]
+            ids += got[1]
+        return tokens, ids
+
+    def _encode_tokens(self, text: str) -> tuple[list[str], list[int]]:
         tokens = split_words(text)
         try:  # one lookup a token, in C: the service's path
             return tokens, list(map(self.typable.__getitem__, tokens))
@@ -101,6 +130,27 @@ class Vocab:
         while len(itos) % 8 != 0:
             itos.append(PAD_FILLER)
         return cls(tuple(itos))
+
+
+# Texts longer than this are read in pieces of about this many characters, the last
+# PIECE_KEPT pieces read kept (a piece of 1,024 characters holds ~170 tokens: ~12 KB with
+# its lists; 256 of them ~3 MB a vocabulary at most).
+PIECE_CHARS = 1024
+PIECE_KEPT = 256
+
+
+def pieces(text: str) -> Iterator[str]:
+    """`text` cut right after the first "," at or past every PIECE_CHARS characters from the
+    last cut: where two texts share a prefix, they share its pieces."""
+    start, end = 0, len(text)
+    while end - start > PIECE_CHARS:
+        cut = text.find(",", start + PIECE_CHARS - 1)
+        if cut < 0:
+            break
+        yield text[start : cut + 1]
+        start = cut + 1
+    if start < end:
+        yield text[start:]
 
 
 def token_ends(text: str) -> list[int]:

@@ -67,3 +67,36 @@ def test_the_words_a_user_may_type_and_a_model_may_predict(data):
     predicted = {vocab.stoi[w] for w in vocab.words}
     assert set(vocab.unpredictable) == set(range(len(vocab))) - predicted
     assert vocab.stoi["xxbos"] in vocab.unpredictable and vocab.stoi["xxpad"] in vocab.unpredictable
+
+
+def test_long_texts_read_in_pieces_equal_the_plain_reading(data):
+    """A text past PIECE_CHARS is read piece by piece (pieces kept for the next text that
+    shares them): the same tokens and ids as reading it whole, whatever the spaces, commas and
+    cases; an unknown word anywhere is named at its position in the whole text."""
+    from model_store.vocab import PIECE_CHARS, PIECE_KEPT, pieces
+
+    vocab = data.vocab
+    rng = random.Random(3)
+    words = [*vocab.words, "xxbos", "XXBOS", "One", "THOUSAND"]
+    seps = [" ", ", ", ",", " ,", "\n", "\u00a0", " ,\t", ",,"]
+
+    def items(n: int) -> list[str]:
+        return [rng.choice(words) + rng.choice(seps) for _ in range(n)]
+
+    def text(n: int) -> str:
+        return "".join(items(n))
+
+    shared = items(600)
+    assert len("".join(shared)) > 3 * PIECE_CHARS
+    for _ in range(40):
+        t = "".join(shared[: rng.randint(0, len(shared))]) + text(rng.randint(0, 300))
+        assert "".join(pieces(t)) == t
+        assert vocab.encode_tokens(t) == vocab._encode_tokens(t)  # the plain reading
+        bad = t + " eleventy , " + text(rng.randint(0, 200))
+        with pytest.raises(UnknownWord) as e:
+            vocab.encode_tokens(bad)
+        assert e.value.word == "eleventy" and e.value.position == len(split_words(t))
+    assert 0 < len(vocab._read) <= PIECE_KEPT
+    for _ in range(PIECE_KEPT + 10):  # pieces never seen again go first
+        vocab.encode_tokens(text(400))
+    assert len(vocab._read) == PIECE_KEPT
