@@ -253,25 +253,25 @@ def tables(model: Any, part: str) -> tuple[Tensor | None, ...] | None:
             k = model.config.copy_window
             no_sentinel = out_b.new_zeros(2, k + 1)
             no_sentinel[1, k] = float("-inf")
+            offered = None if value is None else model.i_h.weight @ value.weight.t() @ out_w.t()
             made = (
                 torch.cat([model.query.weight / root, model.sentinel.weight, out_w]),
                 torch.cat([model.query.bias / root, model.sentinel.bias, out_b]),
                 no_sentinel,
-                None if value is None else model.i_h.weight @ value.weight.t() @ out_w.t(),
-                None if model.after is None else stacked(model, value, out_w),
+                offered,
+                # (a lookahead comes with the value map: models.CopyGRU makes it only then)
+                None if model.after is None or offered is None else stacked(model, offered, out_w),
             )
     kept[part] = (sources, stamp, made)
     return made
 
 
-def stacked(model: Any, value: Any, out_w: Tensor) -> Tensor:
-    """head_tabled's `after_out`: what an offered word adds to the logits (through the value
-    map), a zero row (the scatter's place past the vocabulary), the same for the word after
-    an offered one (through the lookahead's map), a zero row."""
-    embedding = model.i_h.weight
+def stacked(model: Any, offered: Tensor, out_w: Tensor) -> Tensor:
+    """head_tabled's `after_out`: `offered` (what an offered word adds to the logits, through
+    the value map), a zero row (the scatter's place past the vocabulary), the same for the word
+    after an offered one (through the lookahead's map), a zero row."""
     zero = out_w.new_zeros(1, out_w.shape[0])
-    offered = embedding @ value.weight.t() @ out_w.t()
-    after = embedding @ model.after.weight.t() @ out_w.t()
+    after = model.i_h.weight @ model.after.weight.t() @ out_w.t()
     return torch.cat([offered, zero, after, zero])
 
 

@@ -171,9 +171,14 @@ def to_bytes(state: State, spec: dict[str, StateSpec]) -> bytes:
     )
 
 
+def part_sizes(spec: dict[str, StateSpec]) -> dict[str, int]:
+    """Each part's size in bytes, in the order the exported bytes hold them."""
+    return {name: math.prod(s.shape) * s.dtype.itemsize for name, s in spec.items()}
+
+
 def from_bytes(data: bytes, spec: dict[str, StateSpec]) -> State:
     """The inverse of `to_bytes`; ValueError if the length does not fit the layout."""
-    sizes = {name: math.prod(s.shape) * s.dtype.itemsize for name, s in spec.items()}
+    sizes = part_sizes(spec)
     if len(data) != sum(sizes.values()):
         raise ValueError(f"{len(data)} bytes of state, the layout needs {sum(sizes.values())}")
     buf, state, at = bytearray(data), {}, 0

@@ -19,7 +19,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,16 +28,12 @@ from app.core.errors import BadState, Gone, NotEnabled, UnknownModel
 from app.core.redact import clip
 from app.engine.registry import LoadedModel, ModelRegistry
 from app.engine.sequences import ExportedState
+from app.engine.slots import part_sizes
 from app.schemas.sessions import SessionState, StateLayout
 from app.serving.sessions import LAST_WORDS, Seed
 from model_store import StateSpec
 
 FORMAT = 1  # the document's format: a server reads its own only
-
-
-def part_sizes(spec: dict[str, StateSpec]) -> dict[str, int]:
-    """Each part's size in bytes, in the order the exported bytes hold them."""
-    return {name: math.prod(s.shape) * s.dtype.itemsize for name, s in spec.items()}
 
 
 def canonical(doc: SessionState) -> bytes:
