@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,12 +41,12 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def page(browser: Browser, live_server: AppProcess) -> Iterator[Page]:
-    """A fresh page on the live server; the test fails if it asked for anything off this
-    machine, or if its JavaScript threw."""
+@contextmanager
+def guarded_page(browser: Browser, base: str) -> Iterator[Page]:
+    """A fresh page on the server at `base`; fails if it asked for anything off this machine,
+    or if its JavaScript threw (or broke its Content-Security-Policy)."""
     guard = OfflineGuard()
-    context = guard.attach(browser.new_context(base_url=live_server.base))
+    context = guard.attach(browser.new_context(base_url=base))
     context.set_default_timeout(10_000)
     page = context.new_page()
     errors: list[str] = []
@@ -55,6 +56,13 @@ def page(browser: Browser, live_server: AppProcess) -> Iterator[Page]:
     context.close()
     assert guard.blocked == [], f"requests left this machine: {guard.blocked}"
     assert errors == [], f"JavaScript errors: {errors}"
+
+
+@pytest.fixture
+def page(browser: Browser, live_server: AppProcess) -> Iterator[Page]:
+    """A fresh page on the live server (`guarded_page`)."""
+    with guarded_page(browser, live_server.base) as page:
+        yield page
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from launchers import AppProcess
-from tests.app.pages.browser import OfflineGuard
+from tests.app.pages.conftest import guarded_page
 from tests.app.pages.playground_page import Calls, assert_bars_match, bars, tokens, wait_fed
 
 
@@ -280,17 +280,10 @@ def keyless_server(store: Path) -> Iterator[AppProcess]:
 
 @pytest.fixture
 def keyless_page(browser: Browser, keyless_server: AppProcess) -> Iterator[Page]:
-    guard = OfflineGuard()
-    context = guard.attach(browser.new_context(base_url=keyless_server.base))
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto("/")
-    expect(page.locator("#playground")).to_have_attribute("data-session-id", re.compile("."))
-    yield page
-    context.close()
-    assert guard.blocked == [] and errors == []
+    with guarded_page(browser, keyless_server.base) as page:
+        page.goto("/")
+        expect(page.locator("#playground")).to_have_attribute("data-session-id", re.compile("."))
+        yield page
 
 
 def test_without_a_signing_key_save_and_restore_say_so(

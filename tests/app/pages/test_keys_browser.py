@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from launchers import AppProcess
-from tests.app.pages.browser import OfflineGuard
+from tests.app.pages.conftest import guarded_page
 
 KEY = "k-pages-test-secret"
 
@@ -25,12 +25,8 @@ def keyed_server(store: Path) -> Iterator[AppProcess]:
 
 @pytest.fixture
 def keyed_page(browser: Browser, keyed_server: AppProcess) -> Iterator[Page]:
-    guard = OfflineGuard()
-    context = guard.attach(browser.new_context(base_url=keyed_server.base))
-    context.set_default_timeout(10_000)
-    yield context.new_page()
-    context.close()
-    assert guard.blocked == []
+    with guarded_page(browser, keyed_server.base) as page:
+        yield page
 
 
 def execute_list_models(page: Page) -> str:
