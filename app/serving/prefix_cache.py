@@ -17,9 +17,11 @@ text keeps its own end when it ends with "," (no split: a conversation's next re
 extends it, finds it whole).
 
 Keys: a dict keyed by (model version, scope, the prefix's token ids as bytes), the scope
-being the owner under `per_key`. Not a trie: a lookup is one probe per "," of the text from
+being the owner under `per_key`. Not a trie: a lookup probes the text's "," positions from
 the longest down (a slice, hashed and compared in C: exact, no digest that could collide),
-eviction is an LRU's, and an entry is its state and one byte a token of its prefix.
+only those at a length some entry of its scope has (a count of the lengths kept, so a text
+whose own words hold many ","s is not hashed at each), eviction is an LRU's, and an entry is
+its state and one byte a token of its prefix.
 
 The timing channel: a hit is faster, so under `shared` a caller who times its own requests
 can learn whether anyone sent a prefix recently (only that, never anyone's answer). `per_key`
@@ -98,6 +100,9 @@ class PrefixCache:
     per_key: bool = False
     _entries: OrderedDict[Key, Entry] = field(default_factory=OrderedDict)
     _counts: dict[str, Counts] = field(default_factory=dict)
+    # how many entries of each scope (model version, owner) have a prefix of each length in
+    # bytes: a lookup probes only these lengths
+    _lengths: dict[tuple[str, str], dict[int, int]] = field(default_factory=dict)
     held: int = 0  # bytes of every entry, as `entry_bytes` counts them
 
     @property
@@ -120,10 +125,14 @@ class PrefixCache:
         data, width = tokens.tobytes(), tokens.itemsize
         scope = (lm.key, owner if self.per_key else "")
         ends = np.flatnonzero(tokens == comma) + 1  # positions after a ","
-        # probed from the longest down; a key is made only for those probed or kept
+        # probed from the longest down, at the lengths kept in this scope; a key is made only
+        # for those probed or kept
         hit = 0
         found: Entry | None = None
+        lengths = self._lengths.get(scope, {})
         for n in ends[::-1].tolist():
+            if n * width not in lengths:
+                continue
             key = (*scope, data[: n * width])
             if (found := self._entries.get(key)) is not None:
                 self._entries.move_to_end(key)
@@ -165,6 +174,8 @@ class PrefixCache:
         entry = Entry(saved, entry_bytes(key, saved), lm.key)
         counts = self._counts_of(lm)
         self._entries[key] = entry
+        lengths = self._lengths.setdefault(key[:2], {})
+        lengths[len(key[2])] = lengths.get(len(key[2]), 0) + 1
         self.held += entry.size
         counts.bytes += entry.size
         counts.entries += 1
@@ -179,7 +190,8 @@ class PrefixCache:
         if (counts := self._counts.get(entry.model)) is not None:
             counts.bytes += grown
         while self.held > self.max_bytes:
-            _, gone = self._entries.popitem(last=False)
+            key, gone = self._entries.popitem(last=False)
+            self._forget(key)
             self.held -= gone.size
             if (counts := self._counts.get(gone.model)) is not None:
                 counts.bytes -= gone.size
@@ -190,7 +202,20 @@ class PrefixCache:
         key = lm.key
         for k in [k for k, e in self._entries.items() if e.model == key]:
             self.held -= self._entries.pop(k).size
+            self._forget(k)
         self._counts.pop(key, None)
+
+    def _forget(self, key: Key) -> None:
+        """Uncount a removed entry's prefix length."""
+        scope = key[:2]
+        lengths = self._lengths[scope]
+        n = len(key[2])
+        if lengths[n] > 1:
+            lengths[n] -= 1
+        else:
+            del lengths[n]
+            if not lengths:
+                del self._lengths[scope]
 
     def _counts_of(self, lm: LoadedModel) -> Counts:
         counts = self._counts.get(lm.key)

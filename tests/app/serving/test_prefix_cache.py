@@ -80,6 +80,15 @@ async def answers(c: Any, model: str, batch: list[str], together: bool) -> list[
     return [await one(t) for t in batch]
 
 
+def lengths_right(cache: PrefixCache) -> bool:
+    """The index of kept prefix lengths that a lookup probes by is its entries', exactly."""
+    want: dict[tuple[str, str], dict[int, int]] = {}
+    for version, owner, ids in cache._entries:
+        counts = want.setdefault((version, owner), {})
+        counts[len(ids)] = counts.get(len(ids), 0) + 1
+    return cache._lengths == want
+
+
 def same(cached: list[Any], uncached: list[Any]) -> None:
     """The same words, probabilities within 1e-5, the invariant suite's bound: the uncached
     path itself differs by up to 1.4e-6 batched and alone (gru-copy), and the cache's
@@ -219,6 +228,7 @@ def test_memory_stays_under_the_bound(store):
         assert cache.plan(lm, "", [1]).start == 0
         assert ("gru-copy@1", "", (1).to_bytes(8)) not in cache._entries  # the oldest first
         assert ("gru-copy@1", "", (10**6 + 9_999).to_bytes(8)) in cache._entries
+        assert lengths_right(cache)
 
     run_app(app, scenario)
     # through the service: many long distinct texts under a small bound
@@ -232,6 +242,7 @@ def test_memory_stays_under_the_bound(store):
             r = await c.post("/v1/next-word", json={"text": text, "model": "gru-copy"})
             assert r.status_code == 200
             assert 0 < service.prefix_cache.held <= 0.02 * 2**20
+            assert lengths_right(service.prefix_cache)
         metrics = (await c.get("/metrics")).text
         line = next(x for x in metrics.splitlines() if x.startswith("prefix_cache_bytes{"))
         assert 'model="gru-copy"' in line and float(line.split()[-1]) == service.prefix_cache.held
@@ -274,6 +285,8 @@ def test_an_unloaded_versions_states_go_with_it(store: Path, tmp_path: Path):
         ((_, version, kept),) = service.prefix_cache.counts()
         assert version == "1" and service.prefix_cache.held == ours["1"] == kept[3] > 0
         assert len(service.prefix_cache) == kept[4]
+        assert lengths_right(service.prefix_cache)
+        assert list(service.prefix_cache._lengths) == [("gru@1", "")]
 
     run_app(app, scenario)
 
