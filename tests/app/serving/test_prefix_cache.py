@@ -9,6 +9,7 @@ import json
 import random
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 from app.engine.sequences import ExportedState
 from app.main import create_app
 from app.serving.prefix_cache import BLOCK, PrefixCache, entry_bytes
-from model_store import find_checkpoint, load_checkpoint, save_checkpoint
+from model_store import Vocab, find_checkpoint, load_checkpoint, save_checkpoint
 from tests.app.conftest import VARIANTS, make_settings, run_app
 from training.data import number_words
 
@@ -328,3 +329,22 @@ def test_a_kept_state_is_the_uncached_paths(store):
                 torch.testing.assert_close(got[name], want[name].cpu(), atol=1e-6, rtol=0)
 
     run_app(app, scenario)
+
+
+def test_a_vocabulary_past_256_tokens_keys_four_bytes_an_id():
+    """Ids past 255 (a vocabulary of this size is not this data's, but a store may hold one)
+    are keyed whole: a prefix is found again, and one that differs only past the low byte of
+    an id is not taken for it."""
+    vocab = Vocab(("xxunk", "xxpad", "xxbos", ",", *(f"w{i}" for i in range(300))))
+    lm = SimpleNamespace(vocab=vocab, key="big@1", status="ready")
+    cache = PrefixCache(1 << 20)
+    saved = ExportedState("float32", "1", bytes(4))
+    comma = vocab.stoi[","]
+    ids = [vocab.stoi["w299"], vocab.stoi["w5"], comma]
+    plan = cache.plan(lm, "", ids)  # type: ignore[arg-type]
+    assert plan.start == 0 and [n for n, _ in plan.keep] == [3]  # the text's end, a ","
+    cache.put(lm, plan.keep[0][1], saved)  # type: ignore[arg-type]
+    longer = [*ids, vocab.stoi["w7"]]
+    assert cache.plan(lm, "", longer).start == 3  # type: ignore[arg-type]
+    twin = [ids[0] % 256, *longer[1:]]  # the same low byte
+    assert twin[0] != ids[0] and cache.plan(lm, "", twin).start == 0  # type: ignore[arg-type]
