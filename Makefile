@@ -1,4 +1,4 @@
-# The two commands of the README: `make run` (set up, train if the store is empty, serve)
+# The two commands of the README: `make run` (set up, train what the store lacks, serve)
 # and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,11 +15,10 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# the variants with no checkpoint in the store (all four on a fresh clone; a first run stopped
+# while training finishes on the next)
 train: setup
-	@if [ -z "$$(ls -A $(STORE) 2>/dev/null)" ]; then \
-		echo "model store '$(STORE)' is empty: training the four variants (three seed models and gru-copy)"; \
-		$(BIN)/python -m training train-all --store $(STORE); \
-	fi
+	$(BIN)/python -m training train-all --missing --store $(STORE)
 
 run: train
 	$(BIN)/python -m app --store $(STORE)  # HOST, PORT and the rest from the environment

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from model_store import VARIANTS, save_checkpoint
+from model_store import VARIANTS, list_checkpoints, save_checkpoint
 from training.data import load_data, write_data
 from training.loop import MODEL_FIELDS, RECIPES, TrainConfig, train
 from training.report import collect, format_counting, format_table, plot
@@ -105,8 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     t.add_argument("--name", default=None, help="checkpoint name (default: the variant)")
 
-    sub.add_parser(
+    a = sub.add_parser(
         "train-all", parents=[common], help=f"train every variant: {', '.join(VARIANTS)}"
+    )
+    a.add_argument(
+        "--missing",
+        action="store_true",
+        help="only the variants with no checkpoint in the store (what `make run` does: a first "
+        "run stopped while training finishes on the next)",
     )
 
     r = sub.add_parser("report", help="table and accuracy plot of a store's checkpoints")
@@ -169,7 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             run_training(args, args.variant, args.name or args.variant)
         elif args.command == "train-all":
-            for variant in VARIANTS:
+            have = {ref.name for ref in list_checkpoints(args.store)} if args.missing else set()
+            todo = [variant for variant in VARIANTS if variant not in have]
+            if not todo:
+                print(f"every variant has a checkpoint in {args.store}: nothing to train")
+                return 0
+            if present := [variant for variant in VARIANTS if variant in have]:
+                print(f"in {args.store} already, not trained again: {', '.join(present)}")
+            for variant in todo:
                 run_training(args, variant, variant)
             rows, _ = collect(args.store, load_data(args.data))
             print(format_table(rows))

@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -96,6 +97,17 @@ def test_cli_train_and_report(tmp_path, capsys):
     assert copy_meta["config"]["copy_window"] == RECIPES["gru-copy"].model.copy_window
     assert copy_meta["recipe"]["epochs"] == 1  # the flag overrides the variant's recipe
     assert copy_meta["recipe"]["hidden"] == RECIPES["gru-copy"].model.hidden  # the rest is its own
+
+    # --missing (make run's): only what has no checkpoint, so a stopped first run finishes
+    shutil.rmtree(store / "gru-cell")
+    capsys.readouterr()
+    assert main(["train-all", "--missing", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("training ") == 1 and "training gru-cell ->" in out
+    assert "not trained again: gru, gru-custom, gru-copy" in out
+    assert sorted(p.name for p in (store / "gru").iterdir()) == ["1"]  # not a version 2
+    assert main(["train-all", "--missing", *args]) == 0
+    assert "nothing to train" in capsys.readouterr().out
 
     assert main(["report", "--store", str(store), "--out", str(tmp_path / "acc.png")]) == 0
     out = capsys.readouterr().out
