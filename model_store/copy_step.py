@@ -21,9 +21,14 @@ two TorchScript functions, in one of two forms:
   does (the modules' answer for a row alone and in a batch of 64 differ that much, their
   products taking other kernels).
 
-Small batches keep the exact form, so an answer computed alone is the modules' to the bit
-(tests/app/test_golden.py); tests/model_store/test_copy_step.py holds both forms to the
-modules'. Measured in docs/benchmarks.md ("Serving gru-copy: the model's step").
+Small batches (a lone request, a quiet server) take a third form where it is built: the *C
+step* (model_store/_copy_kernel.c, built by setup.py), the modules' arithmetic row by row in
+one call, summed in double and rounded to float32 once: 0.06 ms for one row where the exact
+form takes 0.5, nearer the float64 value than the modules' float32, and the same bits for a row
+whatever batch it is in. Without a C compiler the exact form serves them: the modules' to the
+bit. tests/model_store/test_copy_step.py holds every form to the modules' (and the C step to
+float64); tests/app/test_golden.py's recorded answers are the C step's. Measured in
+docs/benchmarks.md ("Serving gru-copy: the model's step").
 """
 
 from __future__ import annotations
@@ -38,8 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+try:  # the step in C (setup.py builds it where a C compiler is found)
+    from model_store import _copy_kernel  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - a build without a compiler: the torch forms serve
+    _copy_kernel = None
+
 Parts = tuple[Tensor, Tensor, Tensor, Tensor]  # a state's h, keys, ids and seen
-# Batches of this many rows or more take the tabled step, smaller ones the exact one.
+# Whether the C step is built into this install (setup.py), and used (`kernel_weights`).
+KERNEL = _copy_kernel is not None
+# Batches of this many rows or more take the tabled step, smaller ones the C step (or, without
+# it, the exact one). The C step costs about 25 us a row here (H = 96), the tabled one about
+# 400 us a batch of up to 64 rows: they cross near 16.
 TABLED_ROWS = 16
 
 
@@ -275,9 +289,76 @@ def stacked(model: Any, offered: Tensor, out_w: Tensor) -> Tensor:
     return torch.cat([offered, zero, after, zero])
 
 
+def kernel_weights(model: Any) -> tuple[tuple[Any, ...], ...] | None:
+    """The addresses of a single-layer CopyGRU's weights for the C step (advance's, head's),
+    kept on the model until it moves (`CopyGRU._apply`); None when the C step cannot serve it:
+    not built, weights not contiguous float32 on the CPU, or a batch norm in training mode.
+    The weights' values are read at every step, so a change in place is seen at once."""
+    if not model.kernel_step:
+        return None
+    kept = model.__dict__.get("_kernel_weights", False)
+    if kept is not False:
+        return kept
+    rnn, key, bn, value, after = model.rnn, model.key, model.bn, model.value, model.after
+    advance = [model.i_h.weight, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0]
+    advance += [rnn.bias_hh_l0, key.weight, key.bias]
+    head = [model.query.weight, model.query.bias, model.sentinel.weight, model.sentinel.bias]
+    head += [model.i_h.weight, None if value is None else value.weight]
+    head += [None if after is None else after.weight, bn.weight, bn.bias, bn.running_mean]
+    head += [bn.running_var, model.h_o.weight, model.h_o.bias]
+    usable = (
+        _copy_kernel is not None
+        and model.config.n_layers == 1
+        and all(
+            t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+            for t in (*advance, *head)
+            if t is not None
+        )
+    )
+    made = (
+        (
+            tuple(t.data_ptr() for t in advance),
+            tuple(None if t is None else t.data_ptr() for t in head),
+            (*advance, *head),  # held, so the addresses stay valid whatever the model does
+        )
+        if usable
+        else None
+    )
+    model.__dict__["_kernel_weights"] = made
+    return made
+
+
+def kernel_fits(x: Tensor | None, state: dict[str, Tensor]) -> bool:
+    """Whether the C step reads these tensors as they are laid out: on the CPU, the dtypes of
+    CopyGRU.state_spec (and int64 ids x); the C step checks the ids are in the vocabulary."""
+    h, ids, seen = state["h"], state["ids"], state["seen"]
+    return (
+        h.device.type == "cpu"
+        and h.dtype == state["keys"].dtype == torch.float32
+        and ids.dtype == torch.int64
+        and seen.dtype == torch.bool
+        and (x is None or (x.dtype == torch.int64 and x.device.type == "cpu"))
+    )
+
+
 def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """`model.advance_state(x, state)` of a single-layer CopyGRU for (B, 1) ids x."""
-    made = tables(model, "advance") if x.shape[0] >= TABLED_ROWS else None
+    rows = x.shape[0]
+    weights = kernel_weights(model) if rows < TABLED_ROWS else None
+    if weights is not None and kernel_fits(x, state):
+        parts = (x, state["h"], state["keys"], state["ids"], state["seen"])
+        x, h, keys, ids, seen = (t.contiguous() for t in parts)
+        k, d = keys.shape[1], keys.shape[2]
+        new_h, new_keys = torch.empty_like(h), torch.empty_like(keys)
+        new_ids = torch.empty_like(ids)
+        _copy_kernel.advance(
+            rows, h.shape[2], k, d, model.config.vocab_size, model.config.copy_start, x.data_ptr(),
+            h.data_ptr(),
+            keys.data_ptr(), ids.data_ptr(), seen.data_ptr(), new_h.data_ptr(),
+            new_keys.data_ptr(), new_ids.data_ptr(), *weights[0],
+        )  # fmt: skip
+        return {"h": new_h, "keys": new_keys, "ids": new_ids, "seen": torch.ones_like(seen)}
+    made = tables(model, "advance") if rows >= TABLED_ROWS else None
     if made is not None:
         rest = (*made, model.config.copy_start)
         advance = compiled()["advance_tabled"]
@@ -293,6 +374,16 @@ def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, T
 def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
     """`model.head_state(state)` of a CopyGRU whose batch norm is in eval mode."""
     h, keys, ids = state["h"][:, -1], state["keys"], state["ids"]
+    weights = kernel_weights(model) if h.shape[0] < TABLED_ROWS else None
+    if weights is not None and kernel_fits(None, state):
+        h, keys, ids = h.contiguous(), keys.contiguous(), ids.contiguous()
+        rows, k, d = keys.shape
+        out = h.new_empty(rows, model.config.vocab_size)
+        _copy_kernel.head(
+            rows, h.shape[1], k, d, out.shape[1], model.bn.eps, h.data_ptr(), keys.data_ptr(),
+            ids.data_ptr(), out.data_ptr(), *weights[1],
+        )  # fmt: skip
+        return out
     made = tables(model, "head") if h.shape[0] >= TABLED_ROWS else None
     if made is not None:
         return compiled()["head_tabled"](h, keys, ids, *made)

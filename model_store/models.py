@@ -245,12 +245,16 @@ class CopyGRU(HumanNumbersLM):
     # Without autograd, a one-word step (advance_state on (B, 1) ids, head_state in eval mode)
     # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
     fast_step = True
+    # ... and in C (model_store/_copy_kernel.c) where it is built and the model is float32 on the
+    # CPU: every batch size, summed in double; False: the TorchScript forms.
+    kernel_step = True
 
     def _fast(self) -> bool:
         return self.fast_step and not torch.is_grad_enabled()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
+        self.__dict__.pop("_kernel_weights", None)  # and the C step's addresses
         return super()._apply(fn, recurse)
 
     @property

@@ -1,15 +1,21 @@
 """gru-copy's fast serving step (model_store.copy_step) computes what the modules compute: on
 random states of random models, fresh and long-fed, for every kind of gru-copy, a one-word
-`advance_state` and `head_state` equal the modules' path (the reference, `fast_step = False`):
-to the bit in its exact form (small batches), within float rounding in its tabled form (1e-5,
-what batching itself moves an answer by); and each row of a batch equals that row alone."""
+`advance_state` and `head_state` equal the modules' path (the reference, `fast_step = False`).
+Its TorchScript forms (`kernel_step = False`): to the bit in the exact form (small batches),
+within float rounding in the tabled form (1e-5, what batching itself moves an answer by). Its C
+form (the default where built): within float rounding of the modules, nearer than they are to
+the same model in float64, and each row of a batch the same bits as that row alone."""
+
+import copy
 
 import pytest
 import torch
 
 from model_store import ModelConfig, build_model
-from model_store.copy_step import TABLED_ROWS
+from model_store.copy_step import KERNEL, TABLED_ROWS
 from model_store.models import CopyGRU
+
+FORMS = {"c": True, "torchscript": False}  # kernel_step
 
 KINDS = {  # (copy_value, copy_start, copy_lookahead)
     "plain": (False, False, False),
@@ -55,57 +61,102 @@ def random_state(model: CopyGRU, rows: int, seed: int) -> dict[str, torch.Tensor
     return state
 
 
-def step(model: CopyGRU, x: torch.Tensor, state: dict[str, torch.Tensor], fast: bool):
-    model.fast_step = fast
+def step(
+    model: CopyGRU, x: torch.Tensor, state: dict[str, torch.Tensor], fast: bool, c: bool = True
+):
+    model.fast_step, model.kernel_step = fast, c
     try:
         new = model.advance_state(x, state)
         return new, model.head_state(new)
     finally:
-        model.fast_step = True
+        model.fast_step = model.kernel_step = True
 
 
+def test_the_c_step_is_built() -> None:
+    """setup.py builds it wherever a C compiler is (CI: gcc); without it the service would
+    serve the slower TorchScript forms, and the recorded answers (tests/app/test_golden.py)
+    are the C step's."""
+    assert KERNEL, "model_store._copy_kernel is not built: pip install -e . with a C compiler"
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows", [1, 3, TABLED_ROWS - 1, TABLED_ROWS, 64])
-def test_the_fast_step_computes_what_the_modules_compute(kind: str, rows: int) -> None:
+def test_the_fast_step_computes_what_the_modules_compute(form: str, kind: str, rows: int) -> None:
+    c = FORMS[form]
     for seed in range(3):
         model = random_model(seed, *KINDS[kind])
         state = random_state(model, rows, seed)
         x = torch.randint(0, model.config.vocab_size, (rows, 1))
         with torch.inference_mode():
             ref_state, ref_logp = step(model, x, state, fast=False)
-            new, logp = step(model, x, state, fast=True)
+            new, logp = step(model, x, state, fast=True, c=c)
         assert new.keys() == ref_state.keys()
         for name, part in ref_state.items():
             assert new[name].dtype == part.dtype and new[name].shape == part.shape, name
-            if rows < TABLED_ROWS:
+            if rows < TABLED_ROWS and not c:
                 assert torch.equal(new[name], part), name
             torch.testing.assert_close(new[name], part, rtol=1e-5, atol=1e-5, msg=name)
-        if rows < TABLED_ROWS:
+        if rows < TABLED_ROWS and not c:
             assert torch.equal(logp, ref_logp)
         torch.testing.assert_close(logp, ref_logp, rtol=1e-5, atol=1e-5)
         assert torch.isfinite(logp).all()
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_the_c_step_is_nearer_the_exact_value_than_float32_modules(kind: str) -> None:
+    """Summed in double, rounded once: the C step's state and log-probabilities are nearer the
+    same model run in float64 than the float32 modules are (their error, at least halved, on
+    the largest difference over every row), and within a float32 rounding or two of it."""
+    rows = TABLED_ROWS - 1  # the C step's batches
+    for seed in range(3):
+        model = random_model(seed, *KINDS[kind])
+        state = random_state(model, rows, seed)
+        x = torch.randint(0, model.config.vocab_size, (rows, 1))
+        wide = copy.deepcopy(model).double()
+        wide_state = {n: p.double() if p.is_floating_point() else p for n, p in state.items()}
+        with torch.inference_mode():
+            exact_state, exact = step(wide, x, wide_state, fast=False)
+            mod_state, mod = step(model, x, state, fast=False)
+            c_state, c = step(model, x, state, fast=True)
+        for name in ("h", "keys"):
+            c_err = (c_state[name].double() - exact_state[name]).abs().max().item()
+            mod_err = (mod_state[name].double() - exact_state[name]).abs().max().item()
+            assert c_err <= 2 * 2**-24 * exact_state[name].abs().max().item(), name
+            assert c_err <= mod_err / 2 or mod_err == 0, (name, c_err, mod_err)
+        c_err = (c.double() - exact).abs().max().item()
+        assert c_err <= 4 * 2**-24 * exact.abs().max().item()
+        assert c_err <= (mod.double() - exact).abs().max().item()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows", [5, TABLED_ROWS + 4])
-def test_each_row_of_a_fast_batch_equals_the_row_alone(kind: str, rows: int) -> None:
+def test_each_row_of_a_fast_batch_equals_the_row_alone(form: str, kind: str, rows: int) -> None:
+    """The C step computes each row alone: the same bits in any batch it serves."""
+    c = FORMS[form]
     model = random_model(7, *KINDS[kind])
     state = random_state(model, rows, 7)
     x = torch.randint(0, model.config.vocab_size, (rows, 1))
     with torch.inference_mode():
-        new, logp = step(model, x, state, fast=True)
+        new, logp = step(model, x, state, fast=True, c=c)
         for row in range(rows):
             alone = {name: part[row : row + 1] for name, part in state.items()}
-            new_1, logp_1 = step(model, x[row : row + 1], alone, fast=True)
+            new_1, logp_1 = step(model, x[row : row + 1], alone, fast=True, c=c)
+            if c and rows < TABLED_ROWS:
+                assert torch.equal(logp_1[0], logp[row])
+                assert all(torch.equal(part[0], new[name][row]) for name, part in new_1.items())
             torch.testing.assert_close(logp_1[0], logp[row], rtol=1e-5, atol=1e-5)
             for name, part in new_1.items():
                 torch.testing.assert_close(part[0], new[name][row], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("rows", [4, TABLED_ROWS])
-def test_the_fast_head_follows_the_weights(rows: int) -> None:
+def test_the_fast_head_follows_the_weights(form: str, rows: int) -> None:
     """Nothing derived from the weights goes stale: change one, the answer changes with it."""
     model = random_model(3, True, False)
+    model.kernel_step = FORMS[form]
     state = random_state(model, rows, 3)
     with torch.inference_mode():
         before = model.head_state(state)
@@ -122,24 +173,29 @@ def test_the_fast_head_follows_the_weights(rows: int) -> None:
 
 
 def test_weights_made_under_inference_mode_take_the_exact_step() -> None:
-    """Inference tensors keep no version, so no table could tell a change: the exact form."""
+    """Inference tensors keep no version, so no table could tell a change: the TorchScript
+    step takes its exact form. (The C step reads the weights themselves: within rounding.)"""
     with torch.inference_mode():
         model = random_model(5, True, False)
         state = random_state(model, TABLED_ROWS, 5)
         x = torch.randint(0, model.config.vocab_size, (TABLED_ROWS, 1))
-        new, logp = step(model, x, state, fast=True)
+        new, logp = step(model, x, state, fast=True, c=False)
         ref_state, ref_logp = step(model, x, state, fast=False)
+        _, c_logp = step(model, x, state, fast=True)
     assert torch.equal(logp, ref_logp)
     assert all(torch.equal(new[name], part) for name, part in ref_state.items())
+    torch.testing.assert_close(c_logp, ref_logp, rtol=1e-5, atol=1e-5)
 
 
 def test_a_moved_model_rebuilds_its_tables() -> None:
-    """.double() (as .to()) replaces the weights' data: the tables follow it."""
+    """.double() (as .to()) replaces the weights' data: the tables follow it, and the C step
+    (float32 only) gives way to the TorchScript forms."""
     model = random_model(6, True, False)
     state = random_state(model, TABLED_ROWS, 6)
     x = torch.randint(0, model.config.vocab_size, (TABLED_ROWS, 1))
     with torch.inference_mode():
-        step(model, x, state, fast=True)  # tables made in float32
+        step(model, x, state, fast=True)  # the C step's addresses taken in float32
+        step(model, x, state, fast=True, c=False)  # tables made in float32
     model.double()
     state = {n: p.double() if p.is_floating_point() else p for n, p in state.items()}
     with torch.inference_mode():
@@ -148,3 +204,15 @@ def test_a_moved_model_rebuilds_its_tables() -> None:
     assert logp.dtype == torch.float64
     torch.testing.assert_close(logp, ref_logp, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(new["h"], ref_state["h"], rtol=1e-9, atol=1e-9)
+
+
+def test_the_c_step_refuses_an_id_outside_the_vocabulary() -> None:
+    """As torch's embedding does: an error, never a read past the weights."""
+    model = random_model(8, True, False, True)
+    state = random_state(model, 3, 8)
+    with torch.inference_mode():
+        with pytest.raises(IndexError, match="999 is not in a vocabulary of 40"):
+            model.advance_state(torch.tensor([[1], [2], [999]]), state)
+        state["ids"][1, 2] = 77
+        with pytest.raises(IndexError, match="77 is not in a vocabulary of 40"):
+            model.head_state(state)
