@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -326,9 +327,10 @@ def keys_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3
 def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 3) -> None:
     """This tree's server against --before's, both up at once on one store, driven in turn
     `rounds` times (before, after, before, ...), so a load from elsewhere falls on both alike:
-    session next-word at 64 connections, /v1/completions with lists of 256 prompts, then GET
-    /health at 64 connections (the cost of the layers around a route that does nothing). Beside
-    the rates, the same per CPU-second of the server process: less noisy on a shared machine."""
+    session next-word at 64 connections and at one (a lone client: its p50 is the latency of a
+    request), /v1/completions with lists of 256 prompts, then GET /health at 64 connections
+    (the cost of the layers around a route that does nothing). Beside the rates, the same per
+    CPU-second of the server process: less noisy on a shared machine."""
     prompts = prompt_list()
     batch = lua_post(
         tmp / "trees",
@@ -338,6 +340,7 @@ def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 
     )
     loads = (
         ("next-word", 64, None, 1, ""),
+        ("next-word, one client", 1, None, 1, ""),
         ("completions, 256 prompts", 4, batch, len(prompts), ""),
         ("GET /health", 64, None, 1, "/health"),
     )
@@ -386,6 +389,12 @@ def trees_table(store: Path, args: argparse.Namespace, tmp: Path, rounds: int = 
             f"{per_cpu['after'] / per_cpu['before']:.2f}x"
             + (f"  ({errors} non-2xx)" if errors else "")
         )
+        if conns == 1:
+            p50 = {t: statistics.median(r["p50"] for r in runs[(load, t)]) for t, _ in trees}
+            print(
+                f"  {'':<26}     p50 (median): before {p50['before']:.3f} ms, after "
+                f"{p50['after']:.3f} ms"
+            )
 
 
 WORDS = ["one", "two", "three", "seven", "eight", "nine", "twenty", "hundred", "thousand"]

@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - a build without a compiler: the torch 
     _copy_kernel = None
 
 Parts = tuple[Tensor, Tensor, Tensor, Tensor]  # a state's h, keys, ids and seen
-# Whether the C step is built into this install (setup.py), and used (`kernel_weights`).
+# Whether the C step is built into this install (setup.py), and used (`kernel_model`).
 KERNEL = _copy_kernel is not None
 # Batches of this many rows or more take the tabled step, smaller ones the C step (or, without
 # it, the exact one). The C step costs about 25 us a row here (H = 96), the tabled one about
@@ -289,42 +289,47 @@ def stacked(model: Any, offered: Tensor, out_w: Tensor) -> Tensor:
     return torch.cat([offered, zero, after, zero])
 
 
-def kernel_weights(model: Any) -> tuple[tuple[Any, ...], ...] | None:
-    """The addresses of a single-layer CopyGRU's weights for the C step (advance's, head's),
-    kept on the model until it moves (`CopyGRU._apply`); None when the C step cannot serve it:
-    not built, weights not contiguous float32 on the CPU, or a batch norm in training mode.
-    The weights' values are read at every step, so a change in place is seen at once."""
+def kernel_model(model: Any) -> tuple[Any, ...] | None:
+    """A single-layer CopyGRU as the C step reads it: its sizes and flags, then its weights'
+    addresses (model_store/_copy_kernel.c's `read_model`), kept on the model until it moves
+    (`CopyGRU._apply`); None when the C step cannot serve it: not built, `kernel_step` off, or
+    weights not contiguous float32 on the CPU. The weights' values are read at every step, so
+    a change in place (an optimizer step, load_state_dict) is seen at once."""
     if not model.kernel_step:
         return None
-    kept = model.__dict__.get("_kernel_weights", False)
+    kept = model.__dict__.get("_kernel_model", False)
     if kept is not False:
         return kept
-    rnn, key, bn, value, after = model.rnn, model.key, model.bn, model.value, model.after
-    advance = [model.i_h.weight, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0]
-    advance += [rnn.bias_hh_l0, key.weight, key.bias]
-    head = [model.query.weight, model.query.bias, model.sentinel.weight, model.sentinel.bias]
-    head += [model.i_h.weight, None if value is None else value.weight]
-    head += [None if after is None else after.weight, bn.weight, bn.bias, bn.running_mean]
-    head += [bn.running_var, model.h_o.weight, model.h_o.bias]
+    rnn, key, bn, value, after, c = (
+        model.rnn,
+        model.key,
+        model.bn,
+        model.value,
+        model.after,
+        model.config,
+    )
+    weights = [model.i_h.weight, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0]
+    weights += [rnn.bias_hh_l0, key.weight, key.bias, model.query.weight, model.query.bias]
+    weights += [model.sentinel.weight, model.sentinel.bias]
+    weights += [None if value is None else value.weight, None if after is None else after.weight]
+    weights += [bn.weight, bn.bias, bn.running_mean, bn.running_var, model.h_o.weight]
+    weights += [model.h_o.bias]
     usable = (
         _copy_kernel is not None
-        and model.config.n_layers == 1
+        and c.n_layers == 1
         and all(
             t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
-            for t in (*advance, *head)
+            for t in weights
             if t is not None
         )
     )
-    made = (
-        (
-            tuple(t.data_ptr() for t in advance),
-            tuple(None if t is None else t.data_ptr() for t in head),
-            (*advance, *head),  # held, so the addresses stay valid whatever the model does
-        )
-        if usable
-        else None
-    )
-    model.__dict__["_kernel_weights"] = made
+    made = None
+    if usable:
+        sizes = (c.hidden, c.copy_window, c.key_size, c.vocab_size, c.copy_start, bn.eps)
+        made = (*sizes, *(None if t is None else t.data_ptr() for t in weights))
+        # the tensors held, so the addresses stay valid whatever is done to the model
+        model.__dict__["_kernel_tensors"] = weights
+    model.__dict__["_kernel_model"] = made
     return made
 
 
@@ -341,21 +346,46 @@ def kernel_fits(x: Tensor | None, state: dict[str, Tensor]) -> bool:
     )
 
 
+def step_in_pool(
+    model: Any,
+    pool: dict[str, Tensor],
+    slots: list[int],
+    x: list[int],
+    top: list[int],
+    banned: bytes,
+) -> list[list[tuple[int, float]]] | None:
+    """The engine's pass for rows that each feed one id and want their likeliest words, in
+    one C call: row `slots[b]` of the pool's parts (each (capacity, *shape), contiguous)
+    advanced by `x[b]` in place, and its `top[b]` likeliest words (id, prob): the next-word
+    distribution without the ids where `banned` (a byte a word) is 1, renormalized, a tie to
+    the higher id, words of probability 0 left out (app.engine's `top_rows`). None when the C
+    step cannot serve (not built, the model or the pool not its layout: nothing is done); an
+    IndexError or ValueError before any row is written for an id or a slot out of range."""
+    made = kernel_model(model) if len(slots) < TABLED_ROWS else None
+    if made is None or not kernel_fits(None, pool):
+        return None
+    h, keys, ids, seen = pool["h"], pool["keys"], pool["ids"], pool["seen"]
+    if not (h.is_contiguous() and keys.is_contiguous() and ids.is_contiguous()):
+        return None
+    rows: list[list[tuple[int, float]]] = _copy_kernel.step_pool(
+        *made, h.shape[0], slots, x, top, banned, h.data_ptr(), keys.data_ptr(),
+        ids.data_ptr(), seen.data_ptr(),
+    )  # fmt: skip
+    return rows
+
+
 def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """`model.advance_state(x, state)` of a single-layer CopyGRU for (B, 1) ids x."""
     rows = x.shape[0]
-    weights = kernel_weights(model) if rows < TABLED_ROWS else None
-    if weights is not None and kernel_fits(x, state):
+    kernel = kernel_model(model) if rows < TABLED_ROWS else None
+    if kernel is not None and kernel_fits(x, state):
         parts = (x, state["h"], state["keys"], state["ids"], state["seen"])
         x, h, keys, ids, seen = (t.contiguous() for t in parts)
-        k, d = keys.shape[1], keys.shape[2]
         new_h, new_keys = torch.empty_like(h), torch.empty_like(keys)
         new_ids = torch.empty_like(ids)
         _copy_kernel.advance(
-            rows, h.shape[2], k, d, model.config.vocab_size, model.config.copy_start, x.data_ptr(),
-            h.data_ptr(),
-            keys.data_ptr(), ids.data_ptr(), seen.data_ptr(), new_h.data_ptr(),
-            new_keys.data_ptr(), new_ids.data_ptr(), *weights[0],
+            *kernel, rows, x.data_ptr(), h.data_ptr(), keys.data_ptr(), ids.data_ptr(),
+            seen.data_ptr(), new_h.data_ptr(), new_keys.data_ptr(), new_ids.data_ptr(),
         )  # fmt: skip
         return {"h": new_h, "keys": new_keys, "ids": new_ids, "seen": torch.ones_like(seen)}
     made = tables(model, "advance") if rows >= TABLED_ROWS else None
@@ -374,15 +404,12 @@ def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, T
 def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
     """`model.head_state(state)` of a CopyGRU whose batch norm is in eval mode."""
     h, keys, ids = state["h"][:, -1], state["keys"], state["ids"]
-    weights = kernel_weights(model) if h.shape[0] < TABLED_ROWS else None
-    if weights is not None and kernel_fits(None, state):
+    kernel = kernel_model(model) if h.shape[0] < TABLED_ROWS else None
+    if kernel is not None and kernel_fits(None, state):
         h, keys, ids = h.contiguous(), keys.contiguous(), ids.contiguous()
-        rows, k, d = keys.shape
-        out = h.new_empty(rows, model.config.vocab_size)
-        _copy_kernel.head(
-            rows, h.shape[1], k, d, out.shape[1], model.bn.eps, h.data_ptr(), keys.data_ptr(),
-            ids.data_ptr(), out.data_ptr(), *weights[1],
-        )  # fmt: skip
+        out = h.new_empty(h.shape[0], model.config.vocab_size)
+        pointers = (h.data_ptr(), keys.data_ptr(), ids.data_ptr(), out.data_ptr())
+        _copy_kernel.head(*kernel, h.shape[0], *pointers)
         return out
     made = tables(model, "head") if h.shape[0] >= TABLED_ROWS else None
     if made is not None:

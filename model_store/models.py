@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from model_store.copy_step import fast_advance, fast_head
+from model_store.copy_step import fast_advance, fast_head, step_in_pool
 
 State = dict[str, Tensor]  # named tensors, each (B, *StateSpec.shape)
 
@@ -132,6 +132,17 @@ class HumanNumbersLM(nn.Module, ABC):
         the next-token distribution: nothing else needs keeping between calls.
         """
         return self.h_o(self.bn(state["h"][:, -1]))
+
+    def step_in_pool(
+        self, pool: State, slots: list[int], x: list[int], top: list[int], banned: bytes
+    ) -> list[list[tuple[int, float]]] | None:
+        """A serving engine's pass for rows that each feed one id and want their likeliest
+        words, done in place in its pool of states (each part (capacity, *shape)): row
+        `slots[b]` advanced by `x[b]`, then its `top[b]` likeliest words (id, prob) without the
+        ids where `banned` (a byte a word) is 1, renormalized, likeliest first, a tie to the
+        higher id, words of probability 0 left out. None where a model has no such pass (the
+        engine then gathers, advances, heads and scatters); nothing is changed then."""
+        return None
 
 
 class SeedLM(HumanNumbersLM):
@@ -254,7 +265,8 @@ class CopyGRU(HumanNumbersLM):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
-        self.__dict__.pop("_kernel_weights", None)  # and the C step's addresses
+        self.__dict__.pop("_kernel_model", None)  # and the C step's addresses
+        self.__dict__.pop("_kernel_tensors", None)
         return super()._apply(fn, recurse)
 
     @property
@@ -366,6 +378,13 @@ class CopyGRU(HumanNumbersLM):
         out, h = self._recur(x, state["h"], lengths)
         keys, ids = self._history(x, out, state)
         return self._keep(keys, ids, lengths, h)
+
+    def step_in_pool(
+        self, pool: State, slots: list[int], x: list[int], top: list[int], banned: bytes
+    ) -> list[list[tuple[int, float]]] | None:
+        if self._fast() and not self.training:  # the C step, where it serves (copy_step)
+            return step_in_pool(self, pool, slots, x, top, banned)
+        return None
 
     def head_state(self, state: State) -> Tensor:
         if self._fast() and not self.training:

@@ -109,6 +109,8 @@ class Engine:
         self.stats = BatchStats()
         # Tokens a user cannot type (fastai's special tokens, the filler) are never predicted.
         self._banned = torch.tensor(vocab.unpredictable, dtype=torch.long).to(device)
+        banned = set(vocab.unpredictable)  # the same, a byte a word, for the model's own pass
+        self._banned_bytes = bytes(i in banned for i in range(model.config.vocab_size))
         self._queue: deque[Job] = deque()
         self._has_work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -311,6 +313,8 @@ class Engine:
         """One batched forward: gather, advance, scatter. For each job whose ids are all fed
         now, its next-word probabilities, or its likeliest word and its probability if it
         generates greedily (None for a job with more to feed); the ids fed."""
+        if (answered := self._forward_in_pool(batch)) is not None:
+            return answered, len(batch)
         at = [j.seq.row for j in batch]
         assert len(set(at)) == len(at), "a sequence appears twice in a batch"
         chunk = self.config.prefill_chunk
@@ -360,6 +364,32 @@ class Engine:
         for i, row in zip(done, nexts, strict=True):
             out[i] = row
         return out, sum(len(p) for p in pieces)
+
+    def _forward_in_pool(self, batch: list[Job]) -> list[Row | None] | None:
+        """The model's own pass in the pool (`step_in_pool`: gru-copy's C step), where every
+        job is a step feeding one id, the most common pass of a busy server (a session's next
+        word, a word at a time): each job's top words; None where the model has none for this
+        batch, and nothing was done."""
+        slots, x, top = [], [], []
+        for job in batch:
+            if job.gen is not None or len(job.feed) != 1:
+                return None
+            slots.append(job.seq.row)
+            x.append(job.feed[0])
+            top.append(job.top_k)
+        self._pool.flush()  # pending rows reset first, as a gather does
+        rows = self.model.step_in_pool(self._pool.parts, slots, x, top, self._banned_bytes)
+        if rows is None:
+            return None
+        for job in batch:
+            piece, job.feed = job.feed, []
+            if job.on_applied is not None:
+                try:
+                    job.on_applied(piece)
+                except Exception as e:  # the state holds the piece; the caller failed
+                    log.exception("model %r: a request's bookkeeping failed", self.name)
+                    fail(job, EngineFailure(f"the request failed ({describe(e)})"))
+        return cast(list[Row | None], rows)
 
     @staticmethod
     def _rows(probs: torch.Tensor, jobs: list[Job]) -> list[Row]:
