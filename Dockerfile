@@ -14,6 +14,11 @@ RUN if [ -n "$WHEELHOUSE" ]; then \
     fi \
  && python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# a C compiler for gru-copy's C step (setup.py; optional: without one, or where apt cannot
+# reach its mirror, the package builds without it and serves the step with torch)
+# hadolint ignore=DL3008
+RUN (apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev) \
+    || echo "no C compiler: gru-copy's C step is not built (model_store.copy_step.KERNEL False)"
 # torch first and alone: the largest layer, and the one the index choice is about
 # (torch 2.13 needs setuptools >= 77.0.3; Debian's is 66)
 RUN pip install setuptools==80.9.0 wheel==0.45.1 \
@@ -24,7 +29,7 @@ RUN pip install setuptools==80.9.0 wheel==0.45.1 \
     fi
 # then the dependencies, from pyproject.toml alone (stub packages), so code edits reuse it
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 RUN mkdir app model_store training \
  && touch app/__init__.py model_store/__init__.py training/__init__.py \
  && pip install --no-build-isolation . \
@@ -38,6 +43,7 @@ COPY training/ training/
 RUN rm -rf build ./*.egg-info \
  && pip install --no-deps --no-build-isolation . \
  && python -c "import app.main, training.cli" \
+ && python -c "from model_store.copy_step import KERNEL; print('gru-copy C step built:', KERNEL)" \
  && python -c "from app.pages import DOCS_ASSETS as d, PLAYGROUND as p; \
 assert all(f.is_file() for f in (d / 'swagger-ui-bundle.js', d / 'redoc.standalone.js', p / 'index.html', p / 'playground.js')), 'page assets missing'" \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
