@@ -10,7 +10,7 @@ from model_store.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from model_store.inference import compile_cell, resolve_device, start_state
+from model_store.inference import compile_cell, next_probs, resolve_device, start_state
 from model_store.models import (
     PREFERRED_DEFAULTS,
     SEED_VARIANTS,
@@ -46,6 +46,7 @@ __all__ = [
     "find_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "next_probs",
     "read_meta",
     "resolve_device",
     "save_checkpoint",

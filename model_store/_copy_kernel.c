@@ -29,6 +29,12 @@
 #else
 #define CLONES
 #endif
+/* Everything a row loop calls is compiled into each of its clones. */
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
 
 typedef struct {
     long H, K, D, V;
@@ -40,11 +46,11 @@ typedef struct {
     const float *q_w, *q_b, *s_w, *s_b, *v_w, *a_w, *bn_w, *bn_b, *bn_mean, *bn_var, *o_w, *o_b;
 } Model;
 
-static inline double sigmoid(double a) { return 1.0 / (1.0 + exp(-a)); }
+INLINE double sigmoid(double a) { return 1.0 / (1.0 + exp(-a)); }
 
 /* sum_i w[i] * x[i] in double: eight running sums, so the adds do not wait on each other
  * (and the compiler may pair them in vector registers), then added in a fixed order. */
-static inline double dot(const float *w, const double *x, long n) {
+INLINE double dot(const float *w, const double *x, long n) {
     double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     long i = 0;
     for (; i + 8 <= n; i += 8)
@@ -54,30 +60,24 @@ static inline double dot(const float *w, const double *x, long n) {
 }
 
 /* y[o] = b[o] + sum_i w[o * n + i] * x[i], o < m (w: m x n, row major as nn.Linear's) */
-static inline void linear(const float *w, const float *b, const double *x, long m, long n,
+INLINE void linear(const float *w, const float *b, const double *x, long m, long n,
                           double *y) {
     for (long o = 0; o < m; o++) y[o] = (b ? (double)b[o] : 0.0) + dot(w + o * n, x, n);
 }
 
-/* Doubles of scratch a row needs. */
-static long work_size(const Model *m) { return 9 * m->H + m->D + 2 * m->K + 5 * m->H + 2 * m->V; }
+/* Doubles of scratch: one row's advance, or its head. */
+static long work_size(const Model *m) {
+    long advance = 9 * m->H + m->D, head = 2 * m->K + 6 * m->H + m->D + 2 * m->V;
+    return advance > head ? advance : head;
+}
 
-/* One row's state after id x: from (h, keys, ids, seen) into (new_h, new_keys, new_ids), which
- * may be the same memory (the pool's row, in place). */
-static inline void advance_one(const Model *m, int64_t x, const float *h, const float *keys,
-                               const int64_t *ids, uint8_t seen, float *new_h, float *new_keys,
-                               int64_t *new_ids, double *work) {
+/* Row r's new state from its gates' inputs (gi, gh: 3H each), its old h (hd) and the last
+ * position's key: into (new_h, new_keys, new_ids), which may be its old state's memory. */
+INLINE void update(const Model *m, int64_t x, const double *gi, const double *gh,
+                          const double *hd, const double *key, const float *keys,
+                          const int64_t *ids, uint8_t seen, float *new_h, float *new_keys,
+                          int64_t *new_ids) {
     long H = m->H, K = m->K, D = m->D;
-    double *gi = work, *gh = work + 3 * H, *hd = work + 6 * H, *ed = work + 7 * H;
-    double *key = work + 8 * H;
-    const float *e = m->emb + x * H;
-    for (long j = 0; j < H; j++) {
-        hd[j] = h[j];
-        ed[j] = e[j];
-    }
-    linear(m->w_ih, m->b_ih, ed, 3 * H, H, gi);
-    linear(m->w_hh, m->b_hh, hd, 3 * H, H, gh);
-    linear(m->key_w, m->key_b, hd, D, H, key); /* the last position's key: of the old h */
     for (long j = 0; j < H; j++) {
         double r = sigmoid(gi[j] + gh[j]);
         double z = sigmoid(gi[H + j] + gh[H + j]);
@@ -91,8 +91,27 @@ static inline void advance_one(const Model *m, int64_t x, const float *h, const 
     new_ids[K - 1] = (m->copy_start || seen) ? x : -1;
 }
 
+/* One row's state after id x: from (h, keys, ids, seen) into (new_h, new_keys, new_ids),
+ * which may be the same memory (the pool's row, in place). */
+INLINE void advance_one(const Model *m, int64_t x, const float *h, const float *keys,
+                        const int64_t *ids, uint8_t seen, float *new_h, float *new_keys,
+                        int64_t *new_ids, double *work) {
+    long H = m->H, D = m->D;
+    double *gi = work, *gh = work + 3 * H, *hd = work + 6 * H, *ed = work + 7 * H;
+    double *key = work + 8 * H;
+    const float *e = m->emb + x * H;
+    for (long j = 0; j < H; j++) {
+        hd[j] = h[j];
+        ed[j] = e[j];
+    }
+    linear(m->w_ih, m->b_ih, ed, 3 * H, H, gi);
+    linear(m->w_hh, m->b_hh, hd, 3 * H, H, gh);
+    linear(m->key_w, m->key_b, hd, D, H, key); /* the last position's key: of the old h */
+    update(m, x, gi, gh, hd, key, keys, ids, seen, new_h, new_keys, new_ids);
+}
+
 /* One row's next-token log-probabilities (V doubles into logp) of output h over its history. */
-static inline void head_one(const Model *m, const float *h, const float *keys,
+INLINE void head_one(const Model *m, const float *h, const float *keys,
                             const int64_t *ids, double *logp, double *work) {
     long H = m->H, K = m->K, D = m->D, V = m->V;
     double *hd = work, *q = hd + H, *raw = q + D, *offer = raw + K, *offered = offer + K;
@@ -186,6 +205,19 @@ static CLONES void head_rows(const Model *m, long rows, const float *h, const fl
 /* Each row: its pool row advanced by x[b] in place, then its next-word probabilities without
  * the banned words (float32, as torch's softmax of the float32 log-probabilities gives them, up
  * to rounding) into probs (rows x V). */
+/* The next-word probabilities of one row's float32 logits (or log-probabilities) l, without
+ * the banned words: exp(l - logsumexp over the others), in double, rounded once. The one
+ * softmax of the engine's answers (`softmax_masked`, and each row of `step_pool`). */
+INLINE void masked_softmax(const float *l, long V, const uint8_t *banned, float *out) {
+    double mx = -INFINITY, z = 0.0;
+    for (long v = 0; v < V; v++)
+        if (!banned[v] && (double)l[v] > mx) mx = (double)l[v];
+    for (long v = 0; v < V; v++)
+        if (!banned[v]) z += exp((double)l[v] - mx);
+    double lz = mx + log(z);
+    for (long v = 0; v < V; v++) out[v] = banned[v] ? 0.0f : (float)exp((double)l[v] - lz);
+}
+
 static CLONES void pool_rows(const Model *m, long rows, const int64_t *slots, const int64_t *x,
                              float *h, float *keys, int64_t *ids, uint8_t *seen,
                              const uint8_t *banned, float *probs, double *work) {
@@ -193,19 +225,15 @@ static CLONES void pool_rows(const Model *m, long rows, const int64_t *slots, co
     double *logp = work + work_size(m);
     for (long b = 0; b < rows; b++) {
         long s = (long)slots[b];
-        float *hs = h + s * H, *ks = keys + s * K * D;
+        float *hs = h + s * H, *ks = keys + s * K * D, *pb = probs + b * V;
         int64_t *is = ids + s * K;
         advance_one(m, x[b], hs, ks, is, seen[s], hs, ks, is, work);
         seen[s] = 1;
         head_one(m, hs, ks, is, logp, work);
-        double mx = -INFINITY, z = 0.0;
-        for (long v = 0; v < V; v++)
-            if (!banned[v] && logp[v] > mx) mx = logp[v];
-        for (long v = 0; v < V; v++)
-            if (!banned[v]) z += exp(logp[v] - mx);
-        double lz = mx + log(z);
-        for (long v = 0; v < V; v++)
-            probs[b * V + v] = banned[v] ? 0.0f : (float)exp(logp[v] - lz);
+        /* rounded to float32 first, as `head` returns them: the same answer as the gather
+         * pass's (`head` then `softmax_masked`) */
+        for (long v = 0; v < V; v++) pb[v] = (float)logp[v];
+        masked_softmax(pb, V, banned, pb);
     }
 }
 
@@ -422,11 +450,39 @@ done:
     return result;
 }
 
+static CLONES void softmax_rows(long rows, long V, const float *l, const uint8_t *banned,
+                                float *out) {
+    for (long b = 0; b < rows; b++) masked_softmax(l + b * V, V, banned, out + b * V);
+}
+
+/* softmax_masked(rows, vocab, logits, banned, out): logits and out (rows, V) float32; banned
+ * bytes of V (1: never predicted). */
+static PyObject *softmax_masked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5 || !PyBytes_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "softmax_masked(rows, vocab, logits, banned, out)");
+        return NULL;
+    }
+    long rows = PyLong_AsLong(args[0]), V = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (PyBytes_GET_SIZE(args[3]) != V) {
+        PyErr_SetString(PyExc_ValueError, "softmax_masked: banned must be a byte a word");
+        return NULL;
+    }
+    void *p[2];
+    PyObject *const ptrs[2] = {args[2], args[4]};
+    if (pointers(ptrs, 2, p) < 0) return NULL;
+    softmax_rows(rows, V, p[0], (const uint8_t *)PyBytes_AS_STRING(args[3]), p[1]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"advance", (PyCFunction)(void (*)(void))advance, METH_FASTCALL,
      "gru-copy's state after one id a row (see the file's comments)."},
     {"head", (PyCFunction)(void (*)(void))head, METH_FASTCALL,
      "gru-copy's next-token log-probabilities of a state (see the file's comments)."},
+    {"softmax_masked", (PyCFunction)(void (*)(void))softmax_masked, METH_FASTCALL,
+     "Rows of next-word probabilities from logits, banned words dropped."},
     {"step_pool", (PyCFunction)(void (*)(void))step_pool, METH_FASTCALL,
      "The engine's pass for rows of one id each, in the pool (see the file's comments)."},
     {NULL, NULL, 0, NULL},

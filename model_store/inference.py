@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from model_store.copy_step import _copy_kernel
 from model_store.models import CellLoopLM, GRUCell, HumanNumbersLM, State
 
 
@@ -18,6 +19,28 @@ def start_state(model: HumanNumbersLM, bos: int, device: torch.device | str | No
     issue 16 (docs/benchmarks.md, sixth round), where it beat the bare zero state."""
     ids = torch.tensor([[bos]], dtype=torch.long, device=device)
     return model.advance_state(ids, model.init_state(1, device))
+
+
+def next_probs(logits: torch.Tensor, banned: torch.Tensor, banned_bytes: bytes) -> torch.Tensor:
+    """The next-word probabilities (B, V) of a head's logits or log-probabilities (B, V),
+    without the words a user cannot type (`banned`: their ids; `banned_bytes`: a byte a word,
+    1 for those): the softmax over the others. On the CPU in float32, in C where it is built
+    (model_store/_copy_kernel.c: in double, rounded once), the same function as gru-copy's
+    pass in the pool (`CopyGRU.step_in_pool`), so a state's answer does not depend on which of
+    the engine's passes computed it; else with torch. `logits` may be written to."""
+    if (
+        _copy_kernel is not None
+        and logits.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and len(banned_bytes) == logits.shape[1]
+    ):
+        logits = logits.contiguous()
+        out = torch.empty_like(logits)
+        rows, vocab = logits.shape
+        _copy_kernel.softmax_masked(rows, vocab, logits.data_ptr(), banned_bytes, out.data_ptr())
+        return out
+    logits.index_fill_(1, banned, float("-inf"))
+    return torch.softmax(logits.float(), dim=-1)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -35,7 +35,7 @@ from app.core import tracing
 from app.core.errors import AtCapacity, EngineFailure, NotReady
 from app.engine.sequences import ExportedState, Host, Job, Sequence, SequenceClosed
 from app.engine.slots import SlotPool
-from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, start_state
+from model_store import BOS, HumanNumbersLM, StateSpec, Vocab, next_probs, start_state
 
 # A row of the batch for one job: a step's top words (id, prob); a generation's next-word
 # probabilities, or for a greedy one its likeliest word and that word's probability.
@@ -347,8 +347,7 @@ class Engine:
                 index = torch.as_tensor(done, dtype=torch.long, device=self.device)
                 head = {name: part.index_select(0, index) for name, part in state.items()}
             logits = self.model.head_state(head)
-            logits.index_fill_(1, self._banned, float("-inf"))
-            probs = torch.softmax(logits.float(), dim=-1)
+            probs = next_probs(logits, self._banned, self._banned_bytes)
             nexts = self._rows(probs, [batch[i] for i in done])
         if width:
             self._pool.scatter(slots, state)  # nothing changes before this line

@@ -216,3 +216,25 @@ def test_the_c_step_refuses_an_id_outside_the_vocabulary() -> None:
         state["ids"][1, 2] = 77
         with pytest.raises(IndexError, match="77 is not in a vocabulary of 40"):
             model.head_state(state)
+
+
+def test_next_probs_is_the_softmax_without_the_banned_words() -> None:
+    """model_store.next_probs (the engine's one softmax, in C where built): within float32
+    rounding of torch's softmax with the banned words at -inf, exactly 0 at those, rows of 1;
+    another dtype (or device) through torch's softmax, in float32 as before."""
+    from model_store import next_probs
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 40, generator=g) * 4
+    logits[2, 5] = 30.0  # one word near 1, the rest tiny
+    banned = torch.tensor([0, 1, 2, 39])
+    banned_bytes = bytes(i in (0, 1, 2, 39) for i in range(40))
+    want = torch.softmax(logits.index_fill(1, banned, float("-inf")), -1)
+    got = next_probs(logits.clone(), banned, banned_bytes)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-9)
+    assert (got[:, banned] == 0).all()
+    torch.testing.assert_close(got.sum(-1), torch.ones(7), rtol=0, atol=1e-6)
+    wide = next_probs(logits.double(), banned, banned_bytes)  # not the C path
+    assert wide.dtype == torch.float32
+    torch.testing.assert_close(wide, want, rtol=2e-6, atol=1e-9)

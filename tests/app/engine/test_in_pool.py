@@ -160,3 +160,29 @@ def test_generations_and_longer_texts_take_the_gather_pass() -> None:
     asyncio.run(main())
     assert counts.in_pool == 1
     assert counts.passes >= 5  # the text, four generation passes at least, the restored step
+
+
+def test_a_state_answers_the_same_bits_whichever_pass_computes_it() -> None:
+    """A text's last word fed in the pool pass, then the state it left opened anew and asked
+    again with nothing to feed (the gather pass: head only): the same words and the same
+    probabilities to the bit (one softmax for both, model_store.next_probs)."""
+    engine = make_engine(True)
+    counts = Counting(engine)
+    text = "one thousand two hundred three , one thousand two"
+
+    async def main():  # type: ignore[no-untyped-def]
+        engine.start()
+        try:
+            a = engine.open()
+            words = VOCAB.encode(text)
+            await a.step(words[:-1], 1)
+            in_pool = await a.step(words[-1:], len(VOCAB))
+            b = engine.open(a.export())
+            gathered = await b.step([], len(VOCAB))
+            return in_pool, gathered
+        finally:
+            await engine.stop()
+
+    in_pool, gathered = asyncio.run(main())
+    assert counts.in_pool == 1
+    assert in_pool == gathered
