@@ -337,16 +337,27 @@ def kernel_model(model: Any) -> tuple[Any, ...] | None:
     return made
 
 
-def kernel_fits(x: Tensor | None, state: dict[str, Tensor]) -> bool:
-    """Whether the C step reads these tensors as they are laid out: on the CPU, the dtypes of
-    CopyGRU.state_spec (and int64 ids x); the C step checks the ids are in the vocabulary."""
-    h, ids, seen = state["h"], state["ids"], state["seen"]
+def kernel_fits(model: Any, x: Tensor | None, state: dict[str, Tensor]) -> bool:
+    """Whether the C step reads these tensors as they are laid out: on the CPU, the dtypes and
+    shapes of CopyGRU.state_spec for B rows (and B int64 ids x, (B, 1)); the C step itself
+    checks that the ids are in the vocabulary. Anything else takes the torch forms, which
+    raise where the shapes are wrong."""
+    h, keys, ids, seen = state["h"], state["keys"], state["ids"], state["seen"]
+    c = model.config
+    rows = h.shape[0]
     return (
-        h.device.type == "cpu"
-        and h.dtype == state["keys"].dtype == torch.float32
+        h.device.type == keys.device.type == ids.device.type == seen.device.type == "cpu"
+        and h.dtype == keys.dtype == torch.float32
         and ids.dtype == torch.int64
         and seen.dtype == torch.bool
-        and (x is None or (x.dtype == torch.int64 and x.device.type == "cpu"))
+        and h.shape == (rows, 1, c.hidden)
+        and keys.shape == (rows, c.copy_window, c.key_size)
+        and ids.shape == (rows, c.copy_window)
+        and seen.shape == (rows, 1)
+        and (
+            x is None
+            or (x.dtype == torch.int64 and x.device.type == "cpu" and x.shape == (rows, 1))
+        )
     )
 
 
@@ -366,7 +377,7 @@ def step_in_pool(
     step cannot serve (not built, the model or the pool not its layout: nothing is done); an
     IndexError or ValueError before any row is written for an id or a slot out of range."""
     made = kernel_model(model) if len(slots) < POOL_ROWS else None
-    if made is None or not kernel_fits(None, pool):
+    if made is None or not kernel_fits(model, None, pool):
         return None
     h, keys, ids, seen = pool["h"], pool["keys"], pool["ids"], pool["seen"]
     if not (h.is_contiguous() and keys.is_contiguous() and ids.is_contiguous()):
@@ -382,7 +393,7 @@ def fast_advance(model: Any, x: Tensor, state: dict[str, Tensor]) -> dict[str, T
     """`model.advance_state(x, state)` of a single-layer CopyGRU for (B, 1) ids x."""
     rows = x.shape[0]
     kernel = kernel_model(model) if rows < TABLED_ROWS else None
-    if kernel is not None and kernel_fits(x, state):
+    if kernel is not None and kernel_fits(model, x, state):
         parts = (x, state["h"], state["keys"], state["ids"], state["seen"])
         x, h, keys, ids, seen = (t.contiguous() for t in parts)
         new_h, new_keys = torch.empty_like(h), torch.empty_like(keys)
@@ -409,7 +420,7 @@ def fast_head(model: Any, state: dict[str, Tensor]) -> Tensor:
     """`model.head_state(state)` of a CopyGRU whose batch norm is in eval mode."""
     h, keys, ids = state["h"][:, -1], state["keys"], state["ids"]
     kernel = kernel_model(model) if h.shape[0] < TABLED_ROWS else None
-    if kernel is not None and kernel_fits(None, state):
+    if kernel is not None and kernel_fits(model, None, state):
         h, keys, ids = h.contiguous(), keys.contiguous(), ids.contiguous()
         out = h.new_empty(h.shape[0], model.config.vocab_size)
         pointers = (h.data_ptr(), keys.data_ptr(), ids.data_ptr(), out.data_ptr())

@@ -238,3 +238,21 @@ def test_next_probs_is_the_softmax_without_the_banned_words() -> None:
     wide = next_probs(logits.double(), banned, banned_bytes)  # not the C path
     assert wide.dtype == torch.float32
     torch.testing.assert_close(wide, want, rtol=2e-6, atol=1e-9)
+
+
+def test_the_c_step_never_reads_past_a_state_of_the_wrong_shape() -> None:
+    """Rows that do not match (3 ids for a state of 2 rows) or a part of another layout are
+    never handed to the C step: the torch forms take them (and raise where torch does)."""
+    from model_store.copy_step import kernel_fits
+
+    model = random_model(9, True, False, True)
+    state = random_state(model, 2, 9)
+    x = torch.tensor([[1], [2]])
+    assert kernel_fits(model, x, state)
+    assert not kernel_fits(model, torch.tensor([[1], [2], [3]]), state)
+    assert not kernel_fits(model, x, {**state, "keys": state["keys"][:1]})
+    assert not kernel_fits(model, x, {**state, "ids": state["ids"][:, 1:]})
+    assert not kernel_fits(model, x, {**state, "h": state["h"].double()})
+    assert not kernel_fits(model, x.int(), state)
+    with torch.inference_mode(), pytest.raises((RuntimeError, IndexError)):
+        model.advance_state(torch.tensor([[1], [2], [3]]), state)
