@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 try:  # the step in C (setup.py builds it where a C compiler is found)
-    from model_store import _copy_kernel  # type: ignore[attr-defined]
+    import model_store._copy_kernel as _copy_kernel
 except ImportError:  # pragma: no cover - a build without a compiler: the torch forms serve
     _copy_kernel = None
 
