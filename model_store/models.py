@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from model_store.copy_step import fast_advance, fast_head, step_in_pool
+from model_store.copy_step import POOL_ROWS, fast_advance, fast_head, step_in_pool
 
 State = dict[str, Tensor]  # named tensors, each (B, *StateSpec.shape)
 
@@ -132,6 +132,9 @@ class HumanNumbersLM(nn.Module, ABC):
         the next-token distribution: nothing else needs keeping between calls.
         """
         return self.h_o(self.bn(state["h"][:, -1]))
+
+    # The most rows, plus one, `step_in_pool` may serve (0: it serves none).
+    pool_rows = 0
 
     def step_in_pool(
         self, pool: State, slots: list[int], x: list[int], top: list[int], banned: bytes
@@ -259,6 +262,7 @@ class CopyGRU(HumanNumbersLM):
     # ... and in C (model_store/_copy_kernel.c) where it is built and the model is float32 on the
     # CPU: every batch size, summed in double; False: the TorchScript forms.
     kernel_step = True
+    pool_rows = POOL_ROWS
 
     def _fast(self) -> bool:
         return self.fast_step and not torch.is_grad_enabled()

@@ -369,6 +369,8 @@ class Engine:
         job is a step feeding one id, the most common pass of a busy server (a session's next
         word, a word at a time): each job's top words; None where the model has none for this
         batch, and nothing was done."""
+        if len(batch) >= self.model.pool_rows:
+            return None
         slots, x, top = [], [], []
         for job in batch:
             if job.gen is not None or len(job.feed) != 1:
