@@ -235,6 +235,8 @@ def test_next_probs_is_the_softmax_without_the_banned_words() -> None:
     torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-9)
     assert (got[:, banned] == 0).all()
     torch.testing.assert_close(got.sum(-1), torch.ones(7), rtol=0, atol=1e-6)
+    many = next_probs(logits.repeat(4, 1), banned, banned_bytes)  # 28 rows: torch's
+    torch.testing.assert_close(many, want.repeat(4, 1), rtol=2e-6, atol=1e-9)
     wide = next_probs(logits.double(), banned, banned_bytes)  # not the C path
     assert wide.dtype == torch.float32
     torch.testing.assert_close(wide, want, rtol=2e-6, atol=1e-9)
