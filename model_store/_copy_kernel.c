@@ -237,10 +237,11 @@ static CLONES void pool_rows(const Model *m, long rows, const int64_t *slots, co
     }
 }
 
-/* An id outside the vocabulary (which the embedding's rows are) is an error, as torch's. */
-static int bad_ids(const int64_t *ids, long n, long V) {
+/* An id outside the vocabulary (which the embedding's rows are) is an error, as torch's; a
+ * history's entries may also be -1 (empty), an id fed may not (`lowest` 0). */
+static int bad_ids(const int64_t *ids, long n, long V, long lowest) {
     for (long i = 0; i < n; i++)
-        if (ids[i] >= V || ids[i] < -1) {
+        if (ids[i] >= V || ids[i] < lowest) {
             PyErr_Format(PyExc_IndexError, "id %lld is not in a vocabulary of %ld",
                          (long long)ids[i], V);
             return 1;
@@ -310,7 +311,7 @@ static PyObject *advance(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (PyErr_Occurred()) return NULL;
     void *p[8];
     if (pointers(args + MODEL_ARGS + 1, 8, p) < 0) return NULL;
-    if (bad_ids(p[0], rows, m.V)) return NULL;
+    if (bad_ids(p[0], rows, m.V, 0)) return NULL;
     double *work = scratch(&m);
     if (!work) return NULL;
     advance_rows(&m, rows, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], work);
@@ -333,7 +334,7 @@ static PyObject *head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (PyErr_Occurred()) return NULL;
     void *p[4];
     if (pointers(args + MODEL_ARGS + 1, 4, p) < 0) return NULL;
-    if (bad_ids(p[2], rows * m.K, m.V)) return NULL;
+    if (bad_ids(p[2], rows * m.K, m.V, -1)) return NULL;
     double *work = scratch(&m);
     if (!work) return NULL;
     head_rows(&m, rows, p[0], p[1], p[2], p[3], work);
@@ -417,7 +418,7 @@ static PyObject *step_pool(PyObject *self, PyObject *const *args, Py_ssize_t nar
         int_list(args[MODEL_ARGS + 2], x, rows, "x") < 0 ||
         int_list(args[MODEL_ARGS + 3], top, rows, "top") < 0)
         goto done;
-    if (bad_ids(x, rows, m.V)) goto done;
+    if (bad_ids(x, rows, m.V, 0)) goto done;
     for (Py_ssize_t b = 0; b < rows; b++) {
         if (slots[b] < 0 || slots[b] >= capacity) {
             PyErr_Format(PyExc_IndexError, "slot %lld is not in a pool of %ld",
@@ -429,7 +430,7 @@ static PyObject *step_pool(PyObject *self, PyObject *const *args, Py_ssize_t nar
                 PyErr_SetString(PyExc_ValueError, "a slot appears twice in a batch");
                 goto done;
             }
-        if (bad_ids(ids + slots[b] * m.K, m.K, m.V)) goto done;
+        if (bad_ids(ids + slots[b] * m.K, m.K, m.V, -1)) goto done;
     }
     const uint8_t *banned = (const uint8_t *)PyBytes_AS_STRING(banned_bytes);
     pool_rows(&m, rows, slots, x, h, keys, ids, seen, banned, probs, work);

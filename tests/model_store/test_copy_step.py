@@ -213,6 +213,8 @@ def test_the_c_step_refuses_an_id_outside_the_vocabulary() -> None:
     with torch.inference_mode():
         with pytest.raises(IndexError, match="999 is not in a vocabulary of 40"):
             model.advance_state(torch.tensor([[1], [2], [999]]), state)
+        with pytest.raises(IndexError, match="-1 is not in a vocabulary of 40"):
+            model.advance_state(torch.tensor([[1], [-1], [2]]), state)
         state["ids"][1, 2] = 77
         with pytest.raises(IndexError, match="77 is not in a vocabulary of 40"):
             model.head_state(state)
