@@ -290,6 +290,19 @@ static int read_model(PyObject *const *args, Model *m) {
     return 0;
 }
 
+/* The start of every call: MODEL_ARGS + `extra` arguments, the model, then an int (`first`);
+ * -1 with an error set where they are not that. */
+static int model_call(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t extra, const char *name,
+                      Model *m, long *first) {
+    if (nargs != MODEL_ARGS + extra) {
+        PyErr_Format(PyExc_TypeError, "%s: wrong number of arguments", name);
+        return -1;
+    }
+    if (read_model(args, m) < 0) return -1;
+    *first = PyLong_AsLong(args[MODEL_ARGS]);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 static double *scratch(const Model *m) {
     double *work = malloc(sizeof(double) * (size_t)(work_size(m) + m->V));
     if (!work) PyErr_NoMemory();
@@ -302,13 +315,8 @@ static double *scratch(const Model *m) {
 static PyObject *advance(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     Model m;
-    if (nargs != MODEL_ARGS + 9) {
-        PyErr_SetString(PyExc_TypeError, "advance: wrong number of arguments");
-        return NULL;
-    }
-    if (read_model(args, &m) < 0) return NULL;
-    long rows = PyLong_AsLong(args[MODEL_ARGS]);
-    if (PyErr_Occurred()) return NULL;
+    long rows;
+    if (model_call(args, nargs, 9, "advance", &m, &rows) < 0) return NULL;
     void *p[8];
     if (pointers(args + MODEL_ARGS + 1, 8, p) < 0) return NULL;
     if (bad_ids(p[0], rows, m.V, 0)) return NULL;
@@ -325,13 +333,8 @@ static PyObject *advance(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 static PyObject *head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     Model m;
-    if (nargs != MODEL_ARGS + 5) {
-        PyErr_SetString(PyExc_TypeError, "head: wrong number of arguments");
-        return NULL;
-    }
-    if (read_model(args, &m) < 0) return NULL;
-    long rows = PyLong_AsLong(args[MODEL_ARGS]);
-    if (PyErr_Occurred()) return NULL;
+    long rows;
+    if (model_call(args, nargs, 5, "head", &m, &rows) < 0) return NULL;
     void *p[4];
     if (pointers(args + MODEL_ARGS + 1, 4, p) < 0) return NULL;
     if (bad_ids(p[2], rows * m.K, m.V, -1)) return NULL;
@@ -386,13 +389,8 @@ static PyObject *top_list(const float *probs, long V, long k) {
 static PyObject *step_pool(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     Model m;
-    if (nargs != MODEL_ARGS + 9) {
-        PyErr_SetString(PyExc_TypeError, "step_pool: wrong number of arguments");
-        return NULL;
-    }
-    if (read_model(args, &m) < 0) return NULL;
-    long capacity = PyLong_AsLong(args[MODEL_ARGS]);
-    if (PyErr_Occurred()) return NULL;
+    long capacity;
+    if (model_call(args, nargs, 9, "step_pool", &m, &capacity) < 0) return NULL;
     PyObject *slot_list = args[MODEL_ARGS + 1], *banned_bytes = args[MODEL_ARGS + 4];
     if (!PyList_Check(slot_list) || !PyBytes_Check(banned_bytes) ||
         PyBytes_GET_SIZE(banned_bytes) != m.V || m.V > 1024) {
