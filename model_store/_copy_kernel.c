@@ -44,6 +44,10 @@ typedef struct {
     const float *emb, *w_ih, *w_hh, *b_ih, *b_hh, *key_w, *key_b;
     /* head (v_w, a_w: NULL without the offer, the lookahead) */
     const float *q_w, *q_b, *s_w, *s_b, *v_w, *a_w, *bn_w, *bn_b, *bn_mean, *bn_var, *o_w, *o_b;
+    /* tables of what depends on an id alone (NULL: computed in each row), in double, each the
+     * sum `linear` makes (`make_tables`): gi_t (V, 3H) the input gates b_ih + w_ih emb[v];
+     * v_t and a_t (V, H) the value's and the lookahead's maps of emb[v] */
+    const double *gi_t, *v_t, *a_t;
 } Model;
 
 INLINE double sigmoid(double a) { return 1.0 / (1.0 + exp(-a)); }
@@ -97,14 +101,17 @@ INLINE void advance_one(const Model *m, int64_t x, const float *h, const float *
                         const int64_t *ids, uint8_t seen, float *new_h, float *new_keys,
                         int64_t *new_ids, double *work) {
     long H = m->H, D = m->D;
-    double *gi = work, *gh = work + 3 * H, *hd = work + 6 * H, *ed = work + 7 * H;
+    double *gh = work + 3 * H, *hd = work + 6 * H, *ed = work + 7 * H;
     double *key = work + 8 * H;
-    const float *e = m->emb + x * H;
-    for (long j = 0; j < H; j++) {
-        hd[j] = h[j];
-        ed[j] = e[j];
+    const double *gi = work;
+    for (long j = 0; j < H; j++) hd[j] = h[j];
+    if (m->gi_t) {
+        gi = m->gi_t + x * 3 * H; /* the same sums, made once */
+    } else {
+        const float *e = m->emb + x * H;
+        for (long j = 0; j < H; j++) ed[j] = e[j];
+        linear(m->w_ih, m->b_ih, ed, 3 * H, H, work);
     }
-    linear(m->w_ih, m->b_ih, ed, 3 * H, H, gi);
     linear(m->w_hh, m->b_hh, hd, 3 * H, H, gh);
     linear(m->key_w, m->key_b, hd, D, H, key); /* the last position's key: of the old h */
     update(m, x, gi, gh, hd, key, keys, ids, seen, new_h, new_keys, new_ids);
@@ -146,20 +153,39 @@ INLINE void head_one(const Model *m, const float *h, const float *keys,
             sum += offer[c];
         }
         for (long j = 0; j < H; j++) offered[j] = seen_w[j] = 0.0;
+        /* with the tables, each entry's word already through the value's (and the
+         * lookahead's) map: the weighted sum of the maps, not the map of the weighted sum */
+        const double *vt = m->v_t, *at = m->a_t;
         for (long c = 0; c < K; c++) {
             if (offer[c] == 0.0) continue;
             offer[c] /= sum;
-            const float *e = m->emb + ids[c] * H;
-            for (long j = 0; j < H; j++) offered[j] += offer[c] * (double)e[j];
+            if (vt) {
+                const double *e = vt + ids[c] * H;
+                for (long j = 0; j < H; j++) offered[j] += offer[c] * e[j];
+            } else {
+                const float *e = m->emb + ids[c] * H;
+                for (long j = 0; j < H; j++) offered[j] += offer[c] * (double)e[j];
+            }
             /* the word after the entry: the next entry's id, where known */
             if (m->a_w && c + 1 < K && ids[c + 1] >= 0) {
-                const float *a = m->emb + ids[c + 1] * H;
-                for (long j = 0; j < H; j++) seen_w[j] += offer[c] * (double)a[j];
+                if (at) {
+                    const double *a = at + ids[c + 1] * H;
+                    for (long j = 0; j < H; j++) seen_w[j] += offer[c] * a[j];
+                } else {
+                    const float *a = m->emb + ids[c + 1] * H;
+                    for (long j = 0; j < H; j++) seen_w[j] += offer[c] * (double)a[j];
+                }
             }
         }
-        linear(m->v_w, NULL, offered, H, H, tmp);
-        for (long j = 0; j < H; j++) feature[j] += tmp[j];
-        if (m->a_w) {
+        if (vt) {
+            for (long j = 0; j < H; j++) feature[j] += offered[j];
+        } else {
+            linear(m->v_w, NULL, offered, H, H, tmp);
+            for (long j = 0; j < H; j++) feature[j] += tmp[j];
+        }
+        if (m->a_w && at) {
+            for (long j = 0; j < H; j++) feature[j] += seen_w[j];
+        } else if (m->a_w) {
             linear(m->a_w, NULL, seen_w, H, H, tmp);
             for (long j = 0; j < H; j++) feature[j] += tmp[j];
         }
@@ -264,8 +290,8 @@ static int pointers(PyObject *const *args, Py_ssize_t n, void **out) {
 /* The model from its sizes and flags (hidden, window, key_size, vocab, copy_start, eps) and
  * its 19 weights' addresses (None for an absent one): emb, w_ih, w_hh, b_ih, b_hh, key_w,
  * key_b, then query_w, query_b, sentinel_w, sentinel_b, value_w, after_w, bn_w, bn_b, bn_mean,
- * bn_var, out_w, out_b. */
-#define MODEL_ARGS 25
+ * bn_var, out_w, out_b; then its 3 tables' (None: none), gi_t, v_t, a_t (float64). */
+#define MODEL_ARGS 28
 static int read_model(PyObject *const *args, Model *m) {
     m->H = PyLong_AsLong(args[0]);
     m->K = PyLong_AsLong(args[1]);
@@ -274,16 +300,17 @@ static int read_model(PyObject *const *args, Model *m) {
     m->copy_start = PyObject_IsTrue(args[4]);
     m->eps = PyFloat_AsDouble(args[5]);
     if (PyErr_Occurred()) return -1;
-    void *p[19];
-    if (pointers(args + 6, 19, p) < 0) return -1;
+    void *p[22];
+    if (pointers(args + 6, 22, p) < 0) return -1;
     m->emb = p[0], m->w_ih = p[1], m->w_hh = p[2], m->b_ih = p[3], m->b_hh = p[4];
     m->key_w = p[5], m->key_b = p[6], m->q_w = p[7], m->q_b = p[8], m->s_w = p[9];
     m->s_b = p[10], m->v_w = p[11], m->a_w = p[12], m->bn_w = p[13], m->bn_b = p[14];
     m->bn_mean = p[15], m->bn_var = p[16], m->o_w = p[17], m->o_b = p[18];
+    m->gi_t = p[19], m->v_t = p[20], m->a_t = p[21];
     if (m->H <= 0 || m->K <= 0 || m->D <= 0 || m->V <= 0 || !m->emb || !m->w_ih || !m->w_hh ||
         !m->b_ih || !m->b_hh || !m->key_w || !m->key_b || !m->q_w || !m->q_b || !m->s_w ||
         !m->s_b || !m->bn_w || !m->bn_b || !m->bn_mean || !m->bn_var || !m->o_w || !m->o_b ||
-        (m->a_w && !m->v_w)) {
+        (m->a_w && !m->v_w) || (m->v_t && !m->v_w) || (m->a_t && !m->a_w)) {
         PyErr_SetString(PyExc_ValueError, "a model the C step cannot read");
         return -1;
     }
@@ -449,6 +476,42 @@ done:
     return result;
 }
 
+/* make_tables(*model, gi_t, v_t, a_t): the model's tables (its own table arguments None),
+ * written into float64 buffers of (V, 3H), (V, H), (V, H) (v_t, a_t: None where the model
+ * has no value map, no lookahead), each entry the sum a row would make (`linear`). */
+static CLONES void table_rows(const Model *m, double *gi_t, double *v_t, double *a_t,
+                              double *ed) {
+    long H = m->H;
+    for (long v = 0; v < m->V; v++) {
+        const float *e = m->emb + v * H;
+        for (long j = 0; j < H; j++) ed[j] = e[j];
+        linear(m->w_ih, m->b_ih, ed, 3 * H, H, gi_t + v * 3 * H);
+        if (v_t) linear(m->v_w, NULL, ed, H, H, v_t + v * H);
+        if (a_t) linear(m->a_w, NULL, ed, H, H, a_t + v * H);
+    }
+}
+
+static PyObject *make_tables(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Model m;
+    if (nargs != MODEL_ARGS + 3) {
+        PyErr_SetString(PyExc_TypeError, "make_tables: wrong number of arguments");
+        return NULL;
+    }
+    if (read_model(args, &m) < 0) return NULL;
+    void *p[3];
+    if (pointers(args + MODEL_ARGS, 3, p) < 0) return NULL;
+    if (!p[0] || (p[1] == NULL) != (m.v_w == NULL) || (p[2] == NULL) != (m.a_w == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "make_tables: a table for each map the model has");
+        return NULL;
+    }
+    double *ed = malloc(sizeof(double) * (size_t)m.H);
+    if (!ed) return PyErr_NoMemory();
+    table_rows(&m, p[0], p[1], p[2], ed);
+    free(ed);
+    Py_RETURN_NONE;
+}
+
 static CLONES void softmax_rows(long rows, long V, const float *l, const uint8_t *banned,
                                 float *out) {
     for (long b = 0; b < rows; b++) masked_softmax(l + b * V, V, banned, out + b * V);
@@ -482,6 +545,8 @@ static PyMethodDef methods[] = {
      "gru-copy's next-token log-probabilities of a state (see the file's comments)."},
     {"softmax_masked", (PyCFunction)(void (*)(void))softmax_masked, METH_FASTCALL,
      "Rows of next-word probabilities from logits, banned words dropped."},
+    {"make_tables", (PyCFunction)(void (*)(void))make_tables, METH_FASTCALL,
+     "The model's tables of what depends on an id alone (see the file's comments)."},
     {"step_pool", (PyCFunction)(void (*)(void))step_pool, METH_FASTCALL,
      "The engine's pass for rows of one id each, in the pool (see the file's comments)."},
     {NULL, NULL, 0, NULL},

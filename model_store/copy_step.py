@@ -23,11 +23,13 @@ two TorchScript functions, in one of two forms:
 
 Small batches (a lone request, a quiet server) take a third form where it is built: the *C
 step* (model_store/_copy_kernel.c, built by setup.py), the modules' arithmetic row by row in
-one call, summed in double and rounded to float32 once: a one-row step in 0.10 ms where the
-exact form takes 0.48, nearer the float64 value than the modules' float32, and the same bits
-for a row whatever batch it is in. Without a C compiler the exact form serves them: the
-modules' to the bit. tests/model_store/test_copy_step.py holds every form to the modules' (and
-the C step to float64); tests/app/test_golden.py's recorded answers are the C step's. Measured in
+one call, summed in double and rounded to float32 once, with what depends on an id alone
+(the input gates, the offered word's and the next word's maps) tabled in double once: a
+one-row step in about 0.03 ms where the exact form takes 0.48, nearer the float64 value than
+the modules' float32, and the same bits for a row whatever batch it is in. Without a C
+compiler the exact form serves them: the modules' to the bit.
+tests/model_store/test_copy_step.py holds every form to the modules' (and the C step to
+float64); tests/app/test_golden.py's recorded answers are the C step's. Measured in
 docs/benchmarks.md ("Serving gru-copy: the model's step").
 """
 
@@ -52,13 +54,15 @@ Parts = tuple[Tensor, Tensor, Tensor, Tensor]  # a state's h, keys, ids and seen
 # Whether the C step is built into this install (setup.py), and used (`kernel_model`).
 KERNEL = _copy_kernel is not None
 # Batches of this many rows or more take the tabled step, smaller ones the C step (or, without
-# it, the exact one). The C step costs about 25 us a row here (H = 96), the tabled one about
-# 400 us a batch of up to 64 rows: they cross near 16.
-TABLED_ROWS = 16
+# it, the exact one). The C step costs about 12 us a row here (H = 96), the tabled one about
+# 0.26-0.36 ms a batch of 8 to 64 rows: they cross near 24 (measured in process: 0.28 against
+# 0.28 ms at 24 rows, 0.38 against 0.30 at 32).
+TABLED_ROWS = 24
 # The engine's pass in the pool (`step_in_pool`) for batches below this many rows: it also
 # spares the gather, the scatter, the softmax and the sort of the torch pass, so it pays
-# further (measured in process: 0.67 against 0.72 ms at 24 rows, 0.91 against 0.64 at 32).
-POOL_ROWS = 24
+# further (the engine's whole pass in process: 0.31 against 0.53 ms at 24 rows, 0.58-0.70
+# against 0.76-0.94 at 48, 0.79 against 0.78-0.80 at 64, 0.99 against 0.92 at 80).
+POOL_ROWS = 64
 
 
 def advance_tabled(
@@ -294,15 +298,22 @@ def stacked(model: Any, offered: Tensor, out_w: Tensor) -> Tensor:
 
 
 def kernel_model(model: Any) -> tuple[Any, ...] | None:
-    """A single-layer CopyGRU as the C step reads it: its sizes and flags, then its weights'
-    addresses (model_store/_copy_kernel.c's `read_model`), kept on the model until it moves
-    (`CopyGRU._apply`); None when the C step cannot serve it: not built, `kernel_step` off, or
-    weights not contiguous float32 on the CPU. The weights' values are read at every step, so
-    a change in place (an optimizer step, load_state_dict) is seen at once."""
+    """A single-layer CopyGRU as the C step reads it: its sizes and flags, its weights'
+    addresses and its tables' (model_store/_copy_kernel.c's `read_model`), kept on the model
+    until it moves (`CopyGRU._apply`); None when the C step cannot serve it: not built,
+    `kernel_step` off, or weights not contiguous float32 on the CPU. The weights' values are
+    read at every step, and the tables (what depends on an id alone, `make_tables`) made again
+    when a weight they come from changes in place (an optimizer step, load_state_dict: its
+    version moves), so a change is seen at once. Weights made under torch.inference_mode keep
+    no version: the C step then computes every row without tables."""
     if not model.kernel_step:
         return None
     kept = model.__dict__.get("_kernel_model", False)
     if kept is not False:
+        if (tabled := model.__dict__.get("_kernel_tables")) is not None:
+            sources, stamp, buffers = tabled
+            if stamp != tuple([t._version for t in sources]):  # a weight changed: make again
+                _make_tables(kept, model, sources, buffers)
         return kept
     rnn, key, bn, value, after, c = (
         model.rnn,
@@ -333,8 +344,32 @@ def kernel_model(model: Any) -> tuple[Any, ...] | None:
         made = (*sizes, *(None if t is None else t.data_ptr() for t in weights))
         # the tensors held, so the addresses stay valid whatever is done to the model
         model.__dict__["_kernel_tensors"] = weights
+        sources = [model.i_h.weight, rnn.weight_ih_l0, rnn.bias_ih_l0]
+        sources += [t.weight for t in (value, after) if t is not None]
+        if any(t.is_inference() for t in sources):  # no version to tell a change by
+            made += (None, None, None)
+        else:
+            v, h = c.vocab_size, c.hidden
+            buffers = [torch.empty(v, 3 * h, dtype=torch.float64)]
+            buffers += [
+                None if t is None else torch.empty(v, h, dtype=torch.float64)
+                for t in (value, after)
+            ]
+            _make_tables((*made, None, None, None), model, sources, buffers)
+            made += tuple(None if t is None else t.data_ptr() for t in buffers)
     model.__dict__["_kernel_model"] = made
     return made
+
+
+def _make_tables(
+    made: tuple[Any, ...], model: Any, sources: list[Tensor], buffers: list[Tensor | None]
+) -> None:
+    """Fill the C step's tables (`buffers`, whose addresses `made` may already hold) from the
+    weights as they are now, and keep them on the model with the weights' versions."""
+    assert _copy_kernel is not None
+    untabled = (*made[: len(made) - 3], None, None, None)
+    _copy_kernel.make_tables(*untabled, *(None if t is None else t.data_ptr() for t in buffers))
+    model.__dict__["_kernel_tables"] = (sources, tuple([t._version for t in sources]), buffers)
 
 
 def kernel_fits(model: Any, x: Tensor | None, state: dict[str, Tensor]) -> bool:

@@ -271,6 +271,7 @@ class CopyGRU(HumanNumbersLM):
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
         self.__dict__.pop("_kernel_model", None)  # and the C step's addresses
         self.__dict__.pop("_kernel_tensors", None)
+        self.__dict__.pop("_kernel_tables", None)
         return super()._apply(fn, recurse)
 
     @property

@@ -172,6 +172,35 @@ def test_the_fast_head_follows_the_weights(form: str, rows: int) -> None:
     assert not torch.allclose(before, after)
 
 
+def test_the_c_steps_tables_follow_the_weights() -> None:
+    """The C step tables what depends on an id alone (the input gates, the offered word's and
+    the next word's maps): change any weight they come from in place, and the next step is
+    the modules' again, not the old tables'."""
+    model = random_model(4, *KINDS["lookahead"])
+    rows = 5
+    state = random_state(model, rows, 4)
+    x = torch.randint(0, model.config.vocab_size, (rows, 1))
+    with torch.inference_mode():
+        _, before_logp = step(model, x, state, fast=True)
+    changes = {
+        "i_h": lambda: model.i_h.weight.mul_(1.5),
+        "w_ih": lambda: model.rnn.weight_ih_l0.add_(0.2),
+        "b_ih": lambda: model.rnn.bias_ih_l0.sub_(0.5),
+        "value": lambda: model.value.weight.mul_(-1.0),  # type: ignore[union-attr]
+        "after": lambda: model.after.weight.mul_(2.0),  # type: ignore[union-attr]
+    }
+    for name, change in changes.items():
+        with torch.no_grad():
+            change()
+        with torch.inference_mode():
+            new, logp = step(model, x, state, fast=True)
+            ref_state, ref_logp = step(model, x, state, fast=False)
+        torch.testing.assert_close(logp, ref_logp, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(new["h"], ref_state["h"], rtol=1e-5, atol=1e-5, msg=name)
+        assert not torch.allclose(logp, before_logp), name
+        before_logp = logp
+
+
 def test_weights_made_under_inference_mode_take_the_exact_step() -> None:
     """Inference tensors keep no version, so no table could tell a change: the TorchScript
     step takes its exact form. (The C step reads the weights themselves: within rounding.)"""

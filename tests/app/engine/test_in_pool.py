@@ -85,8 +85,8 @@ TEXTS = ["", "one , two ,", "one thousand two hundred three , one thousand two",
 
 @pytest.mark.parametrize("rows", [1, len(TEXTS), TABLED_ROWS - 1])
 def test_a_pass_in_the_pool_answers_as_the_gather_pass(rows: int) -> None:
-    texts = (TEXTS * 4)[:rows]
-    words = (["one", "three", ",", "four", "thousand", "hundred"] * 3)[:rows]
+    texts = (TEXTS * rows)[:rows]
+    words = (["one", "three", ",", "four", "thousand", "hundred"] * rows)[:rows]
     c_engine, gather_engine = make_engine(True), make_engine(False)
     counts = Counting(c_engine)
     tops, states = scenario(c_engine, texts, words)
