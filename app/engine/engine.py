@@ -244,8 +244,7 @@ class Engine:
 
     def _run(self, batch: list[Job]) -> None:
         try:
-            with torch.inference_mode():
-                rows, tokens = self._forward(batch)
+            rows, tokens = self._forward(batch)
         except Exception as e:
             if len(batch) > 1:  # find the culprit: each job alone (no state was changed)
                 for job in batch:
@@ -315,6 +314,11 @@ class Engine:
         generates greedily (None for a job with more to feed); the ids fed."""
         if (answered := self._forward_in_pool(batch)) is not None:
             return answered, len(batch)
+        with torch.inference_mode():
+            return self._forward_torch(batch)
+
+    def _forward_torch(self, batch: list[Job]) -> tuple[list[Row | None], int]:
+        """`_forward`'s gather, advance, head and scatter, in torch."""
         at = [j.seq.row for j in batch]
         assert len(set(at)) == len(at), "a sequence appears twice in a batch"
         chunk = self.config.prefill_chunk

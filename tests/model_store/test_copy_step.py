@@ -289,3 +289,23 @@ def test_the_c_step_never_reads_past_a_state_of_the_wrong_shape() -> None:
     assert not kernel_fits(model, x.int(), state)
     with torch.inference_mode(), pytest.raises((RuntimeError, IndexError)):
         model.advance_state(torch.tensor([[1], [2], [3]]), state)
+
+
+def test_the_pool_pass_serves_whatever_the_grad_mode() -> None:
+    """The engine's pass in the pool writes through the pool's addresses and records nothing
+    for autograd, so it serves with grad enabled too (the engine enters no inference_mode
+    for it): the same words and states as under inference_mode, no graph on the pool."""
+    model = random_model(8, *KINDS["lookahead"])
+    capacity, slots, x, top = 8, [5, 0, 3], [4, 7, 2], [3, 5, 1]
+    pools = []
+    for grad in (True, False):
+        with torch.no_grad():
+            pool = random_state(model, capacity, 8)
+        with torch.set_grad_enabled(grad):
+            rows = model.step_in_pool(pool, slots, x, top, bytes(model.config.vocab_size))
+        assert rows is not None
+        assert all(not t.requires_grad and t.grad_fn is None for t in pool.values())
+        pools.append((rows, pool))
+    (rows_grad, pool_grad), (rows, pool) = pools
+    assert rows_grad == rows
+    assert all(torch.equal(pool_grad[name], part) for name, part in pool.items())
