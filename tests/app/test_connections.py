@@ -105,6 +105,56 @@ def test_slow_loris_heads_get_408_at_the_deadline(server):
     idle.close()
 
 
+GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def one_response(sock: socket.socket, timeout: float = 10) -> int:
+    """Read one response off a kept-alive connection: its status."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                      if k.lower() == b"content-length"))  # fmt: skip
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1])
+
+
+@pytest.mark.parametrize("server", [{"HEADER_TIMEOUT_SECONDS": "1"}], indirect=True)
+def test_between_requests_the_keep_alive_and_within_a_head_its_deadline(server):
+    """A connection's one timer holds both deadlines: between requests uvicorn's keep-alive
+    (5 s: an idle connection closed without a word), not the head's (1 s here); a later
+    request's head gets its whole deadline from its first byte."""
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(GET_HEALTH)
+    assert one_response(s) == 200
+    time.sleep(2.0)  # idle past the head's deadline: still open
+    s.sendall(GET_HEALTH[:10])
+    time.sleep(0.6)  # a head that takes 0.6 s of its 1 s
+    s.sendall(GET_HEALTH[10:])
+    assert one_response(s) == 200
+    idle = time.monotonic()
+    s.settimeout(10)
+    assert s.recv(100) == b""  # closed by the keep-alive
+    assert 4.0 < time.monotonic() - idle < 7.0
+    s.close()
+    # a head begun after some idling, never finished: 408 a second after its first byte
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(GET_HEALTH)
+    assert one_response(s) == 200
+    time.sleep(2.0)
+    begun = time.monotonic()
+    s.sendall(b"GET /health HTTP/1.1\r\n")
+    status, headers, _ = answer(s)
+    s.close()
+    assert status == 408 and headers["connection"] == "close"
+    assert 0.8 < time.monotonic() - begun < 3.0
+
+
 @pytest.mark.parametrize(
     "server", [{"MAX_CONNECTIONS": "50", "HEADER_TIMEOUT_SECONDS": "60"}], indirect=True
 )
