@@ -25,7 +25,7 @@ Small batches (a lone request, a quiet server) take a third form where it is bui
 step* (model_store/_copy_kernel.c, built by setup.py), the modules' arithmetic row by row in
 one call, summed in double and rounded to float32 once, with what depends on an id alone
 (the input gates, the offered word's and the next word's maps) tabled in double once: a
-one-row step in about 0.03 ms where the exact form takes 0.48, nearer the float64 value than
+one-row step in about 0.04 ms where the exact form takes 0.48, nearer the float64 value than
 the modules' float32, and the same bits for a row whatever batch it is in. Without a C
 compiler the exact form serves them: the modules' to the bit.
 tests/model_store/test_copy_step.py holds every form to the modules' (and the C step to
