@@ -117,6 +117,32 @@ INLINE void advance_one(const Model *m, int64_t x, const float *h, const float *
     update(m, x, gi, gh, hd, key, keys, ids, seen, new_h, new_keys, new_ids);
 }
 
+/* sum += weight * word v's row: of `table` (the word through a map, tabled) where there is
+ * one, else of the embedding (the map applied to the sum afterwards, `add_mapped`). */
+INLINE void add_word(const Model *m, const double *table, int64_t v, double weight,
+                     double *sum) {
+    long H = m->H;
+    if (table) {
+        const double *t = table + v * H;
+        for (long j = 0; j < H; j++) sum[j] += weight * t[j];
+    } else {
+        const float *e = m->emb + v * H;
+        for (long j = 0; j < H; j++) sum[j] += weight * (double)e[j];
+    }
+}
+
+/* feature += the map w of the words summed by `add_word`: with the table, that sum is already
+ * mapped (the weighted sum of the maps, not the map of the weighted sum); tmp: H doubles. */
+INLINE void add_mapped(const Model *m, const float *w, const double *table, const double *sum,
+                       double *tmp, double *feature) {
+    long H = m->H;
+    if (!table) {
+        linear(w, NULL, sum, H, H, tmp);
+        sum = tmp;
+    }
+    for (long j = 0; j < H; j++) feature[j] += sum[j];
+}
+
 /* One row's next-token log-probabilities (V doubles into logp) of output h over its history. */
 INLINE void head_one(const Model *m, const float *h, const float *keys,
                             const int64_t *ids, double *logp, double *work) {
@@ -153,42 +179,16 @@ INLINE void head_one(const Model *m, const float *h, const float *keys,
             sum += offer[c];
         }
         for (long j = 0; j < H; j++) offered[j] = seen_w[j] = 0.0;
-        /* with the tables, each entry's word already through the value's (and the
-         * lookahead's) map: the weighted sum of the maps, not the map of the weighted sum */
-        const double *vt = m->v_t, *at = m->a_t;
         for (long c = 0; c < K; c++) {
             if (offer[c] == 0.0) continue;
             offer[c] /= sum;
-            if (vt) {
-                const double *e = vt + ids[c] * H;
-                for (long j = 0; j < H; j++) offered[j] += offer[c] * e[j];
-            } else {
-                const float *e = m->emb + ids[c] * H;
-                for (long j = 0; j < H; j++) offered[j] += offer[c] * (double)e[j];
-            }
+            add_word(m, m->v_t, ids[c], offer[c], offered);
             /* the word after the entry: the next entry's id, where known */
-            if (m->a_w && c + 1 < K && ids[c + 1] >= 0) {
-                if (at) {
-                    const double *a = at + ids[c + 1] * H;
-                    for (long j = 0; j < H; j++) seen_w[j] += offer[c] * a[j];
-                } else {
-                    const float *a = m->emb + ids[c + 1] * H;
-                    for (long j = 0; j < H; j++) seen_w[j] += offer[c] * (double)a[j];
-                }
-            }
+            if (m->a_w && c + 1 < K && ids[c + 1] >= 0)
+                add_word(m, m->a_t, ids[c + 1], offer[c], seen_w);
         }
-        if (vt) {
-            for (long j = 0; j < H; j++) feature[j] += offered[j];
-        } else {
-            linear(m->v_w, NULL, offered, H, H, tmp);
-            for (long j = 0; j < H; j++) feature[j] += tmp[j];
-        }
-        if (m->a_w && at) {
-            for (long j = 0; j < H; j++) feature[j] += seen_w[j];
-        } else if (m->a_w) {
-            linear(m->a_w, NULL, seen_w, H, H, tmp);
-            for (long j = 0; j < H; j++) feature[j] += tmp[j];
-        }
+        add_mapped(m, m->v_w, m->v_t, offered, tmp, feature);
+        if (m->a_w) add_mapped(m, m->a_w, m->a_t, seen_w, tmp, feature);
     }
     for (long j = 0; j < H; j++)
         normed[j] = (feature[j] - (double)m->bn_mean[j]) / sqrt((double)m->bn_var[j] + m->eps)

@@ -313,7 +313,7 @@ def kernel_model(model: Any) -> tuple[Any, ...] | None:
         if (tabled := model.__dict__.get("_kernel_tables")) is not None:
             sources, stamp, buffers = tabled
             if stamp != tuple([t._version for t in sources]):  # a weight changed: make again
-                _make_tables(kept, model, sources, buffers)
+                _make_tables(kept[:-3], model, sources, buffers)
         return kept
     rnn, key, bn, value, after, c = (
         model.rnn,
@@ -355,20 +355,21 @@ def kernel_model(model: Any) -> tuple[Any, ...] | None:
                 None if t is None else torch.empty(v, h, dtype=torch.float64)
                 for t in (value, after)
             ]
-            _make_tables((*made, None, None, None), model, sources, buffers)
+            _make_tables(made, model, sources, buffers)
             made += tuple(None if t is None else t.data_ptr() for t in buffers)
     model.__dict__["_kernel_model"] = made
     return made
 
 
 def _make_tables(
-    made: tuple[Any, ...], model: Any, sources: list[Tensor], buffers: list[Tensor | None]
+    weights: tuple[Any, ...], model: Any, sources: list[Tensor], buffers: list[Tensor | None]
 ) -> None:
-    """Fill the C step's tables (`buffers`, whose addresses `made` may already hold) from the
-    weights as they are now, and keep them on the model with the weights' versions."""
+    """Fill the C step's tables (`buffers`) from the weights as they are now (`weights`: the
+    model's sizes and weights' addresses, without its tables'), and keep them on the model
+    with the weights' versions."""
     assert _copy_kernel is not None
-    untabled = (*made[: len(made) - 3], None, None, None)
-    _copy_kernel.make_tables(*untabled, *(None if t is None else t.data_ptr() for t in buffers))
+    addresses = (None if t is None else t.data_ptr() for t in buffers)
+    _copy_kernel.make_tables(*weights, None, None, None, *addresses)
     model.__dict__["_kernel_tables"] = (sources, tuple([t._version for t in sources]), buffers)
 
 
