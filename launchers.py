@@ -18,6 +18,9 @@ import httpx
 import redis
 
 HOST = "127.0.0.1"
+# The device the tests run the app on: the CPU, unless TEST_DEVICE says cuda (the GPU machine's
+# run of the suite, scripts/gpu-check.sh). The benchmarks give DEVICE themselves.
+TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 
 
 def free_port() -> int:
@@ -29,7 +32,7 @@ def free_port() -> int:
 
 class AppProcess:
     """`python -m app --store STORE` on a free port; the settings come from `env`, over this
-    process's environment (DEVICE cpu and LOG_LEVEL info unless given). With `capture` its
+    process's environment (DEVICE TEST_DEVICE and LOG_LEVEL info unless given). With `capture` its
     output is kept in `output` (read when it stops); else it goes nowhere. With `cwd` the app
     is the one of that checkout (a benchmark's "before" tree), else this one's."""
 
@@ -47,7 +50,7 @@ class AppProcess:
         self.cwd = cwd
         self.port = port or free_port()
         self.base = f"http://{HOST}:{self.port}"
-        self.env = {**os.environ, "DEVICE": "cpu", "LOG_LEVEL": "info", **env}
+        self.env = {**os.environ, "DEVICE": TEST_DEVICE, "LOG_LEVEL": "info", **env}
         self.capture = capture
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""

@@ -48,11 +48,20 @@ def next_probs(logits: torch.Tensor, banned: torch.Tensor, banned_bytes: bytes) 
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when torch sees a GPU, else the CPU; asking for a missing GPU is an error."""
+    """`auto` is CUDA when torch sees a GPU, else the CPU; asking for a missing GPU is an error.
+
+    On CUDA, float32 stays float32: cuDNN's TensorFloat-32 (on by default in torch for cuDNN,
+    which runs the GRUs) is turned off, as it is for matrix products by default. With it a
+    step rounds its inputs to 10 bits of mantissa, so a GPU replica's probabilities and saved
+    states would differ from a CPU replica's in the third digit; these models are far too
+    small for it to save time (tests/app/test_cuda.py checks the answers against the CPU's)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return torch.device(name)
 
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from launchers import TEST_DEVICE
 from model_store import VARIANTS as REGISTRY
 from model_store import save_checkpoint
 from training.data import load_data
@@ -38,7 +39,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(store: Path, **overrides: Any) -> Settings:
-    return Settings(STORE=store, DEVICE="cpu", ACCESS_LOG=False, **overrides)
+    """The app's settings in the tests: on TEST_DEVICE (launchers.TEST_DEVICE: the CPU unless
+    the environment says cuda, as scripts/gpu-check.sh does), access log off."""
+    return Settings(**{"STORE": store, "DEVICE": TEST_DEVICE, "ACCESS_LOG": False, **overrides})
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -1,0 +1,243 @@
+"""The service on a GPU against the same machine's CPU, side by side in one run.
+
+    python -m benchmarks.gpu --store STORE [--duration 5] [--rounds 3] [--parts step,engine,http]
+
+Needs a CUDA device (scripts/gpu-check.sh runs it on the GPU machine); the http part needs
+`wrk`. STORE needs gru and gru-copy (`python -m training train-all`). Prints:
+
+- step: one serving step of gru and gru-copy for B sessions that each feed a word
+  (benchmarks.step's: advance_state, the head, a softmax) on the CPU with one torch thread (the
+  server's TORCH_THREADS default) and on CUDA (synchronized), for B from 1 to 16,384: ms a step
+  and rows a millisecond, rounds alternating the devices;
+- engine: the engine in process, N sequences each generating 32 greedy words at once (every
+  word a pass over all of them), words/s on each device;
+- http: two servers up at once on one store (DEVICE cpu and DEVICE cuda, default model
+  gru-copy), driven in turn by wrk, `--rounds` rounds: session next-word at 64 connections and
+  at one, /v1/completions with lists of 256 prompts (4 connections), and continuations of
+  100 words on 256 connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from app.engine.engine import Engine, EngineConfig
+from app.engine.params import SamplingParams
+from benchmarks.serving import (
+    Server,
+    create_sessions,
+    lua_post,
+    lua_sessions,
+    prompt_list,
+    wrk,
+)
+from model_store import Checkpoint, find_checkpoint, load_checkpoint
+
+MODELS = ("gru", "gru-copy")
+ROWS = (1, 64, 256, 1024, 4096, 16384)
+SEQUENCES = (64, 1024, 8192)
+CPU = torch.device("cpu")
+GPU = torch.device("cuda")  # --gpu cpu: a dry run of this script where there is no GPU
+
+
+def timed(step: Callable[[], None], device: torch.device, seconds: float = 0.25) -> float:
+    """Milliseconds a step: repeated for about `seconds`, the GPU's queue drained at both ends."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        step()
+        sync()
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            for _ in range(10):
+                step()
+            n += 10
+            sync()
+        return (time.perf_counter() - start) / n * 1e3
+
+
+def step_table(store: Path, rounds: int) -> None:
+    print("\nstep: one serving step of B sessions (ms a step, median of rounds; rows/ms)")
+    sides = (("cpu", CPU), ("gpu", GPU))
+    for name in MODELS:
+        ref = find_checkpoint(store, name)
+        for rows in ROWS:
+            steps = {k: on_device(load_checkpoint(ref, d).model, rows, d) for k, d in sides}
+            ms: dict[str, list[float]] = {k: [] for k, _ in sides}
+            for _ in range(rounds):
+                for k, device in sides:
+                    ms[k].append(timed(steps[k], device))
+            cpu, gpu = statistics.median(ms["cpu"]), statistics.median(ms["gpu"])
+            print(
+                f"  {name:<9} B={rows:>6}: cpu {cpu:8.3f} ms ({rows / cpu:9.0f} rows/ms), "
+                f"{GPU.type} {gpu:7.3f} ms ({rows / gpu:9.0f} rows/ms): {cpu / gpu:6.2f}x",
+                flush=True,
+            )
+
+
+def on_device(model: torch.nn.Module, rows: int, device: torch.device) -> Callable[[], None]:
+    """benchmarks.step's step, with its text and state on `device`."""
+    torch.manual_seed(0)
+    vocab = model.config.vocab_size  # type: ignore[union-attr]
+    text = torch.randint(0, vocab, (rows, 31), device=device)
+    with torch.inference_mode():
+        _, state = model(text[:, :-1])
+    x = text[:, -1:]
+
+    def step() -> None:
+        new = model.advance_state(x, state, None)  # type: ignore[operator]
+        torch.softmax(model.head_state(new).float(), dim=-1)  # type: ignore[operator]
+
+    return step
+
+
+def engine_table(store: Path) -> None:
+    print(
+        "\nengine: N sequences each generating 32 greedy words at once, in process (words/s), "
+        "at MAX_BATCH_SIZE 256 (the default) and 8192"
+    )
+    texts = ["one thousand two hundred five ,", "seven ,", "nine thousand nine hundred ninety ,"]
+    for name in MODELS:
+        ref = find_checkpoint(store, name)
+        for n in SEQUENCES:
+            for max_batch in (256, 8192):
+                if max_batch > n and max_batch != 256:
+                    continue
+                rate = {}
+                for k, device in (("cpu", CPU), ("gpu", GPU)):
+                    ckpt = load_checkpoint(ref, device)
+                    ids = [[ckpt.vocab.stoi[w] for w in texts[i % 3].split()] for i in range(n)]
+                    config = EngineConfig(max_batch=max_batch, max_queue=max(4096, n))
+                    rate[k] = asyncio.run(generate(ckpt, device, config, ids))
+                print(
+                    f"  {name:<9} N={n:>5} max_batch {max_batch:>4}: cpu {rate['cpu']:9.0f}, "
+                    f"{GPU.type} {rate['gpu']:9.0f} words/s: {rate['gpu'] / rate['cpu']:.2f}x",
+                    flush=True,
+                )
+
+
+async def generate(
+    ckpt: Checkpoint, device: torch.device, config: EngineConfig, ids: list[list[int]]
+) -> float:
+    engine = Engine(ckpt.model, ckpt.vocab, device, config, name="bench")
+    engine.start()
+    try:
+        params = SamplingParams(max_words=32)
+        await asyncio.gather(*(engine.open().generate(t, params) for t in ids[:64]))  # warm
+        start = time.perf_counter()
+        gens = await asyncio.gather(*(engine.open().generate(t, params) for t in ids))
+        took = time.perf_counter() - start
+    finally:
+        await engine.stop()
+    return sum(len(g.words) for g in gens) / took
+
+
+def http_table(store: Path, args: argparse.Namespace, tmp: Path) -> None:
+    prompts = prompt_list()
+    batch = lua_post(
+        tmp,
+        "batch",
+        "/v1/completions",
+        {"model": "gru-copy", "prompt": prompts, "max_tokens": 1, "temperature": 0},
+    )
+    cont = lua_post(
+        tmp, "cont", "/v1/continuation", {"text": "one thousand one ,", "max_words": 100}
+    )
+    loads = (
+        ("session next-word", 64, None, 1),
+        ("session next-word, one client", 1, None, 1),
+        ("completions, 256 prompts", 4, batch, len(prompts)),
+        ("continuation, 100 words", 256, cont, 100),
+    )
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for device in ("cpu", GPU.type):
+            srv = stack.enter_context(Server(store, DEVICE=device, DEFAULT_MODEL="gru-copy"))
+            ids = asyncio.run(create_sessions(srv.base, 1000))
+            script = lua_sessions(ids, tmp / str(len(targets)))
+            wrk(srv.base, 16, 1, script)  # warm-up
+            wrk(srv.base, 4, 1, batch)
+            targets.append(("cpu" if not targets else "gpu", srv, script))
+        for i in range(args.rounds):
+            for load, conns, body, per in loads:
+                for device, srv, script in targets:
+                    cpu = srv.cpu_s()
+                    r = wrk(srv.base, conns, args.duration, body or script)
+                    r["cpu_s"] = srv.cpu_s() - cpu
+                    runs.setdefault((load, device), []).append(r)
+                c, g = runs[(load, "cpu")][-1]["rps"], runs[(load, "gpu")][-1]["rps"]
+                print(f"  round {i + 1}, {load}: cpu {c * per:.0f}, gpu {g * per:.0f}", flush=True)
+    print(
+        f"\nhttp: DEVICE cpu and DEVICE {GPU.type} servers, gru-copy, {args.rounds} rounds of "
+        f"{args.duration:g} s in turn (medians; words or predictions /s where a request has many)"
+    )
+    for load, conns, _, per in loads:
+        med = {
+            d: {k: statistics.median(r[k] for r in runs[(load, d)]) for k in ("rps", "p50", "p99")}
+            for d in ("cpu", "gpu")
+        }
+        cpu_ms = {
+            d: 1e3
+            * sum(r["cpu_s"] for r in runs[(load, d)])
+            / sum(r["requests"] for r in runs[(load, d)])
+            for d in ("cpu", "gpu")
+        }
+        errors = sum(r["errors"] for d in ("cpu", "gpu") for r in runs[(load, d)])
+        print(
+            f"  {load:<30} {conns:>3} conns: cpu {med['cpu']['rps'] * per:>9.0f} "
+            f"(p50 {med['cpu']['p50']:.2f} p99 {med['cpu']['p99']:.1f} ms, "
+            f"{cpu_ms['cpu']:.3f} CPU-ms/req), {GPU.type} {med['gpu']['rps'] * per:>9.0f} "
+            f"(p50 {med['gpu']['p50']:.2f} p99 {med['gpu']['p99']:.1f} ms, "
+            f"{cpu_ms['gpu']:.3f} CPU-ms/req): {med['gpu']['rps'] / med['cpu']['rps']:.2f}x"
+            + (f"  ({errors} non-2xx)" if errors else "")
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--store", type=Path, required=True, help="a store with gru and gru-copy")
+    p.add_argument("--duration", type=float, default=5, help="seconds a wrk run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parts", default="step,engine,http")
+    p.add_argument(
+        "--gpu", default="cuda", help="the device set against the CPU (cpu: a dry run, no GPU)"
+    )
+    args = p.parse_args()
+    global GPU
+    GPU = torch.device(args.gpu)
+    if GPU.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu needs a CUDA device (or --gpu cpu for a dry run)")
+    torch.set_num_threads(1)  # the server's TORCH_THREADS default, for the CPU's side
+    on = f"{os.cpu_count()} cores"
+    if GPU.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        on += f", {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+        on += f", cuDNN {torch.backends.cudnn.version()}"
+    print(f"machine: {platform.machine()}, {on}; torch {torch.__version__}")
+    parts = set(args.parts.split(","))
+    if "step" in parts:
+        step_table(args.store, args.rounds)
+    if "engine" in parts:
+        engine_table(args.store)
+    if "http" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            http_table(args.store, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
