@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=Path, help="model store folder (STORE)")
     p.add_argument("--host", help="address to listen on (HOST)")
     p.add_argument("--port", type=int, help="port to listen on (PORT)")
+    p.add_argument("--server", choices=("uvicorn", "granian"), help="HTTP server (SERVER)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="(DEVICE)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(LOG_LEVEL)")
     args = p.parse_args(argv)
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             "STORE": args.store,
             "HOST": args.host,
             "PORT": args.port,
+            "SERVER": args.server,
             "DEVICE": args.device,
             "LOG_LEVEL": args.log_level,
         }.items()
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         print(f"error: bad setting:\n{e}", file=sys.stderr)
         return 2
+    if settings.SERVER == "granian":  # its own bounds and signal handling (the module says)
+        from app.api import granian_server
+
+        app = create_app(settings)
+        return granian_server.serve(settings, app, app.state.drain)
     limits = ConnectionLimits(
         head_timeout_s=settings.HEADER_TIMEOUT_SECONDS,
         max_head_bytes=settings.MAX_HEADER_BYTES,

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     STORE: Path = Field(Path("store"), description="model store folder to load checkpoints from")
     DEVICE: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
     DEFAULT_MODEL: str | None = Field(None, description="model used when a request names none")
+    SERVER: Literal["uvicorn", "granian"] = Field(
+        "uvicorn",
+        description="the HTTP server of `python -m app`: uvicorn, or granian (faster; one "
+        "worker, the same app, drain and JSON answers, but its own connection bounds: a late "
+        "head is cut off without a 408, an idle connection closes at HEADER_TIMEOUT_SECONDS, "
+        "a head past its buffer gets an empty 431, connections past MAX_CONNECTIONS wait to "
+        "be accepted instead of a 503; the README's Servers section)",
+    )
     HOST: str = "127.0.0.1"
     PORT: int = Field(8000, ge=1, le=65535)
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
