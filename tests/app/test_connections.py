@@ -231,11 +231,20 @@ def read_events(base: str, path: str, body: dict, first: threading.Event, out: l
                 first.set()
 
 
-@pytest.mark.parametrize("server", [{"DRAIN_SECONDS": "1", "BATCH_WAIT_MS": "300"}], indirect=True)
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"DRAIN_SECONDS": "1", "BATCH_WAIT_MS": "300"},
+        {"DRAIN_SECONDS": "1", "BATCH_WAIT_MS": "300", "SERVER": "granian"},
+    ],
+    ids=["uvicorn", "granian"],
+    indirect=True,
+)
 def test_requests_cut_by_the_shutdown_get_503_and_streams_an_error_event(server):
     """Row 12: past the drain grace, requests in flight got uvicorn's plain-text 500 and
     streams ended without a last event. (BATCH_WAIT_MS=300: every word takes 0.3 s, so 100
-    words outlast the 1 s grace.)"""
+    words outlast the 1 s grace.) The same on granian (app.api.granian_server cancels them as
+    uvicorn does)."""
     ours: list[str] = []
     openai: list[str] = []
     plain: list[httpx.Response] = []
@@ -286,7 +295,12 @@ def test_slow_bodies_get_408_at_the_deadline_and_the_server_goes_on(server):
     """A body that stops coming is refused at BODY_TIMEOUT_SECONDS (app.api.edge's
     BodyDeadlines), on a hot route (the fast path) and on one behind the middleware stack,
     many at once, while normal requests keep their answers; a body that arrives in pieces
-    within the deadline is served."""
+    within the deadline is served. (On granian too: tests/app/test_granian.py runs this on
+    its server.)"""
+    slow_bodies_get_408(server)
+
+
+def slow_bodies_get_408(server: AppProcess) -> None:
     paths = ["/v1/next-word", "/v1/sessions"] * 20  # hot; not hot
     start = time.monotonic()
     slow = []

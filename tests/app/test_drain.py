@@ -1,9 +1,10 @@
-"""The drain of the real server (`python -m app`, app.api.shutdown's DrainingServer): SIGTERM
-while 32 streams are open and requests flow. /ready turns 503 within 100 ms, every open stream
-ends normally, no request that arrived before the signal fails, new ones get the drain's 503
-(nothing done: a proxy retries them elsewhere), and the process exits once the streams are
-done, long before DRAIN_SECONDS. (BATCH_WAIT_MS=50: every word takes about 50 ms, so 60-word
-streams are still open seconds after the signal.)"""
+"""The drain of the real server (`python -m app`, app.api.shutdown's DrainingServer; with
+SERVER=granian, app.api.granian_server's, held to the same): SIGTERM while 32 streams are open
+and requests flow. /ready turns 503 within 100 ms, every open stream ends normally, no request
+that arrived before the signal fails, new ones get the drain's 503 (nothing done: a proxy
+retries them elsewhere), and the process exits once the streams are done, long before
+DRAIN_SECONDS. (BATCH_WAIT_MS=50: every word takes about 50 ms, so 60-word streams are still
+open seconds after the signal.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from launchers import AppProcess
 
@@ -58,8 +60,14 @@ def ready_probe(base: str, stop: threading.Event, seen: list[tuple[float, int]])
             time.sleep(0.005)
 
 
-def test_sigterm_drains_streams_and_requests_in_flight(store):
-    server = AppProcess(store, DRAIN_SECONDS="20", BATCH_WAIT_MS="50", ACCESS_LOG="false")
+SERVERS = pytest.mark.parametrize("server_name", ["uvicorn", "granian"])  # the same drain
+
+
+@SERVERS
+def test_sigterm_drains_streams_and_requests_in_flight(store, server_name):
+    server = AppProcess(
+        store, DRAIN_SECONDS="20", BATCH_WAIT_MS="50", ACCESS_LOG="false", SERVER=server_name
+    )
     server.start()
     try:
         firsts = [threading.Event() for _ in range(STREAMS)]
@@ -113,13 +121,16 @@ def test_sigterm_drains_streams_and_requests_in_flight(store):
         assert status == 503 and "draining" in body["detail"], (status, body)
     # it exited once the streams were done: well before DRAIN_SECONDS
     assert exited - signalled < 10
-    assert code == -signal.SIGTERM  # uvicorn re-raises the signal once shut down
+    assert code == -signal.SIGTERM  # the signal re-raised once shut down (as uvicorn does)
 
 
-def test_a_second_sigterm_cuts_what_runs(store):
+@SERVERS
+def test_a_second_sigterm_cuts_what_runs(store, server_name):
     """The drain waits for a stream that would take a minute; a second SIGTERM ends it at
     once: the stream gets its error event, and the process is gone within moments."""
-    server = AppProcess(store, DRAIN_SECONDS="60", BATCH_WAIT_MS="300", ACCESS_LOG="false")
+    server = AppProcess(
+        store, DRAIN_SECONDS="60", BATCH_WAIT_MS="300", ACCESS_LOG="false", SERVER=server_name
+    )
     server.start()
     try:
         first, events, failures = threading.Event(), [], []

@@ -11,11 +11,17 @@ import pytest
 from launchers import AppProcess, free_port
 
 
-@pytest.fixture
-def server(store):
-    app = AppProcess(store, MAX_SESSIONS="3").start()
+@pytest.fixture(params=["uvicorn", "granian"])
+def server(store, request):
+    app = AppProcess(store, MAX_SESSIONS="3", SERVER=request.param).start()
     yield app.base, app
     app.kill()
+
+
+STOPPED = {  # each server's own last words, in its own plain-text log
+    "uvicorn": "Finished server process",
+    "granian": "Shutting down granian",
+}
 
 
 def test_real_server(server):
@@ -37,10 +43,11 @@ def test_real_server(server):
             c.post("/v1/sessions", json={})
         assert c.post("/v1/sessions", json={}).status_code == 429
         assert "http_requests_total" in c.get("/metrics").text
-    # graceful shutdown: uvicorn stops cleanly, then re-raises the signal in the exit status
+    # graceful shutdown: the server stops cleanly, then re-raises the signal in the exit status
     assert proc.stop() in (0, -signal.SIGTERM)
     out = proc.output
-    assert "Finished server process" in out
+    assert STOPPED[proc.env["SERVER"]] in out
+    assert "Internal Server Error" not in out
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert {"logger": "app.access", "route": "/v1/next-word", "status": 200}.items() <= next(
         e for e in lines if e.get("route") == "/v1/next-word"
@@ -48,9 +55,11 @@ def test_real_server(server):
     assert lines[-1]["message"] == "stopped"
 
 
-def test_refuses_to_start_without_a_usable_model(tmp_path):
+@pytest.mark.parametrize("server_name", ["uvicorn", "granian"])
+def test_refuses_to_start_without_a_usable_model(tmp_path, server_name):
+    args = ["--store", str(tmp_path), "--port", str(free_port()), "--server", server_name]
     r = subprocess.run(
-        [sys.executable, "-m", "app", "--store", str(tmp_path), "--port", str(free_port())],
+        [sys.executable, "-m", "app", *args],
         capture_output=True,
         text=True,
         timeout=60,
