@@ -9,9 +9,10 @@ elsewhere on the machine falls on all alike; medians over the rounds, each round
   and metrics on) against a bare ASGI app that answers 15 bytes, on uvicorn with httptools and
   uvloop: ours as a % of bare (issue 19's target: at least 40%).
 - Our same ASGI app (`app.main:app`, settings from the environment, its lifespan) on granian
-  (`pip install granian`; not a dependency of the service) beside it on uvicorn: /health and
-  session next-word at 64 connections. Granian stands in for app/__main__.py's connection layer
-  with its nearest knobs (header read timeout, backpressure); it reads no proxy headers.
+  (its command line, a worker process; not SERVER=granian's embedded server) beside it on
+  uvicorn: /health and session next-word at 64 connections. Granian stands in for
+  app/__main__.py's connection layer with its nearest knobs (header read timeout,
+  backpressure); it reads no proxy headers.
 Also each server's CPU milliseconds per request (its processes, children too).
 Needs `wrk`.
 """
