@@ -8,11 +8,10 @@ elsewhere on the machine falls on all alike; medians over the rounds, each round
 - GET /health at 64 connections: our app as deployed (`python -m app`: API keys on, access log
   and metrics on) against a bare ASGI app that answers 15 bytes, on uvicorn with httptools and
   uvloop: ours as a % of bare (issue 19's target: at least 40%).
-- Our same ASGI app (`app.main:app`, settings from the environment, its lifespan) on granian
-  (its command line, a worker process; not SERVER=granian's embedded server) beside it on
-  uvicorn: /health and session next-word at 64 connections. Granian stands in for
-  app/__main__.py's connection layer with its nearest knobs (header read timeout,
-  backpressure); it reads no proxy headers.
+- Our server with SERVER=granian (`python -m app --server granian`: the same app on granian's
+  embedded server, app/api/granian_server.py) beside it on uvicorn (the default): /health and
+  session next-word at 64 connections, and session next-word from one client (its p50 is a
+  request's latency).
 Also each server's CPU milliseconds per request (its processes, children too).
 Needs `wrk`.
 """
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.core.config import Settings
 from benchmarks.serving import Server, create_sessions, lua_sessions, train_store, wrk
 from launchers import HOST
 
@@ -43,6 +41,8 @@ DEPLOYED = {  # as a deployment runs: keys on, access log on (info level), metri
     "LOG_LEVEL": "info",
 }
 NO_LOG = "ours /health (uvicorn, no access log)"
+ONE_UV = "ours next-word, 1 client (uvicorn)"
+ONE_GR = "ours next-word, 1 client (granian)"
 BODY = b'{"status":"ok"}'  # 15 bytes, as our /health's
 
 
@@ -77,28 +77,6 @@ class BareUvicorn(Server):
         where = ["--host", HOST, "--port", str(self.port)]
         flags = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
         return [sys.executable, "-m", "uvicorn", "benchmarks.servers:bare", *where, *flags]
-
-
-class Granian(Server):
-    """`app.main:app` on granian: the settings come from the environment (STORE too)."""
-
-    def __init__(self, store: Path, **env: str):
-        super().__init__(store, STORE=str(store), **env)
-
-    def command(self) -> list[str]:
-        s = Settings()
-        return [
-            *(sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop"),
-            *("--host", HOST, "--port", str(self.port), "--workers", "1", "--no-ws"),
-            *("--http", "1", "--log-level", "warning"),
-            *("--http1-header-read-timeout", str(int(s.HEADER_TIMEOUT_SECONDS * 1000))),
-            *("--backpressure", str(s.MAX_CONNECTIONS)),
-            "app.main:app",
-        ]
-
-    def cpu_s(self) -> float:  # granian's worker is a child process
-        assert self.proc is not None
-        return tree_cpu_s(self.proc.pid)
 
 
 @dataclass
@@ -177,7 +155,7 @@ def main() -> None:
         print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, load {os.getloadavg()}")
         with contextlib.ExitStack() as stack:
             ours = stack.enter_context(Server(store, **DEPLOYED))
-            gran = stack.enter_context(Granian(store, **DEPLOYED))
+            gran = stack.enter_context(Server(store, SERVER="granian", **DEPLOYED))
             bare_srv = stack.enter_context(BareUvicorn(store))
             scripts = {}
             for name, srv in (("uvicorn", ours), ("granian", gran)):
@@ -189,6 +167,8 @@ def main() -> None:
                 Case("ours /health (granian)", f"{gran.base}/health", 64, None, gran.cpu_s),
                 Case("ours next-word (uvicorn)", ours.base, 64, scripts["uvicorn"], ours.cpu_s),
                 Case("ours next-word (granian)", gran.base, 64, scripts["granian"], gran.cpu_s),
+                Case(ONE_UV, ours.base, 1, scripts["uvicorn"], ours.cpu_s),
+                Case(ONE_GR, gran.base, 1, scripts["granian"], gran.cpu_s),
             ]
             if args.access_log_off_too:
                 quiet = stack.enter_context(Server(store, **(DEPLOYED | {"ACCESS_LOG": "false"})))
@@ -211,6 +191,9 @@ def main() -> None:
                 "ours next-word (granian)", summary(runs["ours next-word (granian)"], uv), "uvicorn"
             )
         )
+        print("\n1 connection, session next-word (p50: the latency of a request):")
+        print(row(ONE_UV, summary(runs[ONE_UV])))
+        print(row(ONE_GR, summary(runs[ONE_GR], runs[ONE_UV]), "uvicorn"))
 
 
 if __name__ == "__main__":

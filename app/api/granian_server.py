@@ -18,12 +18,14 @@ app.api.connections, which is uvicorn's protocol class:
   8 KiB); a larger head gets hyper's own 431, with an empty body, as it arrives.
 - MAX_CONNECTIONS is granian's backpressure: connections past it wait in the listen queue
   until one closes, instead of uvicorn's 503 and the slowest head closed to make room.
+Proxy headers are read as uvicorn reads them (its middleware, FORWARDED_ALLOW_IPS).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Any
 
@@ -34,6 +36,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api.shutdown import Drain
 from app.core.config import Settings
@@ -138,7 +141,12 @@ def build_server(settings: Settings, app: ASGIApp) -> Server:
 
 async def serve_async(settings: Settings, app: ASGIApp, drain: Drain) -> tuple[bool, list[int]]:
     """Serve until the drain ends: (whether granian's worker failed, the signals received)."""
-    requests = RequestTasks(app)
+    # the client's address from X-Forwarded-For when the peer is trusted, as uvicorn does
+    # (proxy_headers on, FORWARDED_ALLOW_IPS, 127.0.0.1 by default): the access log, traces and
+    # the per-address rate limit see the client behind a proxy on either server
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    proxied = ProxyHeadersMiddleware(app, trusted_hosts=trusted)  # type: ignore[arg-type]
+    requests = RequestTasks(proxied)  # type: ignore[arg-type]  # uvicorn's own ASGI types
     server = build_server(settings, requests)
     stopping = GranianDrain(server, requests, drain, settings.DRAIN_SECONDS)
     loop = asyncio.get_running_loop()

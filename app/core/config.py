@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     DEFAULT_MODEL: str | None = Field(None, description="model used when a request names none")
     SERVER: Literal["uvicorn", "granian"] = Field(
         "uvicorn",
-        description="the HTTP server of `python -m app`: uvicorn, or granian (faster; one "
+        description="the HTTP server of `python -m app`: uvicorn, or granian (faster under "
+        "load over many connections, slower for a lone request; one "
         "worker, the same app, drain and JSON answers, but its own connection bounds: a late "
         "head is cut off without a 408, an idle connection closes at HEADER_TIMEOUT_SECONDS, "
         "a head past its buffer gets an empty 431, connections past MAX_CONNECTIONS wait to "

@@ -43,6 +43,9 @@ def test_real_server(server):
             c.post("/v1/sessions", json={})
         assert c.post("/v1/sessions", json={}).status_code == 429
         assert "http_requests_total" in c.get("/metrics").text
+        # behind a proxy on this host (a trusted peer: FORWARDED_ALLOW_IPS 127.0.0.1), the
+        # client is the one X-Forwarded-For names, on either server
+        assert c.get("/health", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
     # graceful shutdown: the server stops cleanly, then re-raises the signal in the exit status
     assert proc.stop() in (0, -signal.SIGTERM)
     out = proc.output
@@ -53,6 +56,8 @@ def test_real_server(server):
         e for e in lines if e.get("route") == "/v1/next-word"
     ).items()  # structured access log, written by the end
     assert lines[-1]["message"] == "stopped"
+    health = [e for e in lines if e.get("route") == "/health"]
+    assert health and health[-1]["client"].startswith("203.0.113.7:")
 
 
 @pytest.mark.parametrize("server_name", ["uvicorn", "granian"])
