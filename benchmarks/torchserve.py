@@ -21,12 +21,14 @@ Both servers are up at once; every load runs on each in turn, `--rounds` times, 
 elsewhere on the machine falls on both alike. Prints at 64 and at 1 connection the medians over
 the rounds of requests/s, p50 and p99, each server's CPU milliseconds per request (TorchServe:
 the JVM and its Python worker together), and ours/TorchServe per round and its median.
+`--granian-too`: ours with SERVER=granian (gru-copy) too, up beside the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -161,6 +163,9 @@ class TorchServe:
             self.proc.wait()
 
 
+GRANIAN = "ours gru-copy, granian"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--store", type=Path, help="model store with gru-copy and gru (default: train)")
@@ -168,6 +173,11 @@ def main() -> None:
     p.add_argument("--peer", type=Path, default=PEER, help="the peer's folder (read only)")
     p.add_argument("--duration", type=float, default=6, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--granian-too",
+        action="store_true",
+        help="also ours with SERVER=granian (gru-copy), up beside the others",
+    )
     args = p.parse_args()
     for tool in ("wrk", "java"):
         if shutil.which(tool) is None:
@@ -179,14 +189,20 @@ def main() -> None:
         store = args.store or train_store(tmp / "store", models)
         os.environ["SEQ_FILE"] = str(tmp / "ts" / "seq_ids.txt")  # read by the peer's wrk script
         print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, load {os.getloadavg()}")
-        with (
-            TorchServe(args.peer, args.ts_venv, tmp / "ts") as ts,
-            Server(store, DEFAULT_MODEL=models[0], **DEPLOYED) as ours,
-        ):
+        with contextlib.ExitStack() as stack:
+            ts = stack.enter_context(TorchServe(args.peer, args.ts_venv, tmp / "ts"))
+            ours = stack.enter_context(Server(store, DEFAULT_MODEL=models[0], **DEPLOYED))
             scripts = {}
             for m in models:
                 ids = asyncio.run(create_sessions(ours.base, SEQUENCES, BENCH_KEY, m))
                 scripts[m] = lua_sessions(ids, tmp / m, BENCH_KEY)
+            ours_cases = [(f"ours {m}", ours, scripts[m]) for m in models]
+            if args.granian_too:
+                gran = stack.enter_context(
+                    Server(store, DEFAULT_MODEL=models[0], SERVER="granian", **DEPLOYED)
+                )
+                ids = asyncio.run(create_sessions(gran.base, SEQUENCES, BENCH_KEY, models[0]))
+                ours_cases.append((GRANIAN, gran, lua_sessions(ids, tmp / "granian", BENCH_KEY)))
             cases = [
                 case
                 for conns in (64, 1)
@@ -199,8 +215,8 @@ def main() -> None:
                         ts.cpu_s,
                     ),
                     *(
-                        Case(f"ours {m} c{conns}", ours.base, conns, scripts[m], ours.cpu_s)
-                        for m in models
+                        Case(f"{label} c{conns}", srv.base, conns, script, srv.cpu_s)
+                        for label, srv, script in ours_cases
                     ),
                 )
             ]
@@ -213,9 +229,9 @@ def main() -> None:
             ref = runs[f"TorchServe c{conns}"]
             print(f"{conns} connection{'s' if conns > 1 else ''}:")
             print(row("TorchServe predict (sequence)", summary(ref)))
-            for m in models:
-                s = summary(runs[f"ours {m} c{conns}"], ref)
-                print(row(f"ours {m} session next-word", s, "TorchServe"))
+            for label, _, _ in ours_cases:
+                s = summary(runs[f"{label} c{conns}"], ref)
+                print(row(f"{label} session next-word", s, "TorchServe"))
 
 
 if __name__ == "__main__":
