@@ -40,7 +40,7 @@ lint: setup
 	@command -v promtool >/dev/null || { \
 		echo "make lint checks the Prometheus config with promtool: apt-get install -y prometheus"; exit 1; }
 	promtool check config deploy/prometheus/prometheus.yml
-	bash -n scripts/docker-local.sh scripts/docker-smoke.sh scripts/rolling-restart.sh
+	bash -n scripts/docker-local.sh scripts/docker-smoke.sh scripts/rolling-restart.sh scripts/gpu-check.sh
 	$(BIN)/python scripts/k8s_validate.py  # deploy/k8s rendered, validated strictly
 
 clean:

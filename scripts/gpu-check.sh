@@ -4,6 +4,10 @@
 # no GPU); docs/benchmarks.md ("On a GPU") has the figures of its last run.
 #
 #   scripts/gpu-check.sh [OUT]      # logs into OUT (default: $OUT, else /tmp/gpu-check)
+#   PARTS="suite" SUITE="tests/app/api tests/app/serving" scripts/gpu-check.sh
+#
+# PARTS: which of tests, bench, train, suite run (all by default); SUITE: the suite's groups,
+# one per line, run in order while the time lasts (default: the four below).
 #
 # Its python3 must hold a CUDA build of torch. Packages it lacks may come as wheels in .whl/
 # and programs (wrk, redis-server) in .devbin/bin/, as the workplace's GPU tool carries them
@@ -49,46 +53,62 @@ timeout 60 $PY setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 || echo "n
 } >"$OUT/env.txt" 2>&1
 since "environment ready" | tee -a "$OUT/env.txt"
 
+PARTS=${PARTS:-tests bench train suite}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
 # The GPU tests, alone.
-TEST_DEVICE=cuda timeout 240 $PY -m pytest -p no:cacheprovider -vv -rfEs --durations=6 \
-  tests/app/test_cuda.py >"$OUT/tests-cuda.log" 2>&1
-since "CUDA tests: exit $?" | tee -a "$OUT/tests-cuda.log"
+if part tests; then
+  TEST_DEVICE=cuda timeout 240 $PY -m pytest -p no:cacheprovider -vv -rfEs --durations=6 \
+    tests/app/test_cuda.py >"$OUT/tests-cuda.log" 2>&1
+  since "CUDA tests: exit $?" | tee -a "$OUT/tests-cuda.log"
+fi
 
 # The benchmark serves .devstore where it was carried (the checkpoints the CPU machine's
 # figures come from), else the default checkpoints trained here.
-STORE=.devstore
-if [ ! -d "$STORE" ]; then
-  STORE=/tmp/gpu-store
-  $PY -m training train-all --store "$STORE" --device cpu --no-progress >/dev/null 2>&1
+if part bench; then
+  STORE=.devstore
+  if [ ! -d "$STORE" ]; then
+    STORE=/tmp/gpu-store
+    $PY -m training train-all --store "$STORE" --device cpu --no-progress >/dev/null 2>&1
+  fi
+  timeout 300 $PY -m benchmarks.gpu --store "$STORE" --duration 4 --rounds 3 >"$OUT/bench.log" 2>&1
+  since "benchmark: exit $?" | tee -a "$OUT/bench.log"
 fi
-timeout 300 $PY -m benchmarks.gpu --store "$STORE" --duration 4 --rounds 3 >"$OUT/bench.log" 2>&1
-since "benchmark: exit $?" | tee -a "$OUT/bench.log"
 
 # The default checkpoints' training timed on each device, both at once (and beside the suite
 # below): the CPU's with one thread, as `make run` trains them.
-(took "train-all on cuda" timeout 300 \
-  $PY -m training train-all --store /tmp/cuda-store --device cuda --no-progress) \
-  >"$OUT/train.log" 2>&1 &
-(took "train-all on the CPU, one thread" timeout 300 \
-  $PY -m training train-all --store /tmp/cpu-store --device cpu --threads 1 --no-progress) \
-  >"$OUT/train-cpu.log" 2>&1 &
+if part train; then
+  (took "train-all on cuda" timeout 300 \
+    $PY -m training train-all --store /tmp/cuda-store --device cuda --no-progress) \
+    >"$OUT/train.log" 2>&1 &
+  (took "train-all on the CPU, one thread" timeout 300 \
+    $PY -m training train-all --store /tmp/cpu-store --device cpu --threads 1 --no-progress) \
+    >"$OUT/train-cpu.log" 2>&1 &
+fi
 
 # The device's paths through the rest of the suite on DEVICE cuda, most telling first, each
 # group while the time lasts (the GPU machine's lease is short): the engine and the models, the
 # recorded answers and the official client, the API, then serving and training.
-: >"$OUT/suite.log"
-for group in "tests/app/engine tests/model_store" \
-  "tests/app/test_golden.py tests/app/test_openai_client.py tests/app/test_server.py" \
-  "tests/app/api" "tests/app/serving tests/training"; do
-  left=$((560 - ($(date +%s) - start)))
-  if [ "$left" -lt 30 ]; then
-    since "not run (no time left): $group" | tee -a "$OUT/suite.log"
-    continue
-  fi
-  # shellcheck disable=SC2086  # the group is several paths
-  TEST_DEVICE=cuda timeout "$left" $PY -m pytest -p no:cacheprovider -rfE $group >>"$OUT/suite.log" 2>&1
-  since "suite on cuda, $group: exit $?" | tee -a "$OUT/suite.log"
-done
+SUITE=${SUITE:-"tests/app/engine tests/model_store
+tests/app/test_golden.py tests/app/test_openai_client.py tests/app/test_server.py
+tests/app/api
+tests/app/serving tests/training"}
+if part suite; then
+  : >"$OUT/suite.log"
+  while IFS= read -r group; do
+    left=$((560 - ($(date +%s) - start)))
+    if [ "$left" -lt 30 ]; then
+      since "not run (no time left): $group" | tee -a "$OUT/suite.log"
+      continue
+    fi
+    # shellcheck disable=SC2086  # the group is several paths
+    TEST_DEVICE=cuda timeout "$left" $PY -m pytest -p no:cacheprovider -rfE $group \
+      >>"$OUT/suite.log" 2>&1
+    since "suite on cuda, $group: exit $?" | tee -a "$OUT/suite.log"
+  done <<<"$SUITE"
+fi
 wait
-cat "$OUT/train-cpu.log" >>"$OUT/train.log" && rm "$OUT/train-cpu.log"
-since "done" | tee -a "$OUT/train.log"
+if part train; then
+  cat "$OUT/train-cpu.log" >>"$OUT/train.log" && rm "$OUT/train-cpu.log"
+fi
+since "done"
