@@ -52,9 +52,11 @@ def resolve_device(name: str) -> torch.device:
 
     On CUDA, float32 stays float32: cuDNN's TensorFloat-32 (on by default in torch for cuDNN,
     which runs the GRUs) is turned off, as it is for matrix products by default. With it a
-    step rounds its inputs to 10 bits of mantissa, so a GPU replica's probabilities and saved
-    states would differ from a CPU replica's in the third digit; these models are far too
-    small for it to save time (tests/app/test_cuda.py checks the answers against the CPU's)."""
+    step could round its inputs to 10 bits of mantissa (about 1e-3), so a GPU replica's
+    probabilities and saved states could drift from a CPU replica's far beyond float32's
+    rounding; and a step of these models is bound by kernel launches, not arithmetic
+    (docs/benchmarks.md, "On a GPU"). tests/app/test_cuda.py checks the answers against the
+    CPU's."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
