@@ -84,8 +84,6 @@ def main() -> None:
     p.add_argument("--copy-value", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--copy-lookahead", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--wd", type=float, default=None)
-    p.add_argument("--gate-loss", type=float, default=None)
-    p.add_argument("--gate-loss-inside", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--sessions", type=int, default=200, help="counting check: sessions a seed")
