@@ -6,9 +6,9 @@ Needs a CUDA device (scripts/gpu-check.sh runs it on the GPU machine); the http 
 `wrk`. STORE needs gru and gru-copy (`python -m training train-all`). Prints:
 
 - step: one serving step of gru and gru-copy for B sessions that each feed a word
-  (benchmarks.step's: advance_state, the head, a softmax) on the CPU with one torch thread (the
-  server's TORCH_THREADS default) and on CUDA (synchronized), for B from 1 to 16,384: ms a step
-  and rows a millisecond, rounds alternating the devices;
+  (benchmarks.step's `stepper`: advance_state, the head, a softmax) on the CPU with one torch
+  thread (the server's TORCH_THREADS default) and on CUDA (synchronized), for B from 1 to
+  16,384: ms a step and rows a millisecond, rounds alternating the devices;
 - engine: the engine in process, N sequences each generating 32 greedy words at once (every
   word a pass over all of them), words/s on each device;
 - http: two servers up at once on one store (DEVICE cpu and DEVICE cuda, default model
@@ -42,6 +42,7 @@ from benchmarks.serving import (
     prompt_list,
     wrk,
 )
+from benchmarks.step import stepper
 from model_store import Checkpoint, find_checkpoint, load_checkpoint
 
 MODELS = ("gru", "gru-copy")
@@ -76,7 +77,7 @@ def step_table(store: Path, rounds: int) -> None:
     for name in MODELS:
         ref = find_checkpoint(store, name)
         for rows in ROWS:
-            steps = {k: on_device(load_checkpoint(ref, d).model, rows, d) for k, d in sides}
+            steps = {k: stepper(load_checkpoint(ref, d).model, rows, False, d)[0] for k, d in sides}
             ms: dict[str, list[float]] = {k: [] for k, _ in sides}
             for _ in range(rounds):
                 for k, device in sides:
@@ -87,22 +88,6 @@ def step_table(store: Path, rounds: int) -> None:
                 f"{GPU.type} {gpu:7.3f} ms ({rows / gpu:9.0f} rows/ms): {cpu / gpu:6.2f}x",
                 flush=True,
             )
-
-
-def on_device(model: torch.nn.Module, rows: int, device: torch.device) -> Callable[[], None]:
-    """benchmarks.step's step, with its text and state on `device`."""
-    torch.manual_seed(0)
-    vocab = model.config.vocab_size  # type: ignore[union-attr]
-    text = torch.randint(0, vocab, (rows, 31), device=device)
-    with torch.inference_mode():
-        _, state = model(text[:, :-1])
-    x = text[:, -1:]
-
-    def step() -> None:
-        new = model.advance_state(x, state, None)  # type: ignore[operator]
-        torch.softmax(model.head_state(new).float(), dim=-1)  # type: ignore[operator]
-
-    return step
 
 
 def engine_table(store: Path) -> None:

@@ -53,12 +53,15 @@ def load(name: str, store: Path | None) -> HumanNumbersLM:
     return build_model(config).eval()
 
 
-def stepper(model: HumanNumbersLM, rows: int, with_state: bool) -> tuple[Callable[[], None], float]:
+def stepper(
+    model: HumanNumbersLM, rows: int, with_state: bool, device: torch.device | None = None
+) -> tuple[Callable[[], None], float]:
     """A step of `rows` sessions with a history, and the largest |difference| between its
-    next-word probabilities and the training forward's over the same text."""
+    next-word probabilities and the training forward's over the same text; its inputs and
+    state on `device` (the model's: the CPU unless given)."""
     torch.manual_seed(0)
     vocab = model.config.vocab_size
-    text = torch.randint(0, vocab, (rows, 31))
+    text = torch.randint(0, vocab, (rows, 31)).to(device)
     with torch.inference_mode():
         whole, _ = model(text)
         _, state = model(text[:, :-1])
@@ -67,7 +70,7 @@ def stepper(model: HumanNumbersLM, rows: int, with_state: bool) -> tuple[Callabl
         ref = torch.softmax(whole[:, -1], -1)  # what the engine makes of either
         diff = float((torch.softmax(logits, -1) - ref).abs().max())
         pool = {n: p.new_zeros(POOL, *p.shape[1:]) for n, p in state.items()}
-        slots = torch.randperm(POOL)[:rows]
+        slots = torch.randperm(POOL)[:rows].to(device)
 
     def step() -> None:
         s = {n: p.index_select(0, slots) for n, p in pool.items()} if with_state else state
