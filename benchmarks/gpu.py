@@ -8,7 +8,12 @@ Needs a CUDA device (scripts/gpu-check.sh runs it on the GPU machine); the http 
 - step: one serving step of gru and gru-copy for B sessions that each feed a word
   (benchmarks.step's `stepper`: advance_state, the head, a softmax) on the CPU with one torch
   thread (the server's TORCH_THREADS default) and on CUDA (synchronized), for B from 1 to
-  16,384: ms a step and rows a millisecond, rounds alternating the devices;
+  16,384: ms a step and rows a millisecond, rounds alternating the devices; for B 1 to 1,024
+  also the CUDA step captured once as a CUDA graph (torch.cuda.graphs: a bucket's graph over
+  its static inputs and state, warmed up on a side stream first), ms a replay, and the largest
+  |difference| between a replay's probabilities and the eager step's (gru-copy's CUDA step is
+  its TorchScript forms, exact below 24 rows and tabled from 24: the C step serves the CPU
+  alone);
 - engine: the engine in process, N sequences each generating 32 greedy words at once (every
   word a pass over all of them), words/s on each device;
 - http: two servers up at once on one store (DEVICE cpu and DEVICE cuda, default model
@@ -31,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from app.engine.engine import Engine, EngineConfig
 from app.engine.params import SamplingParams
@@ -47,12 +53,13 @@ from model_store import Checkpoint, find_checkpoint, load_checkpoint
 
 MODELS = ("gru", "gru-copy")
 ROWS = (1, 64, 256, 1024, 4096, 16384)
+GRAPH_ROWS = (1, 64, 256, 1024)  # the CUDA step also captured as a CUDA graph
 SEQUENCES = (64, 1024, 8192)
 CPU = torch.device("cpu")
 GPU = torch.device("cuda")  # --gpu cpu: a dry run of this script where there is no GPU
 
 
-def timed(step: Callable[[], None], device: torch.device, seconds: float = 0.25) -> float:
+def timed(step: Callable[[], object], device: torch.device, seconds: float = 0.25) -> float:
     """Milliseconds a step: repeated for about `seconds`, the GPU's queue drained at both ends."""
 
     def sync() -> None:
@@ -71,6 +78,35 @@ def timed(step: Callable[[], None], device: torch.device, seconds: float = 0.25)
         return (time.perf_counter() - start) / n * 1e3
 
 
+def captured(step: Callable[[], Tensor]) -> tuple[Callable[[], None], float] | str:
+    """`step` (on GPU) captured once as a CUDA graph: its replay, and the largest |difference|
+    between a replay's output and an eager step's; or why there is none. Its inputs and state
+    are the step's own tensors, static: a replay reads them where they are, as a serving graph
+    of a batch bucket would read the rows copied into them."""
+    if GPU.type != "cuda":
+        return f"not on a CPU (--gpu {GPU.type}: a CUDA graph needs a CUDA device)"
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.inference_mode():
+            # warmed up on a side stream, as torch's docs ask: lazy setup, TorchScript's
+            # profiling runs and its specializations to these shapes happen before the
+            # capture, which takes the same stream (cuBLAS and cuDNN keep a workspace a stream)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(11):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph, stream=side):
+                out = step()
+            eager = step()
+            graph.replay()
+            diff = float((out - eager).abs().max())
+    except RuntimeError as e:  # an op that waits on the CPU (.item()) or that no graph holds
+        return f"not captured: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+    return graph.replay, diff
+
+
 def step_table(store: Path, rounds: int) -> None:
     print("\nstep: one serving step of B sessions (ms a step, median of rounds; rows/ms)")
     sides = (("cpu", CPU), ("gpu", GPU))
@@ -78,16 +114,30 @@ def step_table(store: Path, rounds: int) -> None:
         ref = find_checkpoint(store, name)
         for rows in ROWS:
             steps = {k: stepper(load_checkpoint(ref, d).model, rows, False, d)[0] for k, d in sides}
-            ms: dict[str, list[float]] = {k: [] for k, _ in sides}
+            graph = captured(steps["gpu"]) if rows in GRAPH_ROWS else None
+            ms: dict[str, list[float]] = {k: [] for k in ("cpu", "gpu", "graph")}
             for _ in range(rounds):
                 for k, device in sides:
                     ms[k].append(timed(steps[k], device))
+                if isinstance(graph, tuple):
+                    ms["graph"].append(timed(graph[0], GPU))
             cpu, gpu = statistics.median(ms["cpu"]), statistics.median(ms["gpu"])
             print(
                 f"  {name:<9} B={rows:>6}: cpu {cpu:8.3f} ms ({rows / cpu:9.0f} rows/ms), "
                 f"{GPU.type} {gpu:7.3f} ms ({rows / gpu:9.0f} rows/ms): {cpu / gpu:6.2f}x",
                 flush=True,
             )
+            if isinstance(graph, str):
+                print(f"  {'':<9} {'':>8}  as a CUDA graph: {graph}", flush=True)
+            elif graph is not None:
+                replay = statistics.median(ms["graph"])
+                print(
+                    f"  {'':<9} {'':>8}  as a CUDA graph: {replay:7.4f} ms a replay "
+                    f"({rows / replay:9.0f} rows/ms): {gpu / replay:6.2f}x the eager {GPU.type} "
+                    f"step, {cpu / replay:6.2f}x the cpu's; max |replay - eager| {graph[1]:.1e}",
+                    flush=True,
+                )
+            del graph
 
 
 def engine_table(store: Path) -> None:

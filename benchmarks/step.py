@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from model_store import (
     HumanNumbersLM,
@@ -55,10 +56,10 @@ def load(name: str, store: Path | None) -> HumanNumbersLM:
 
 def stepper(
     model: HumanNumbersLM, rows: int, with_state: bool, device: torch.device | None = None
-) -> tuple[Callable[[], None], float]:
-    """A step of `rows` sessions with a history, and the largest |difference| between its
-    next-word probabilities and the training forward's over the same text; its inputs and
-    state on `device` (the model's: the CPU unless given)."""
+) -> tuple[Callable[[], Tensor], float]:
+    """A step of `rows` sessions with a history (it returns their next-word probabilities),
+    and the largest |difference| between those and the training forward's over the same text;
+    its inputs and state on `device` (the model's: the CPU unless given)."""
     torch.manual_seed(0)
     vocab = model.config.vocab_size
     text = torch.randint(0, vocab, (rows, 31)).to(device)
@@ -72,18 +73,19 @@ def stepper(
         pool = {n: p.new_zeros(POOL, *p.shape[1:]) for n, p in state.items()}
         slots = torch.randperm(POOL)[:rows].to(device)
 
-    def step() -> None:
+    def step() -> Tensor:
         s = {n: p.index_select(0, slots) for n, p in pool.items()} if with_state else state
         new = model.advance_state(x, s, None)
-        torch.softmax(model.head_state(new).float(), dim=-1)
+        probs = torch.softmax(model.head_state(new).float(), dim=-1)
         if with_state:
             for n, p in pool.items():
                 p.index_copy_(0, slots, new[n])
+        return probs
 
     return step, diff
 
 
-def ms_per_step(step: Callable[[], None], repeat: int) -> float:
+def ms_per_step(step: Callable[[], object], repeat: int) -> float:
     with torch.inference_mode():
         start = time.perf_counter()
         for _ in range(repeat):
@@ -91,7 +93,7 @@ def ms_per_step(step: Callable[[], None], repeat: int) -> float:
         return (time.perf_counter() - start) / repeat * 1e3
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], dict[str, float]]:
+def prepare(args: argparse.Namespace) -> tuple[dict[str, Callable[[], Tensor]], dict[str, float]]:
     torch.set_num_threads(args.threads)
     steps, diffs = {}, {}
     for name in MODELS:

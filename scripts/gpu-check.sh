@@ -7,7 +7,9 @@
 #   PARTS="suite" SUITE="tests/app/api tests/app/serving" scripts/gpu-check.sh
 #
 # PARTS: which of tests, bench, train, suite run (all by default); SUITE: the suite's groups,
-# one per line, run in order while the time lasts (default: the four below).
+# one per line, run in order while the time lasts (default: the four below); BUDGET: the
+# seconds from the start that the suite may last until (default 560), each group begun with
+# 30 s or more of it left; BENCH_PARTS: the benchmark's --parts (default step,engine,http).
 #
 # Its python3 must hold a CUDA build of torch. Packages it lacks may come as wheels in .whl/
 # and programs (wrk, redis-server) in .devbin/bin/, as the workplace's GPU tool carries them
@@ -71,7 +73,8 @@ if part bench; then
     STORE=/tmp/gpu-store
     $PY -m training train-all --store "$STORE" --device cpu --no-progress >/dev/null 2>&1
   fi
-  timeout 300 $PY -m benchmarks.gpu --store "$STORE" --duration 4 --rounds 3 >"$OUT/bench.log" 2>&1
+  timeout 300 $PY -m benchmarks.gpu --store "$STORE" --duration 4 --rounds 3 \
+    --parts "${BENCH_PARTS:-step,engine,http}" >"$OUT/bench.log" 2>&1
   since "benchmark: exit $?" | tee -a "$OUT/bench.log"
 fi
 
@@ -96,13 +99,13 @@ tests/app/serving tests/training"}
 if part suite; then
   : >"$OUT/suite.log"
   while IFS= read -r group; do
-    left=$((560 - ($(date +%s) - start)))
+    left=$((${BUDGET:-560} - ($(date +%s) - start)))
     if [ "$left" -lt 30 ]; then
       since "not run (no time left): $group" | tee -a "$OUT/suite.log"
       continue
     fi
     # shellcheck disable=SC2086  # the group is several paths
-    TEST_DEVICE=cuda timeout "$left" $PY -m pytest -p no:cacheprovider -rfE $group \
+    TEST_DEVICE=cuda timeout "$left" $PY -m pytest -p no:cacheprovider -rfEs $group \
       >>"$OUT/suite.log" 2>&1
     since "suite on cuda, $group: exit $?" | tee -a "$OUT/suite.log"
   done <<<"$SUITE"
