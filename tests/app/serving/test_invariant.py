@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from app.main import create_app
+from launchers import PROB_TOL
 from tests.app.conftest import VARIANTS, make_settings, run_app
 from training.data import number_words
 
@@ -22,13 +23,13 @@ def split_randomly(words, rng):
 
 def close(a, b):
     assert [w["word"] for w in a] == [w["word"] for w in b] or all(
-        abs(x["prob"] - y["prob"]) < 1e-5 for x, y in zip(a, b, strict=True)
+        abs(x["prob"] - y["prob"]) < PROB_TOL for x, y in zip(a, b, strict=True)
     )
     pa = {w["word"]: w["prob"] for w in a}
     pb = {w["word"]: w["prob"] for w in b}
     assert pa.keys() == pb.keys()
     for word in pa:
-        assert pa[word] == pytest.approx(pb[word], abs=1e-5), word
+        assert pa[word] == pytest.approx(pb[word], abs=PROB_TOL), word
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -75,11 +76,11 @@ def test_pieces_equal_the_whole_under_concurrency(store, backend, variant, batch
             # the state itself equals the model run over the whole text at once, after the
             # implicit xxbos that starts every text
             state = service.sessions.get(sid).seq.state()
-            ids = torch.tensor([lm.vocab.encode("xxbos " + " ".join(words))])
+            ids = torch.tensor([lm.vocab.encode("xxbos " + " ".join(words))], device=lm.device)
             with torch.no_grad():
                 _, h = lm.checkpoint.model(ids)
             for name, part in h.items():
-                torch.testing.assert_close(state[name], part[0], atol=1e-5, rtol=0)
+                torch.testing.assert_close(state[name], part[0], atol=PROB_TOL, rtol=0)
         return lm.engine.stats
 
     stats = run_app(app, scenario)
@@ -229,7 +230,7 @@ def test_every_text_starts_after_an_implicit_xxbos(store, backend, variant):
 
     def probs(text):
         with torch.no_grad():  # from the model's bare zero state (no state given)
-            logits, _ = lm.checkpoint.model(torch.tensor([lm.vocab.encode(text)]))
+            logits, _ = lm.checkpoint.model(torch.tensor([lm.vocab.encode(text)], device=lm.device))
         last = logits[0, -1].clone()
         last[banned] = float("-inf")
         p = torch.softmax(last, dim=-1)
@@ -239,5 +240,5 @@ def test_every_text_starts_after_an_implicit_xxbos(store, backend, variant):
     assert fed["tokens_seen"] == 2
     for got in (fed, again, whole):
         for w in got["next"]:
-            assert w["prob"] == pytest.approx(after_bos[w["word"]], abs=1e-5), w
+            assert w["prob"] == pytest.approx(after_bos[w["word"]], abs=PROB_TOL), w
     assert any(abs(w["prob"] - bare[w["word"]]) > 1e-3 for w in fed["next"])
