@@ -222,23 +222,6 @@ class Model7(CellLoopLM):
     cell_type = GRUCell
 
 
-@dataclass(frozen=True)
-class CopyParts:
-    """What `CopyGRU`'s copy path did over a window (`CopyGRU.forward_copy`)."""
-
-    # (B, T, C + 1): the attention's log-weights at each position, over the C history entries
-    # (-inf where the position may not copy the entry), then the sentinel's: log g, g the
-    # vocabulary's share; logsumexp over the entries' is log(1 - g), stable where g is near 1.
-    attn: Tensor
-    ids: Tensor  # (B, C): the id that followed each entry's position (-1: none known)
-    # (B, T, C + 1): the scores `attn` normalises, the entries' (-inf where blocked) then the
-    # sentinel's (for a gate loss that trains the sentinel's score alone; None: not kept).
-    scores: Tensor | None = None
-    # (B, T, H): the outputs the sentinel's score reads (for a gate loss that trains the
-    # sentinel's own weights alone, this state detached; None: not kept).
-    out: Tensor | None = None
-
-
 class CopyGRU(HumanNumbersLM):
     """A GRU language model with a pointer-sentinel copy path over its last K positions.
 
@@ -348,17 +331,13 @@ class CopyGRU(HumanNumbersLM):
         seen = torch.ones(h.shape[0], 1, dtype=torch.bool, device=h.device)
         return {"h": h, "keys": keys, "ids": ids, "seen": seen}
 
-    def _mix(
-        self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _mix(self, out: Tensor, keys: Tensor, ids: Tensor, blocked: Tensor) -> Tensor:
         """Log-probabilities (B, T, V) of (B, T, H) outputs over a (B, C, D) history whose
-        entry c position t may not copy where blocked[b, t, c], the attention's log-weights
-        (B, T, C + 1): the C entries', -inf where blocked, then the sentinel's, and the scores
-        they normalise (the same layout)."""
+        entry c position t may not copy where blocked[b, t, c]."""
         q = self.query(out)  # (B, T, D)
         raw = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
-        scores = torch.cat([raw.masked_fill(blocked, float("-inf")), self.sentinel(out)], dim=2)
-        attn = torch.log_softmax(scores, dim=2)
+        scores = raw.masked_fill(blocked, float("-inf"))
+        attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
         index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
         copy = out.new_zeros(*out.shape[:2], self.config.vocab_size)
         copy.scatter_add_(2, index, attn[..., :-1].exp())  # blocked entries add exp(-inf) = 0
@@ -379,17 +358,9 @@ class CopyGRU(HumanNumbersLM):
         vocab = torch.log_softmax(self.h_o(self.bn(feature)), dim=2) + attn[..., -1:]
         # In probability space: p = gate * p_vocab + sum of the copied entries' weights. The
         # floor keeps log() finite (and its gradient zero) for words not in the history.
-        return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30))), attn, scores
+        return torch.logaddexp(vocab, torch.log(copy.clamp_min(1e-30)))
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        logp, state, _ = self.forward_copy(x, state)
-        return logp, state
-
-    def forward_copy(
-        self, x: Tensor, state: State | None = None
-    ) -> tuple[Tensor, State, CopyParts]:
-        """`forward`, and what its copy path did at each position (for a training loss on the
-        gate; nothing more is computed)."""
         b, t = x.shape
         if state is None:
             state = self.init_state(b, x.device)
@@ -401,8 +372,8 @@ class CopyGRU(HumanNumbersLM):
         )
         band = (offset >= 1) & (offset <= self.config.copy_window)  # (T, C)
         blocked = ~band | (ids < 0).unsqueeze(1)
-        logp, attn, scores = self._mix(out, keys, ids, blocked)
-        return logp, self._keep(keys, ids, None, h), CopyParts(attn, ids, scores, out)
+        logp = self._mix(out, keys, ids, blocked)
+        return logp, self._keep(keys, ids, None, h)
 
     def advance_state(self, x: Tensor, state: State, lengths: Tensor | None = None) -> State:
         if lengths is not None and bool((lengths == x.shape[1]).all()):
@@ -428,7 +399,7 @@ class CopyGRU(HumanNumbersLM):
             return fast_head(self, state)
         out = state["h"][:, -1:]  # (B, 1, H): the output of the last position
         ids = state["ids"]
-        return self._mix(out, state["keys"], ids, (ids < 0).unsqueeze(1))[0][:, 0]
+        return self._mix(out, state["keys"], ids, (ids < 0).unsqueeze(1))[:, 0]
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,34 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart-carry",
         type=share,
         help="share of restarted rows that jump to a few numbers before a thousands carry",
-    )
-    common.add_argument(
-        "--gate-loss",
-        type=nonnegative_float,
-        help="gru-copy: weight of a loss on the copy gate where the copy path is right (0: off)",
-    )
-    common.add_argument(
-        "--gate-loss-detach",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="with --gate-loss: the history's scores detached in it (it trains the sentinel only)",
-    )
-    common.add_argument(
-        "--gate-loss-inside",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="with --gate-loss: only where the input is not the separator nor xxbos",
-    )
-    common.add_argument(
-        "--gate-loss-sentinel-only",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="with --gate-loss-detach: the sentinel's input detached too (its own weights only)",
-    )
-    common.add_argument(
-        "--gate-loss-bound",
-        type=nonnegative_float,
-        help="with --gate-loss: the term a hinge, 0 where the gate g <= this (0: unbounded)",
     )
     common.add_argument("--seed", type=int)
     common.add_argument("--device", choices=("auto", "cpu", "cuda"))

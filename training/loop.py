@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim.lr_scheduler import OneCycleLR
 from tqdm import tqdm
 
@@ -25,7 +24,6 @@ from model_store import (
     build_model,
     resolve_device,
 )
-from model_store.models import CopyGRU, CopyParts
 from model_store.vocab import BOS
 from training.batches import CursorBatches, LMBatches
 from training.data import HumanNumbers
@@ -55,29 +53,6 @@ class TrainConfig:
     # Restarted rows read xxbos first, as fastai's model saw at the start of every text: the
     # training side of a service whose fresh state is the state after an implicit xxbos.
     restart_bos: bool = False
-    # gru-copy: weight of a loss on the gate alone (issue 16, sixteenth round; `gate_term`):
-    # where the copy path's own choice is right, -log(1 - g), g the sentinel's share, so the
-    # model learns to trust the copy where the likelihood gives g no signal (both paths right).
-    # 0: off, and left out of meta.json's recipe.
-    gate_loss: float = 0.0
-    # With gate_loss (issue 16, seventeenth round): the history's scores detached in the term,
-    # so that only the sentinel's score (its weights and what feeds it) is trained by it, not
-    # the query and key maps through the scores' normaliser. False: off, out of meta.json.
-    gate_loss_detach: bool = False
-    # With gate_loss (issue 16, eighteenth round): the term only at positions whose input is
-    # not the separator "," nor xxbos, those that predict a word inside a number, never a
-    # number's first word; the mean stays over every position. Off: left out of meta.json.
-    gate_loss_inside: bool = False
-    # With gate_loss and gate_loss_detach (issue 16, twentieth round): the state the sentinel's
-    # score reads detached too in the term, so that it trains the sentinel's own weights alone
-    # (its Linear), not the GRU and embedding that feed it. Off: left out of meta.json.
-    gate_loss_sentinel_only: bool = False
-    # With gate_loss (issue 16, twenty-first round): the term bounded, a hinge that is 0 where
-    # g <= gate_loss_bound (the copy already holds at least 1 - bound of the mass where its
-    # offer is right) and -log(1 - g) + log(1 - bound) above it, so it stops pushing once the
-    # gate is low enough and does not drive the mean gate down. 0: off (the term unbounded, as
-    # in rounds 16-20), and left out of meta.json.
-    gate_loss_bound: float = 0.0
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int | None = None  # stop each epoch after this many batches (tests, smoke runs)
@@ -88,25 +63,6 @@ class TrainConfig:
                 f"restart_begin {self.restart_begin} + restart_carry {self.restart_carry} is "
                 "more than all the restarted rows (at most 1 together)"
             )
-        if not self.gate_loss >= 0:
-            raise ValueError(f"gate_loss must be 0 (off) or more, got {self.gate_loss}")
-        if self.gate_loss > 0 and not issubclass(VARIANTS[self.model.variant].model, CopyGRU):
-            raise ValueError(f"gate_loss is gru-copy's: {self.model.variant} has no copy gate")
-        if self.gate_loss_detach and not self.gate_loss > 0:
-            raise ValueError("gate_loss_detach is gate_loss's: it needs gate_loss above 0")
-        if self.gate_loss_inside and not self.gate_loss > 0:
-            raise ValueError("gate_loss_inside is gate_loss's: it needs gate_loss above 0")
-        if self.gate_loss_sentinel_only and not self.gate_loss_detach:
-            raise ValueError(
-                "gate_loss_sentinel_only is gate_loss_detach's: it needs gate_loss_detach on "
-                "(and gate_loss above 0)"
-            )
-        if not 0 <= self.gate_loss_bound < 1:
-            raise ValueError(
-                f"gate_loss_bound must be in [0, 1) (0: off), got {self.gate_loss_bound}"
-            )
-        if self.gate_loss_bound > 0 and not self.gate_loss > 0:
-            raise ValueError("gate_loss_bound is gate_loss's: it needs gate_loss above 0")
 
     @property
     def variant(self) -> str:
@@ -120,20 +76,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, object]:
         """The recipe as meta.json holds it: one flat object, the model's fields (but its
-        vocab_size, which is the data's) beside the training's; gate_loss, gate_loss_detach,
-        gate_loss_inside, gate_loss_sentinel_only and gate_loss_bound only when on (the
-        recipes' meta.json as they were)."""
+        vocab_size, which is the data's) beside the training's."""
         recipe = asdict(self)
-        gates = (
-            "gate_loss",
-            "gate_loss_detach",
-            "gate_loss_inside",
-            "gate_loss_sentinel_only",
-            "gate_loss_bound",
-        )
-        for name in gates:
-            if not recipe[name]:
-                del recipe[name]
         model = recipe.pop("model")
         del model["vocab_size"]
         return {**model, **recipe}
@@ -242,77 +186,6 @@ def restart_points(ids: list[int], vocab: Vocab) -> tuple[Tensor, Tensor, Tensor
     return torch.tensor(begin), torch.tensor(carry or begin), torch.tensor(starts)
 
 
-def gate_term(
-    parts: CopyParts,
-    y: Tensor,
-    inside: Tensor | None = None,
-    detach: bool = False,
-    sentinel: nn.Linear | None = None,
-    bound: float = 0.0,
-) -> Tensor:
-    """The gate's own loss over a window (TrainConfig.gate_loss): the mean over its (B, T)
-    positions of [the pointer is right] * -log(1 - g). The pointer is right where its own
-    choice, the softmax over the history without the sentinel (what `CopyGRU._mix` offers),
-    puts more than half its mass on entries whose id is the target: a mask, not trained
-    through. log(1 - g) is the logsumexp of the entries' log-weights in the attention, so its
-    gradient moves the sentinel's score and the scores' normaliser, nothing else.
-
-    inside (TrainConfig.gate_loss_inside): a (B, T) mask of the positions that may count (the
-    input not the separator nor xxbos, `inside_number`); the others add 0, and the mean stays
-    over every position.
-
-    detach (TrainConfig.gate_loss_detach): the same value with the history's scores r detached,
-    log(1 - g) = logsumexp(r) - logsumexp([r; s]) = -softplus(s - logsumexp(r)), s the
-    sentinel's score: its gradient moves s alone (the sentinel's weights and what feeds them),
-    not the query and key maps. Both options may be on together.
-
-    sentinel (TrainConfig.gate_loss_sentinel_only; with detach only): the model's sentinel, whose
-    score is computed again on the parts' outputs detached, the same value: the term's gradient
-    reaches that Linear's own weights and nothing else (not the GRU or embedding that feed it).
-
-    bound (TrainConfig.gate_loss_bound; 0: off): each right position's -log(1 - g) becomes the
-    hinge max(0, -log(1 - g) + log(1 - bound)): 0, and no gradient, where g <= bound, the
-    unbounded value's gradient where g is above it. Any of the options above may go with it."""
-    entries = parts.attn[..., :-1]  # (B, T, C), -inf where not copyable
-    with torch.no_grad():
-        # a position with nothing to copy: its norm -inf -> -1e30, so its offer is 0, not NaN
-        norm = torch.logsumexp(entries, dim=2, keepdim=True).clamp_min(-1e30)
-        offer = (entries - norm).exp()
-        on_target = parts.ids.unsqueeze(1) == y.unsqueeze(2)  # (B, T, C)
-        right = (offer * on_target).sum(2) > 0.5  # (B, T)
-        if inside is not None:
-            right = right & inside
-    # only the right positions' rows: each has a copyable entry, so its logsumexp is finite
-    if not detach:
-        if sentinel is not None:
-            raise ValueError("gate_term(sentinel=...) is detach's: it needs detach=True")
-        return hinge(-torch.logsumexp(entries[right], dim=1), bound).sum() / right.numel()
-    if parts.scores is None:
-        raise ValueError("gate_term(detach=True) needs the parts' scores")
-    scores = parts.scores[right]  # (N, C + 1)
-    history = torch.logsumexp(scores[:, :-1].detach(), dim=1)
-    own = scores[:, -1]
-    if sentinel is not None:
-        if parts.out is None:
-            raise ValueError("gate_term(sentinel=...) needs the parts' outputs")
-        own = sentinel(parts.out[right].detach()).squeeze(-1)  # (N,): only its weights trained
-    return hinge(F.softplus(own - history), bound).sum() / right.numel()
-
-
-def hinge(value: Tensor, bound: float) -> Tensor:
-    """-log(1 - g) bounded (gate_term's bound): as it is at 0, else max(0, value + log(1 -
-    bound)), 0 (and its gradient 0) where g <= bound."""
-    if bound == 0:
-        return value
-    return F.relu(value + math.log1p(-bound))
-
-
-def inside_number(x: Tensor, vocab: Vocab) -> Tensor:
-    """(B, T): where the input word is neither the separator "," nor xxbos, so the position
-    predicts a word inside a number, never a number's first word (gate_loss_inside)."""
-    return (x != vocab.stoi[","]) & (x != vocab.stoi[BOS])
-
-
 def one_cycle(opt: torch.optim.Optimizer, lr_max: float, total_steps: int) -> OneCycleLR:
     """fastai's one-cycle: OneCycleLR's defaults are fastai's. The lr warms up from lr_max / 25
     over the first 30% of the steps and anneals (cosine) to lr_max / 25e4; Adam's beta1, the
@@ -348,7 +221,6 @@ def train(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model = build_model(replace(config.model, vocab_size=len(data.vocab))).to(device)
-    copy_model = model if config.gate_loss > 0 and isinstance(model, CopyGRU) else None
     train_batches = LMBatches(data.ids("train"), config.bs, config.bptt, device)
     valid_batches = LMBatches(data.ids("valid"), config.bs, config.bptt, device)
     # Rows that restart elsewhere read the stream through cursors; otherwise as fastai does.
@@ -414,21 +286,11 @@ def train(
                 x, y = next(windows)
                 if config.reset > 0 and h is not None:
                     h = restart_rows(model, h, torch.rand(x.shape[0], device=device) < config.reset)
-            if copy_model is not None:
-                logits, h, parts = copy_model.forward_copy(x, h)
-            else:
-                logits, h = model(x, h)
+            logits, h = model(x, h)
             h = {name: part.detach() for name, part in h.items()}
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
-            if copy_model is not None:  # the table's train_loss stays the likelihood's
-                inside = inside_number(x, data.vocab) if config.gate_loss_inside else None
-                own = copy_model.sentinel if config.gate_loss_sentinel_only else None
-                detach, bound = config.gate_loss_detach, config.gate_loss_bound
-                term = gate_term(parts, y, inside, detach, own, bound)
-                (loss + config.gate_loss * term).backward()
-            else:
-                loss.backward()
+            loss.backward()
             opt.step()
             schedule.step()
             step += 1
