@@ -83,7 +83,6 @@ def main() -> None:
     p.add_argument("--restart-bos", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--copy-value", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--copy-lookahead", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--copy-gate-value", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--wd", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -50,19 +50,9 @@ class ModelConfig:
     # answer at a carry can depend on the unit it carries: 999 -> one thousand, 9,999 -> ten
     # thousand (round 7's candidate H, docs/benchmarks.md).
     copy_lookahead: bool = False
-    # gru-copy: the sentinel's score (the vocabulary's share) also reads the embedding of the
-    # word the copy path offers (the offer copy_value feeds the head): s = w . h + u . e_offered
-    # + b, so where h is out of training's distribution the offered word can still say whether
-    # the copy is to be trusted (issue 16's twenty-second round, candidate Z). Off, the model,
-    # its parameters and meta.json are K's: the field is left out of to_dict at its default.
-    # On, the model runs its modules everywhere (copy_step does not know this input).
-    copy_gate_value: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        config = asdict(self)
-        if not self.copy_gate_value:
-            del config["copy_gate_value"]
-        return config
+        return asdict(self)
 
 
 class BatchNorm1dFlat(nn.BatchNorm1d):
@@ -265,13 +255,6 @@ class CopyGRU(HumanNumbersLM):
         self.value = nn.Linear(h, h, bias=False) if config.copy_value else None
         lookahead = config.copy_value and config.copy_lookahead
         self.after = nn.Linear(h, h, bias=False) if lookahead else None
-        # u of the sentinel's score u . e_offered (copy_gate_value); made last, so the other
-        # modules draw K's initial weights from the same seed.
-        self.gate_value = nn.Linear(h, 1, bias=False) if config.copy_gate_value else None
-        if self.gate_value is not None:
-            # copy_step's fast forms and the C step compute the sentinel from h alone.
-            self.fast_step = False
-            self.kernel_step = False
 
     # Without autograd, a one-word step (advance_state on (B, 1) ids, head_state in eval mode)
     # runs model_store.copy_step: the same function, a fraction of the time; False: the modules.
@@ -282,7 +265,7 @@ class CopyGRU(HumanNumbersLM):
     pool_rows = POOL_ROWS
 
     def _fast(self) -> bool:
-        return self.fast_step and self.gate_value is None and not torch.is_grad_enabled()
+        return self.fast_step and not torch.is_grad_enabled()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self.__dict__.pop("_step_tables", None)  # .to(), .float(): copy_step's tables go stale
@@ -354,22 +337,16 @@ class CopyGRU(HumanNumbersLM):
         q = self.query(out)  # (B, T, D)
         raw = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[2])  # (B, T, C)
         scores = raw.masked_fill(blocked, float("-inf"))
-        offer = offered = None
-        if self.value is not None or self.gate_value is not None:
-            # The offered word: the history's attention without the sentinel (a finite mask,
-            # so a position with nothing to copy is offered nothing: zeros, not NaN).
-            offer = torch.softmax(raw.masked_fill(blocked, -1e30), dim=2).masked_fill(blocked, 0)
-            offered = offer @ self.i_h(ids.clamp_min(0))  # (B, T, H)
-        sentinel = self.sentinel(out)
-        if self.gate_value is not None:
-            sentinel = sentinel + self.gate_value(offered)  # s = w . h + b + u . e_offered
-        attn = torch.log_softmax(torch.cat([scores, sentinel], dim=2), dim=2)
+        attn = torch.log_softmax(torch.cat([scores, self.sentinel(out)], dim=2), dim=2)
         index = ids.clamp_min(0).unsqueeze(1).expand(-1, out.shape[1], -1)  # (B, T, C)
         copy = out.new_zeros(*out.shape[:2], self.config.vocab_size)
         copy.scatter_add_(2, index, attn[..., :-1].exp())  # blocked entries add exp(-inf) = 0
         feature = out
         if self.value is not None:
-            assert offer is not None and offered is not None
+            # The offered word: the history's attention without the sentinel (a finite mask,
+            # so a position with nothing to copy is offered nothing: zeros, not NaN).
+            offer = torch.softmax(raw.masked_fill(blocked, -1e30), dim=2).masked_fill(blocked, 0)
+            offered = offer @ self.i_h(ids.clamp_min(0))  # (B, T, H)
             feature = out + self.value(offered)
             if self.after is not None:
                 # The word after each entry's: the next entry's id, where this position has
@@ -413,7 +390,7 @@ class CopyGRU(HumanNumbersLM):
         # the C step, where it serves (copy_step); whatever the grad mode: it writes the pool
         # through its addresses and records nothing, so the engine need not enter
         # inference_mode for it (2 us of a one-row pass of about 40)
-        if self.fast_step and self.gate_value is None and not self.training:
+        if self.fast_step and not self.training:
             return step_in_pool(self, pool, slots, x, top, banned)
         return None
 

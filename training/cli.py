@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("--copy-value", "gru-copy: the head reads the offered word's embedding"),
         ("--copy-start", "gru-copy: the first word fed to the zero state can be copied"),
         ("--copy-lookahead", "gru-copy: the head reads the word after the offered one"),
-        ("--copy-gate-value", "gru-copy: the sentinel's score reads the offered word"),
         ("--restart-numbers", "restarted rows jump to a random number's first word"),
         ("--restart-bos", "restarted rows read xxbos first"),
     ):

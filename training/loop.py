@@ -80,8 +80,6 @@ class TrainConfig:
         recipe = asdict(self)
         model = recipe.pop("model")
         del model["vocab_size"]
-        if not self.model.copy_gate_value:  # K's recipe as it was (issue 16, round 22)
-            del model["copy_gate_value"]
         return {**model, **recipe}
 
 

@@ -16,14 +16,11 @@ K = 6  # a small window, so the texts below cross it many times
 
 KINDS = [(False, False, {}), (True, False, {}), (True, True, {})]  # (value, start, more)
 LOOKAHEAD = [(True, False, {"copy_lookahead": True}), (True, True, {"copy_lookahead": True})]
-# K's model with the sentinel reading the offered word (issue 16's twenty-second round): it runs
-# its modules in every route, so the step tests below compare the modules' step to the forward.
-GATE_VALUE = [(True, False, {"copy_lookahead": True, "copy_gate_value": True})]
 
 
 @pytest.fixture(
-    params=KINDS + LOOKAHEAD + GATE_VALUE,
-    ids=["plain", "copy_value", "copy_start", "lookahead", "lookahead_start", "gate_value"],
+    params=KINDS + LOOKAHEAD,
+    ids=["plain", "copy_value", "copy_start", "lookahead", "lookahead_start"],
     autouse=True,
 )
 def copy_value(request):
